@@ -1,0 +1,88 @@
+"""Validation of every name that becomes a sysfs path component.
+
+mdevd runs as root and joins parent, type, UUID and attribute names onto paths under /sys.
+Each of them passes through here first, so that nothing a caller or a config file says can
+reach outside the directory it belongs in (mdevctl joins attribute names unchecked: `../x`
+escapes the device directory).
+"""
+
+from __future__ import annotations
+
+import re
+
+from mdevd.errors import InvalidName, InvalidUUID
+
+#: Linux NAME_MAX. sysfs names are far shorter in practice; this is the hard ceiling.
+MAX_NAME_LENGTH = 255
+
+#: Attribute values are written with one write(2); sysfs store() gets at most a page.
+MAX_ATTRIBUTE_VALUE_LENGTH = 4096
+
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+# Printable ASCII without '/' and whitespace. Kernel device, type and attribute names never
+# contain anything else (PCI addresses, CCW bus ids, `matrix`, `nvidia-558`, `assign_adapter`),
+# and refusing the rest keeps control characters out of logs and object paths.
+_NAME_RE = re.compile(r"[!-.0-~]+")
+
+
+def _check_component(kind: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidName(f"{kind} name must be a string, not {type(name).__name__}")
+    shown = repr(name[:64])
+    if not name:
+        raise InvalidName(f"{kind} name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{kind} name {shown}... is longer than {MAX_NAME_LENGTH} characters")
+    if "\0" in name:
+        raise InvalidName(f"{kind} name {shown} contains a NUL character")
+    if "/" in name:
+        raise InvalidName(f"{kind} name {shown} contains '/'")
+    if name in (".", ".."):
+        raise InvalidName(f"{kind} name {shown} is not a name")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidName(f"{kind} name {shown} contains whitespace or non-ASCII characters")
+    return name
+
+
+def parent_name(name: object) -> str:
+    """A parent device's sysfs name (`0000:65:00.0`, `0.0.0052`, `matrix`, `mtty`)."""
+    return _check_component("parent", name)
+
+
+def type_id(name: object) -> str:
+    """An mdev type id (`nvidia-558`, `mtty-2`, `vfio_ap-passthrough`)."""
+    return _check_component("type", name)
+
+
+def attribute_name(name: object) -> str:
+    """A device attribute file name (`assign_adapter`). Dot-files are refused too: sysfs has none."""
+    checked = _check_component("attribute", name)
+    if checked.startswith("."):
+        raise InvalidName(f"attribute name {checked!r} starts with '.'")
+    return checked
+
+
+def attribute_value(value: object, name: str = "") -> str:
+    """An attribute value: a string, one write's worth, no NUL (sysfs would truncate at it)."""
+    label = f"attribute {name!r}" if name else "attribute"
+    if not isinstance(value, str):
+        raise InvalidName(f"{label} value must be a string, not {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidName(f"{label} value contains a NUL character")
+    if len(value.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
+        raise InvalidName(f"{label} value is longer than {MAX_ATTRIBUTE_VALUE_LENGTH} bytes")
+    return value
+
+
+def uuid(value: object) -> str:
+    """A UUID in the canonical 8-4-4-4-12 form, returned lower-case (how the kernel names it)."""
+    if not isinstance(value, str):
+        raise InvalidUUID(f"UUID must be a string, not {type(value).__name__}")
+    if not _UUID_RE.fullmatch(value):
+        raise InvalidUUID(f"{value[:64]!r} is not a UUID (expected 8-4-4-4-12 hexadecimal digits)")
+    return value.lower()
+
+
+def is_uuid(value: str) -> bool:
+    return _UUID_RE.fullmatch(value) is not None

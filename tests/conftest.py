@@ -1,0 +1,18 @@
+"""Session-wide isolation for the test suite.
+
+The emulated kernel sends uevents on the udev netlink group, and tests mount FUSE filesystems.
+Before anything else runs, the test process moves into its own network and mount namespaces
+(as root; these machines and CI run as root): uevents then reach only the monitors of this run,
+never a real udev listener on the host, and every mount vanishes with the process even if a
+test is killed. Children (the emulated kernel, the daemon, mdevctl) inherit both namespaces.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.namespaces import enter_private_namespaces
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    enter_private_namespaces()

@@ -1,0 +1,41 @@
+"""Entering private network and mount namespaces from Python 3.11 (no os.unshare yet)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+_entered = False
+
+
+def in_private_netns() -> bool:
+    """True when this process does not share PID 1's network namespace."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino != os.stat("/proc/1/ns/net").st_ino
+    except OSError:
+        return False
+
+
+def enter_private_namespaces() -> None:
+    """unshare(CLONE_NEWNET | CLONE_NEWNS) and make every mount private. Idempotent.
+
+    Must run while the process has a single thread: unshare() changes only the calling thread.
+    """
+    global _entered
+    if _entered:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError("the test suite runs as root (it mounts FUSE filesystems and namespaces)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET|CLONE_NEWNS): {os.strerror(err)}")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"making / a private mount: {os.strerror(err)}")
+    _entered = True

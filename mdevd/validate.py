@@ -18,7 +18,9 @@ MAX_NAME_LENGTH = 255
 #: Attribute values are written with one write(2); sysfs store() gets at most a page.
 MAX_ATTRIBUTE_VALUE_LENGTH = 4096
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 # Printable ASCII without '/' and whitespace. Kernel device, type and attribute names never
 # contain anything else (PCI addresses, CCW bus ids, `matrix`, `nvidia-558`, `assign_adapter`),
@@ -56,7 +58,7 @@ def type_id(name: object) -> str:
 
 
 def attribute_name(name: object) -> str:
-    """A device attribute file name (`assign_adapter`). Dot-files are refused too: sysfs has none."""
+    """A device attribute file name (`assign_adapter`). Dot-files are refused: sysfs has none."""
     checked = _check_component("attribute", name)
     if checked.startswith("."):
         raise InvalidName(f"attribute name {checked!r} starts with '.'")

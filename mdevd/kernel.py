@@ -1,0 +1,376 @@
+"""The kernel's mdev sysfs interface: the only module that touches /sys (and /dev/vfio).
+
+Every path is built under a configurable root (`/sys` in production, an emulated kernel's mount
+in tests) from names that passed `mdevd.validate` first, and every errno the kernel answers is
+turned into one of the project's typed errors. The facts this follows are in
+`shared/notes/kernel-mdev-abi.md`.
+
+The functions are synchronous: sysfs I/O is fast except where the kernel blocks (removing a
+device a VM holds open), so the daemon calls them from worker threads, never on its event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mdevd import validate
+from mdevd.errors import (
+    AttributeRejected,
+    Busy,
+    Exists,
+    InvalidUUID,
+    KernelIOError,
+    NoInstancesAvailable,
+    NotActive,
+    ParentNotFound,
+    TypeNotSupported,
+)
+from mdevd.model import ActiveDevice, MdevType, Parent
+
+#: Files in a device directory that belong to the driver core, not to the device's driver.
+#: Writing them as "attributes" would remove the device or forge uevents behind the engine.
+RESERVED_DEVICE_FILES = frozenset({"remove", "uevent", "mdev_type", "iommu_group", "driver"})
+
+#: Upper bound on what a sysfs attribute read returns (sysfs show() fills at most one page).
+_READ_LIMIT = 4096
+
+
+class Sysfs:
+    """Reads and changes the kernel's mdev state under `root`.
+
+    `dev_root` is where `/dev/vfio/<group>` lives, used to tell whether a VM holds a device.
+    """
+
+    def __init__(self, root: Path | str = "/sys", dev_root: Path | str = "/dev") -> None:
+        self.root = Path(root)
+        self.dev_root = Path(dev_root)
+
+    # ---- paths (every one built from validated names) -------------------------------------
+
+    def _parent_dir(self, parent: str) -> Path:
+        return self.root / "class" / "mdev_bus" / validate.parent_name(parent)
+
+    def _type_dir(self, parent: str, type_id: str) -> Path:
+        return self._parent_dir(parent) / "mdev_supported_types" / validate.type_id(type_id)
+
+    def _device_link(self, uuid: str) -> Path:
+        return self.root / "bus" / "mdev" / "devices" / validate.uuid(uuid)
+
+    # ---- parents and types -----------------------------------------------------------------
+
+    def parent_names(self) -> list[str]:
+        """Names of the devices registered with the mdev core, sorted."""
+        return sorted(_listdir(self.root / "class" / "mdev_bus"))
+
+    def list_parents(self) -> dict[str, Parent]:
+        """Every registered parent with its types. Parents vanishing meanwhile are skipped."""
+        parents: dict[str, Parent] = {}
+        for name in self.parent_names():
+            try:
+                parents[name] = self.read_parent(name)
+            except ParentNotFound:
+                continue
+        return parents
+
+    def parent_exists(self, parent: str) -> bool:
+        return self._parent_dir(parent).is_dir()
+
+    def read_parent(self, parent: str) -> Parent:
+        directory = self._parent_dir(parent)
+        try:
+            sysfs_path = os.path.realpath(directory, strict=True)
+        except OSError as exc:
+            raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+        subsystem = _link_basename(directory / "subsystem")
+        return Parent(
+            name=parent,
+            sysfs_path=sysfs_path,
+            subsystem=subsystem,
+            types=self.read_types(parent),
+        )
+
+    def read_types(self, parent: str) -> dict[str, MdevType]:
+        types_dir = self._parent_dir(parent) / "mdev_supported_types"
+        if not self._parent_dir(parent).is_dir():
+            raise ParentNotFound(f"parent {parent} is not registered with mdev")
+        types: dict[str, MdevType] = {}
+        for type_id in sorted(_listdir(types_dir)):
+            try:
+                types[type_id] = self.read_type(parent, type_id)
+            except TypeNotSupported:
+                continue
+        return types
+
+    def read_type(self, parent: str, type_id: str) -> MdevType:
+        directory = self._type_dir(parent, type_id)
+        try:
+            available = _read_text(directory / "available_instances")
+            device_api = _read_text(directory / "device_api")
+        except FileNotFoundError as exc:
+            if not self.parent_exists(parent):
+                raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+            raise TypeNotSupported(f"parent {parent} does not support type {type_id}") from exc
+        except OSError as exc:
+            raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
+        return MdevType(
+            type_id=type_id,
+            name=_read_optional(directory / "name") or type_id,
+            description=_read_optional(directory / "description"),
+            device_api=device_api,
+            available_instances=_parse_count(available),
+        )
+
+    def available_instances(self, parent: str, type_id: str) -> int:
+        return self.read_type(parent, type_id).available_instances
+
+    # ---- devices ---------------------------------------------------------------------------
+
+    def device_uuids(self) -> list[str]:
+        """UUIDs of the mdevs present in the kernel, sorted. Foreign names are ignored."""
+        names = _listdir(self.root / "bus" / "mdev" / "devices")
+        return sorted(name for name in names if validate.is_uuid(name))
+
+    def list_devices(self) -> dict[str, ActiveDevice]:
+        devices: dict[str, ActiveDevice] = {}
+        for uuid in self.device_uuids():
+            device = self.read_device(uuid)
+            if device is not None:
+                devices[uuid] = device
+        return devices
+
+    def read_device(self, uuid: str) -> ActiveDevice | None:
+        """The device as the kernel shows it now, or None when it is not present."""
+        link = self._device_link(uuid)
+        try:
+            sysfs_path = os.path.realpath(link, strict=True)
+        except OSError:
+            return None
+        type_id = _link_basename(Path(sysfs_path) / "mdev_type")
+        if not type_id:
+            # Between create's write and the driver core linking the type, or mid-removal.
+            return None
+        group = _link_basename(Path(sysfs_path) / "iommu_group")
+        return ActiveDevice(
+            uuid=validate.uuid(uuid),
+            parent=os.path.basename(os.path.dirname(sysfs_path)),
+            type_id=type_id,
+            sysfs_path=sysfs_path,
+            iommu_group=int(group) if group.isdigit() else -1,
+        )
+
+    def create(self, parent: str, type_id: str, uuid: str) -> ActiveDevice:
+        """Create a device: one write of the lower-case UUID into the type's `create`.
+
+        The kernel creates synchronously: when the write returns, the device exists.
+        """
+        uuid = validate.uuid(uuid)
+        create_file = self._type_dir(parent, type_id) / "create"
+        what = f"device {uuid}"
+        try:
+            fd = os.open(create_file, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            if not self.parent_exists(parent):
+                raise ParentNotFound(f"{what}: parent {parent} is not registered") from exc
+            raise TypeNotSupported(
+                f"{what}: parent {parent} does not support type {type_id}"
+            ) from exc
+        except OSError as exc:
+            raise _io_error(f"{what}: opening {type_id}/create on {parent}", exc) from exc
+        try:
+            written = os.write(fd, uuid.encode())
+        except OSError as exc:
+            raise self._create_error(parent, type_id, uuid, exc) from exc
+        finally:
+            os.close(fd)
+        if written != len(uuid):
+            raise KernelIOError(f"{what}: short write to {type_id}/create ({written} bytes)")
+        device = self.read_device(uuid)
+        if device is None:
+            raise KernelIOError(f"{what}: created on {parent} but gone from sysfs at once")
+        return device
+
+    def _create_error(self, parent: str, type_id: str, uuid: str, exc: OSError) -> Exception:
+        what = f"device {uuid}"
+        code = exc.errno
+        if code == errno.EEXIST:
+            return Exists(f"{what}: a device with this UUID already exists")
+        if code in (errno.ENOSPC, errno.EUSERS):
+            try:
+                left = f" (available_instances {self.available_instances(parent, type_id)})"
+            except Exception:  # the message is a courtesy; the condition is already known
+                left = ""
+            return NoInstancesAvailable(
+                f"{what}: no instances of type {type_id} left on parent {parent}{left}"
+            )
+        if code == errno.ENODEV:
+            return ParentNotFound(f"{what}: parent {parent} is going away")
+        if code == errno.EINVAL:
+            return InvalidUUID(f"{what}: the kernel rejected the UUID")
+        if code == errno.EBUSY:
+            return Busy(f"{what}: parent {parent} is busy")
+        return _io_error(f"{what}: creating type {type_id} on {parent}", exc)
+
+    def remove(self, uuid: str, *, check_busy: bool = True) -> None:
+        """Remove a device from the kernel.
+
+        The kernel blocks the write until a VM releases the device; with `check_busy` the vfio
+        group is probed first (as libvirt does) so that an in-use device is reported as `Busy`
+        instead of hanging the caller.
+        """
+        uuid = validate.uuid(uuid)
+        device = self.read_device(uuid)
+        if device is None:
+            raise NotActive(f"device {uuid} is not present in the kernel")
+        if check_busy and device.iommu_group >= 0 and self.group_in_use(device.iommu_group):
+            raise Busy(f"device {uuid} is in use (vfio group {device.iommu_group} is open)")
+        try:
+            fd = os.open(Path(device.sysfs_path) / "remove", os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotActive(f"device {uuid} is not present in the kernel") from exc
+        except OSError as exc:
+            raise _io_error(f"device {uuid}: opening remove", exc) from exc
+        try:
+            os.write(fd, b"1")
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise Busy(f"device {uuid} is busy and cannot be removed now") from exc
+            if exc.errno in (errno.ENODEV, errno.ENOENT):
+                raise NotActive(f"device {uuid} went away during removal") from exc
+            raise _io_error(f"device {uuid}: removing", exc) from exc
+        finally:
+            os.close(fd)
+
+    def group_in_use(self, group: int) -> bool:
+        """True when `/dev/vfio/<group>` is held open (opening it again answers EBUSY)."""
+        try:
+            fd = os.open(self.dev_root / "vfio" / str(int(group)), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            return exc.errno == errno.EBUSY
+        os.close(fd)
+        return False
+
+    # ---- device attributes -----------------------------------------------------------------
+
+    @contextmanager
+    def _attribute_fd(self, uuid: str, name: str, flags: int) -> Iterator[int]:
+        """Open an attribute as a regular file directly inside the device directory.
+
+        The directory is reached through the kernel's own `bus/mdev/devices/<uuid>` link; the
+        attribute itself is opened relative to it with O_NOFOLLOW, so neither `..` (refused by
+        validation) nor a symlink planted in the directory can lead the write elsewhere.
+        """
+        uuid = validate.uuid(uuid)
+        name = validate.attribute_name(name)
+        if name in RESERVED_DEVICE_FILES:
+            raise AttributeRejected(f"device {uuid}: {name!r} is not a device attribute")
+        try:
+            dir_fd = os.open(self._device_link(uuid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotActive(f"device {uuid} is not present in the kernel") from exc
+        except OSError as exc:
+            raise _io_error(f"device {uuid}: opening its directory", exc) from exc
+        try:
+            try:
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError as exc:
+                raise AttributeRejected(f"device {uuid} has no attribute {name!r}") from exc
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise AttributeRejected(
+                        f"device {uuid}: attribute {name!r} is a symbolic link"
+                    ) from exc
+                if exc.errno in (errno.EISDIR, errno.EACCES, errno.EPERM):
+                    raise AttributeRejected(
+                        f"device {uuid}: attribute {name!r} cannot be opened ({exc.strerror})"
+                    ) from exc
+                raise _io_error(f"device {uuid}: opening attribute {name!r}", exc) from exc
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise AttributeRejected(
+                        f"device {uuid}: attribute {name!r} is not a regular file"
+                    )
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dir_fd)
+
+    def write_attribute(self, uuid: str, name: str, value: str) -> None:
+        """Write one attribute value in a single write(2), as sysfs expects."""
+        value = validate.attribute_value(value, name)
+        with self._attribute_fd(uuid, name, os.O_WRONLY) as fd:
+            data = value.encode()
+            try:
+                written = os.write(fd, data)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ERANGE, errno.EADDRINUSE, errno.ENODEV):
+                    raise AttributeRejected(
+                        f"device {uuid}: attribute {name!r} rejected value {value!r}"
+                        f" ({exc.strerror})"
+                    ) from exc
+                if exc.errno == errno.EBUSY:
+                    raise Busy(f"device {uuid}: attribute {name!r} is busy") from exc
+                raise _io_error(f"device {uuid}: writing attribute {name!r}", exc) from exc
+            if written != len(data):
+                raise AttributeRejected(
+                    f"device {uuid}: attribute {name!r} took {written} of {len(data)} bytes"
+                )
+
+    def read_attribute(self, uuid: str, name: str) -> str:
+        with self._attribute_fd(uuid, name, os.O_RDONLY) as fd:
+            try:
+                data = os.read(fd, _READ_LIMIT)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM, errno.EINVAL):
+                    raise AttributeRejected(
+                        f"device {uuid}: attribute {name!r} is not readable"
+                    ) from exc
+                raise _io_error(f"device {uuid}: reading attribute {name!r}", exc) from exc
+        return data.decode(errors="replace")
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _listdir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _read_text(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.read(_READ_LIMIT).decode(errors="replace").strip()
+
+
+def _read_optional(path: Path) -> str:
+    try:
+        return _read_text(path)
+    except OSError:
+        return ""
+
+
+def _link_basename(path: Path) -> str:
+    try:
+        return os.path.basename(os.readlink(path))
+    except OSError:
+        return ""
+
+
+def _parse_count(text: str) -> int:
+    try:
+        return max(0, int(text))
+    except ValueError:
+        return 0
+
+
+def _io_error(context: str, exc: OSError) -> KernelIOError:
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else "?"
+    return KernelIOError(f"{context}: {exc.strerror or exc} ({name})", errno=code)

@@ -8,6 +8,7 @@ emulated one never offer: the point is what mdevd does if the tree is hostile.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,12 +129,13 @@ def test_attribute_value_with_nul_or_oversized_is_refused(tree: Path) -> None:
 )
 def test_hostile_uuids_are_refused_everywhere(tree: Path, uuid: str) -> None:
     sysfs = Sysfs(tree)
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: sysfs.write_attribute(uuid, "assign_adapter", "1"),
         lambda: sysfs.remove(uuid),
         lambda: sysfs.create("mtty", "mtty-1", uuid),
         lambda: sysfs.read_device(uuid),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(InvalidUUID):
             call()
     assert outside_untouched(tree)

@@ -30,7 +30,9 @@ def enter_private_namespaces() -> None:
     if _entered:
         return
     if os.geteuid() != 0:
-        raise RuntimeError("the test suite runs as root (it mounts FUSE filesystems and namespaces)")
+        raise RuntimeError(
+            "the test suite runs as root (it mounts FUSE filesystems and namespaces)"
+        )
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()

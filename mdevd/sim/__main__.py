@@ -1,0 +1,5 @@
+"""`python -m mdevd.sim` runs the same command as the `mdevd-sim` entry point."""
+
+from mdevd.sim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,375 @@
+"""Scenario files: which parents, types and limits the emulated kernel starts with.
+
+A scenario is a TOML file (the shipped ones live in `config/sim/`)::
+
+    [sim]                          # optional
+    first_iommu_group = 0          # lowest iommu group number handed to a new device
+    vfio_major = 243               # MAJOR of the /dev/vfio/<group> nodes in uevents
+
+    [[parent]]
+    name = "mtty"                           # the parent's sysfs name (class/mdev_bus/<name>)
+    devpath = "devices/virtual/mtty/mtty"   # its directory under the mount root ("/sys")
+    subsystem = "mtty"                      # its own subsystem: SUBSYSTEM of its uevents
+    subsystem_path = "class/mtty"           # target of its `subsystem` link
+                                            #   (default "class/<subsystem>"; "bus/pci" for PCI)
+    driver = "mtty"                         # the mdev driver: DRIVER= of `bind`, the `driver` link
+    owned_by_driver = true                  # the parent device exists only while registered
+                                            #   (a module's own device: mtty, matrix); false for
+                                            #   a PCI GPU, which stays when its driver goes away
+    registered = true                       # registered with the mdev core at mount time
+    max_instances = 4                       # mdev-core counted (mdpy-like), shared by all types
+                                            #   of the parent; full -> EUSERS, no uevent
+    homogeneous = false                     # true: only one type at a time (NVIDIA vGPU)
+    pools = { ports = 24 }                  # driver-counted resources shared by the types
+    pool_errno = "ENOSPC"                   # what the driver's probe returns when a pool is
+                                            #   short; `add` then `remove` uevents, no `bind`
+    uevent = { DRIVER = "nvidia" }          # the parent's own uevent properties
+
+    [[parent.type]]
+    id = "mtty-2"                  # the directory under mdev_supported_types
+    name = "Dual port serial"
+    device_api = "vfio-pci"
+    description = "..."            # optional: without it there is no `description` file
+    pool = "ports"                 # take `cost` units of this pool per device
+    cost = 2
+    max_instances = 8              # optional per-type limit, counted like the core's (EUSERS)
+    vfio_ap = { max_adapter = 255, max_domain = 255 }
+                                   # optional: the vfio-ap matrix attributes (assign_adapter,
+                                   #   unassign_adapter, assign_domain, unassign_domain,
+                                   #   assign_control_domain, unassign_control_domain, and the
+                                   #   readable matrix and control_domains)
+
+    [[parent.type.attribute]]      # optional: a write-only device attribute of this type
+    name = "example"
+    accept = "[0-9]+"              # a value (one trailing newline stripped) must match in full,
+                                   #   else EINVAL
+
+Every type needs at least one limit: a pool, its own `max_instances`, or the parent's.
+Unknown keys are errors, so a typo cannot silently change a scenario.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mdevd import validate
+from mdevd.errors import ConfigInvalid, InvalidName
+
+
+class ScenarioError(ConfigInvalid):
+    """A scenario file that cannot describe a kernel; the message names the file and the object."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeSpec:
+    """A generic write-only device attribute: values matching `accept` are taken, others EINVAL."""
+
+    name: str
+    accept: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class VfioApSpec:
+    """The vfio-ap matrix attributes and the highest adapter and domain numbers they accept."""
+
+    max_adapter: int = 255
+    max_domain: int = 255
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSpec:
+    type_id: str
+    name: str
+    device_api: str
+    description: str | None = None
+    pool: str | None = None
+    cost: int = 1
+    max_instances: int | None = None
+    attributes: tuple[AttributeSpec, ...] = ()
+    vfio_ap: VfioApSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParentSpec:
+    name: str
+    devpath: str
+    subsystem: str
+    subsystem_path: str
+    driver: str
+    owned_by_driver: bool = True
+    registered: bool = True
+    max_instances: int | None = None
+    homogeneous: bool = False
+    pools: Mapping[str, int] = field(default_factory=dict)
+    pool_errno: int = errno.ENOSPC
+    uevent: tuple[tuple[str, str], ...] = ()
+    types: tuple[TypeSpec, ...] = ()
+
+    def type(self, type_id: str) -> TypeSpec | None:
+        for spec in self.types:
+            if spec.type_id == type_id:
+                return spec
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    parents: tuple[ParentSpec, ...]
+    first_iommu_group: int = 0
+    vfio_major: int = 243
+    source: str = "<scenario>"
+
+    def parent(self, name: str) -> ParentSpec | None:
+        for spec in self.parents:
+            if spec.name == name:
+                return spec
+        return None
+
+
+def errno_value(text: str | int, what: str = "errno") -> int:
+    """An errno given by name (`EIO`) or number (`5`)."""
+    if isinstance(text, int):
+        value = text
+    elif text.isdigit():
+        value = int(text)
+    else:
+        found = getattr(errno, text.upper(), None) if text.upper().startswith("E") else None
+        if not isinstance(found, int):
+            raise ValueError(f"{what} {text!r} is not an errno name like EIO or a number")
+        value = found
+    if not 0 < value < 4096:
+        raise ValueError(f"{what} {text!r} is out of range")
+    return value
+
+
+class _Table:
+    """One TOML table being read: typed getters, and an error for any key left unread."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{where}: expected a table")
+        self._data: dict[str, Any] = data
+        self._seen: set[str] = set()
+        self.where = where
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: object) -> Any:
+        self._seen.add(key)
+        if key not in self._data:
+            if default is _REQUIRED:
+                raise ScenarioError(f"{self.where}: {key!r} is required")
+            return default
+        value = self._data[key]
+        # bool is an int in Python; a number where a flag belongs (or the reverse) is a typo.
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise ScenarioError(f"{self.where}: {key!r} has the wrong type ({value!r})")
+        return value
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def text(self, key: str, default: object = None) -> Any:
+        return self._get(key, str, default)
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, bool, default))
+
+    def number(self, key: str, default: object = None, minimum: int = 0) -> Any:
+        value = self._get(key, int, default)
+        if isinstance(value, int) and value < minimum:
+            raise ScenarioError(f"{self.where}: {key!r} must be at least {minimum}")
+        return value
+
+    def table(self, key: str) -> dict[str, Any]:
+        return dict(self._get(key, dict, {}))
+
+    def tables(self, key: str) -> list[object]:
+        return list(self._get(key, list, []))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise ScenarioError(f"{self.where}: unknown key(s) {', '.join(map(repr, unknown))}")
+
+
+_REQUIRED = object()
+
+
+def _name(check: Any, value: str, where: str) -> str:
+    try:
+        return str(check(value))
+    except InvalidName as exc:
+        raise ScenarioError(f"{where}: {exc.message}") from None
+
+
+def _sysfs_path(value: str, where: str, key: str, prefixes: tuple[str, ...]) -> str:
+    parts = value.split("/")
+    if (
+        value != posixpath.normpath(value)
+        or value.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or not value.startswith(prefixes)
+    ):
+        raise ScenarioError(
+            f"{where}: {key} {value!r} must be a plain relative path starting with "
+            + " or ".join(prefixes)
+        )
+    for part in parts:
+        _name(validate.parent_name, part, f"{where}: {key}")
+    return value
+
+
+def _attribute(data: object, where: str) -> AttributeSpec:
+    table = _Table(data, where)
+    name = _name(validate.attribute_name, table.text("name", _REQUIRED), where)
+    pattern = table.text("accept", ".*")
+    table.finish()
+    try:
+        return AttributeSpec(name=name, accept=re.compile(pattern, re.DOTALL))
+    except re.error as exc:
+        raise ScenarioError(f"{where}: attribute {name!r}: bad accept pattern: {exc}") from None
+
+
+def _type(data: object, where: str, pools: Mapping[str, int], parent_limited: bool) -> TypeSpec:
+    table = _Table(data, where)
+    type_id = _name(validate.type_id, table.text("id", _REQUIRED), where)
+    where = f"{where} ({type_id})"
+    pool = table.text("pool")
+    if pool is not None and pool not in pools:
+        raise ScenarioError(f"{where}: pool {pool!r} is not one of the parent's pools")
+    cost = table.number("cost", 1, minimum=1)
+    max_instances = table.number("max_instances")
+    vfio_ap = None
+    if table.has("vfio_ap"):
+        ap = _Table(table.table("vfio_ap"), f"{where}: vfio_ap")
+        vfio_ap = VfioApSpec(
+            max_adapter=ap.number("max_adapter", 255), max_domain=ap.number("max_domain", 255)
+        )
+        ap.finish()
+    attributes = tuple(
+        _attribute(item, f"{where}: attribute {index + 1}")
+        for index, item in enumerate(table.tables("attribute"))
+    )
+    spec = TypeSpec(
+        type_id=type_id,
+        name=table.text("name", type_id),
+        device_api=table.text("device_api", "vfio-pci"),
+        description=table.text("description"),
+        pool=pool,
+        cost=cost,
+        max_instances=max_instances,
+        attributes=attributes,
+        vfio_ap=vfio_ap,
+    )
+    table.finish()
+    if pool is None and max_instances is None and not parent_limited:
+        raise ScenarioError(
+            f"{where}: no limit: give the type a pool or max_instances, or the parent max_instances"
+        )
+    names = [a.name for a in attributes]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{where}: an attribute is declared twice")
+    return spec
+
+
+def _parent(data: object, where: str) -> ParentSpec:
+    table = _Table(data, where)
+    name = _name(validate.parent_name, table.text("name", _REQUIRED), where)
+    where = f"{where} ({name})"
+    devpath = _sysfs_path(table.text("devpath", _REQUIRED), where, "devpath", ("devices/",))
+    if posixpath.basename(devpath) != name:
+        raise ScenarioError(f"{where}: devpath {devpath!r} must end with the parent's name")
+    subsystem = _name(validate.parent_name, table.text("subsystem", _REQUIRED), where)
+    subsystem_path = _sysfs_path(
+        table.text("subsystem_path", f"class/{subsystem}"),
+        where,
+        "subsystem_path",
+        ("class/", "bus/"),
+    )
+    if posixpath.basename(subsystem_path) != subsystem or subsystem_path.count("/") != 1:
+        raise ScenarioError(f"{where}: subsystem_path must be class/{subsystem} or bus/{subsystem}")
+    pools_table = table.table("pools")
+    pools: dict[str, int] = {}
+    for pool, size in pools_table.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ScenarioError(f"{where}: pool {pool!r} needs a size of 0 or more")
+        pools[pool] = size
+    try:
+        pool_errno = errno_value(table.text("pool_errno", "ENOSPC"), "pool_errno")
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    uevent = table.table("uevent")
+    for key, value in uevent.items():
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            raise ScenarioError(f'{where}: uevent property {key!r} must be KEY = "text"')
+    max_instances = table.number("max_instances")
+    types = tuple(
+        _type(item, f"{where}: type {index + 1}", pools, max_instances is not None)
+        for index, item in enumerate(table.tables("type"))
+    )
+    spec = ParentSpec(
+        name=name,
+        devpath=devpath,
+        subsystem=subsystem,
+        subsystem_path=subsystem_path,
+        driver=_name(validate.parent_name, table.text("driver", subsystem), where),
+        owned_by_driver=table.flag("owned_by_driver", True),
+        registered=table.flag("registered", True),
+        max_instances=max_instances,
+        homogeneous=table.flag("homogeneous", False),
+        pools=pools,
+        pool_errno=pool_errno,
+        uevent=tuple(sorted(uevent.items())),
+        types=types,
+    )
+    table.finish()
+    ids = [t.type_id for t in types]
+    if len(set(ids)) != len(ids):
+        raise ScenarioError(f"{where}: a type id is declared twice")
+    return spec
+
+
+def parse(text: str, source: str = "<scenario>") -> Scenario:
+    """Parse scenario TOML text. Raises ScenarioError naming `source` and the bad object."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+    top = _Table(data, source)
+    sim = _Table(top.table("sim"), f"{source}: [sim]")
+    parents = tuple(
+        _parent(item, f"{source}: parent {index + 1}")
+        for index, item in enumerate(top.tables("parent"))
+    )
+    scenario = Scenario(
+        parents=parents,
+        first_iommu_group=sim.number("first_iommu_group", 0),
+        vfio_major=sim.number("vfio_major", 243, minimum=1),
+        source=source,
+    )
+    sim.finish()
+    top.finish()
+    for key in ("name", "devpath"):
+        values = [getattr(p, key) for p in parents]
+        if len(set(values)) != len(values):
+            raise ScenarioError(f"{source}: two parents share a {key}")
+    devpaths = [p.devpath for p in parents]
+    for devpath in devpaths:
+        if any(other.startswith(devpath + "/") for other in devpaths):
+            raise ScenarioError(f"{source}: parent {devpath!r} contains another parent")
+    return scenario
+
+
+def load(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: {exc.strerror}") from None
+    return parse(text, str(path))

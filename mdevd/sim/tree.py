@@ -1,0 +1,257 @@
+"""The sysfs view of the emulated kernel: every directory, attribute file and link.
+
+`build` renders the model (`state.Kernel`) as an immutable map from path (relative to the mount
+root, which plays /sys) to node. It is rebuilt whenever the model's generation changes, so a
+lookup never sees half an operation. Attribute files carry `show`/`store` callables bound to the
+model object they belong to; a file opened before its object went away keeps its callables, and
+those answer ENODEV, as kernfs does for removed nodes.
+
+The hidden `.sim/` directory is the test side: the control file, the uevent log, and the emulated
+`/dev/vfio/<group>` nodes.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mdevd.sim import control
+from mdevd.sim.scenario import TypeSpec
+from mdevd.sim.state import Device, DeviceState, Kernel, Parent, Registration, fail
+
+MODE_RO = 0o444
+MODE_WO = 0o200
+MODE_RW = 0o644
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    entries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    mode: int
+    show: Callable[[], bytes] | None = None
+    store: Callable[[bytes], None] | None = None
+    #: Called when the file is opened; raises OSError to refuse the open.
+    on_open: Callable[[], None] | None = None
+    #: Errors of this file carry a message the opener may read back (the control file).
+    reports_errors: bool = False
+
+
+Node = Directory | Symlink | Attribute
+Tree = dict[str, Node]
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self._children: dict[str, set[str]] = {"": set()}
+        self._nodes: dict[str, Node] = {}
+
+    def dir(self, path: str) -> None:
+        if path in self._children:
+            return
+        self._children[path] = set()
+        parent, _, name = path.rpartition("/")
+        self.dir(parent)
+        self._children[parent].add(name)
+
+    def _leaf(self, path: str, node: Node) -> None:
+        parent, _, name = path.rpartition("/")
+        self.dir(parent)
+        self._children[parent].add(name)
+        self._nodes[path] = node
+
+    def file(self, path: str, node: Attribute) -> None:
+        self._leaf(path, node)
+
+    def link(self, path: str, target: str) -> None:
+        """A symlink to `target` (a path from the root), stored relative like sysfs's."""
+        self._leaf(path, Symlink(posixpath.relpath(target, posixpath.dirname(path) or ".")))
+
+    def text(self, path: str, content: str) -> None:
+        data = content.encode()
+        self.file(path, Attribute(MODE_RO, show=lambda: data))
+
+    def finish(self) -> Tree:
+        tree: Tree = dict(self._nodes)
+        for path, names in self._children.items():
+            tree[path] = Directory(tuple(sorted(names)))
+        return tree
+
+
+def _uevent_file(
+    kernel: Kernel, devpath: str, subsystem: str, properties: Callable[[], dict[str, str]]
+) -> Attribute:
+    def show() -> bytes:
+        return "".join(f"{k}={v}\n" for k, v in properties().items()).encode()
+
+    def store(data: bytes) -> None:
+        kernel.synthetic_uevent(devpath, subsystem, properties(), data)
+
+    return Attribute(MODE_RW, show=show, store=store)
+
+
+def _type_files(
+    builder: _Builder, kernel: Kernel, parent: Parent, spec: TypeSpec, registration: Registration
+) -> None:
+    base = f"{parent.spec.devpath}/mdev_supported_types/{spec.type_id}"
+    builder.dir(f"{base}/devices")
+
+    def create(data: bytes) -> None:
+        kernel.create_device(parent, spec, registration, data)
+
+    def available() -> bytes:
+        with kernel.lock:
+            if parent.registration is not registration:
+                fail(errno.ENODEV, "type is gone")
+            return f"{kernel.available_instances(parent, spec)}\n".encode()
+
+    builder.file(f"{base}/create", Attribute(MODE_WO, store=create))
+    builder.file(f"{base}/available_instances", Attribute(MODE_RO, show=available))
+    builder.text(f"{base}/name", f"{spec.name}\n")
+    builder.text(f"{base}/device_api", f"{spec.device_api}\n")
+    if spec.description is not None:
+        builder.text(f"{base}/description", f"{spec.description}\n")
+
+
+def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
+    parent = device.parent
+    path = device.devpath
+    builder.dir(path)
+    # Present until the driver has let go, i.e. also while a removal waits for the VM.
+    builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
+    builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
+    builder.dir(f"{device.vfio_dev_devpath}")
+    builder.link(f"{device.vfio_dev_devpath}/subsystem", "class/vfio-dev")
+    builder.link(f"{device.vfio_dev_devpath}/device", path)
+    builder.file(
+        f"{device.vfio_dev_devpath}/uevent",
+        _uevent_file(kernel, device.vfio_dev_devpath, "vfio-dev", dict),
+    )
+    builder.link(f"class/vfio-dev/vfio{device.vfio_dev_index}", device.vfio_dev_devpath)
+    builder.link(f"kernel/iommu_groups/{device.iommu_group}/devices/{device.uuid}", path)
+    builder.text(f"kernel/iommu_groups/{device.iommu_group}/type", "DMA\n")
+    group_path = device.vfio_group_devpath
+    major, minor = kernel.scenario.vfio_major, device.vfio_minor
+    builder.text(f"{group_path}/dev", f"{major}:{minor}\n")
+    builder.link(f"{group_path}/subsystem", "class/vfio")
+    group_props = {
+        "MAJOR": str(major),
+        "MINOR": str(minor),
+        "DEVNAME": f"vfio/{device.iommu_group}",
+    }
+    builder.file(
+        f"{group_path}/uevent", _uevent_file(kernel, group_path, "vfio", lambda: group_props)
+    )
+    builder.link(f"class/vfio/{device.iommu_group}", group_path)
+    builder.file(
+        f"{control.VFIO_DIR}/{device.iommu_group}",
+        Attribute(0o600, on_open=lambda: kernel.open_vfio_group(device)),
+    )
+    if device.state is not DeviceState.ACTIVE:
+        # The core unlinks the type, the bus and the attributes before waiting for the driver.
+        return
+    type_dir = f"{parent.spec.devpath}/mdev_supported_types/{device.mdev_type.type_id}"
+    builder.link(f"{path}/mdev_type", type_dir)
+    builder.link(f"{type_dir}/devices/{device.uuid}", path)
+    builder.link(f"bus/mdev/devices/{device.uuid}", path)
+    builder.link(f"bus/mdev/drivers/{parent.spec.driver}/{device.uuid}", path)
+    builder.link(f"{path}/subsystem", "bus/mdev")
+
+    def bound() -> dict[str, str]:
+        return {"DRIVER": parent.spec.driver} if device.state is DeviceState.ACTIVE else {}
+
+    builder.file(f"{path}/uevent", _uevent_file(kernel, path, "mdev", bound))
+
+    def remove(data: bytes) -> None:
+        kernel.remove_device(device, data)
+
+    builder.file(f"{path}/remove", Attribute(MODE_WO, store=remove))
+    spec = device.mdev_type
+    for attribute in spec.attributes:
+        builder.file(f"{path}/{attribute.name}", _attribute_file(kernel, device, attribute.name))
+    if spec.vfio_ap is not None:
+        for action in ("assign", "unassign"):
+            for what in ("adapter", "domain", "control_domain"):
+                name = f"{action}_{what}"
+                builder.file(f"{path}/{name}", _attribute_file(kernel, device, name))
+
+        def matrix() -> bytes:
+            with kernel.lock:
+                _check_active(device)
+                return Kernel.ap_matrix(device).encode()
+
+        def control_domains() -> bytes:
+            with kernel.lock:
+                _check_active(device)
+                return "".join(f"{d:04x}\n" for d in sorted(device.ap_control_domains)).encode()
+
+        builder.file(f"{path}/matrix", Attribute(MODE_RO, show=matrix))
+        builder.file(f"{path}/control_domains", Attribute(MODE_RO, show=control_domains))
+
+
+def _check_active(device: Device) -> None:
+    if device.state is not DeviceState.ACTIVE:
+        fail(errno.ENODEV, f"{device.uuid} is gone")
+
+
+def _attribute_file(kernel: Kernel, device: Device, name: str) -> Attribute:
+    def store(data: bytes) -> None:
+        kernel.write_attribute(device, name, data)
+
+    return Attribute(MODE_WO, store=store)
+
+
+def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
+    spec = parent.spec
+    builder.dir(spec.devpath)
+    builder.link(f"{spec.devpath}/subsystem", spec.subsystem_path)
+    builder.file(
+        f"{spec.devpath}/uevent",
+        _uevent_file(
+            kernel, spec.devpath, spec.subsystem, lambda: kernel.parent_properties(parent)
+        ),
+    )
+    if spec.subsystem_path.startswith("class/"):
+        builder.link(f"{spec.subsystem_path}/{spec.name}", spec.devpath)
+    else:
+        builder.link(f"{spec.subsystem_path}/devices/{spec.name}", spec.devpath)
+    registration = parent.registration
+    if registration is None:
+        return
+    if registration.active:
+        builder.link(f"class/mdev_bus/{spec.name}", spec.devpath)
+    builder.dir(f"{spec.devpath}/mdev_supported_types")
+    for type_spec in spec.types:
+        _type_files(builder, kernel, parent, type_spec, registration)
+    for device in parent.devices:
+        _device_files(builder, kernel, device)
+
+
+def build(kernel: Kernel, control_file: Attribute) -> Tree:
+    """Render the model. Call with `kernel.lock` held."""
+    builder = _Builder()
+    for path in (
+        "class/mdev_bus",
+        "bus/mdev/devices",
+        "kernel/iommu_groups",
+        "devices/virtual",
+        control.VFIO_DIR,
+    ):
+        builder.dir(path)
+    for parent in kernel.parents.values():
+        builder.dir(f"bus/mdev/drivers/{parent.spec.driver}")
+        if parent.present:
+            _parent_files(builder, kernel, parent)
+    builder.file(control.CONTROL_PATH, control_file)
+    builder.file(control.UEVENT_LOG_PATH, Attribute(MODE_RO, show=kernel.uevents.log_text))
+    return builder.finish()

@@ -1,0 +1,226 @@
+"""The control channel: faults, delays, a VM holding a device, and the channel's own errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mdevd.sim.control import CONTROL_PATH, CommandError, ControlError
+from tests.sim.helpers import (
+    UUID_A,
+    UUID_B,
+    available,
+    create,
+    remove,
+    type_dir,
+    write,
+    write_errno,
+)
+from tests.support.sim import RunningSim
+
+pytestmark = pytest.mark.timeout(60, method="thread")
+
+
+def _actions_for(sim: RunningSim, uuid: str) -> list[str]:
+    return [e.action for e in sim.control.uevents() if e.devpath.endswith("/" + uuid)]
+
+
+def test_fault_create_fails_the_next_creates_and_leaves_nothing(sim: RunningSim) -> None:
+    sim.control.fault_create("mtty", "mtty-2", "EIO", 2)
+    create_file = type_dir(sim.root, "mtty", "mtty-2") / "create"
+    assert write_errno(create_file, UUID_A) == errno.EIO
+    assert write_errno(create_file, UUID_A) == errno.EIO
+    assert not (sim.root / "bus/mdev/devices" / UUID_A).exists()
+    assert available(sim.root, "mtty", "mtty-2") == 12
+    # Other types of the parent are not affected.
+    create(sim.root, "mtty", "mtty-1", UUID_B)
+    assert write_errno(create_file, UUID_A) is None
+    # A driver failure happens after the core added the device: add, remove, never bind.
+    assert _actions_for(sim, UUID_A) == ["add", "remove", "add", "remove", "add", "bind"]
+
+
+def test_fault_create_takes_a_number(sim: RunningSim) -> None:
+    sim.control.command("fault", "create", "mdpy", "mdpy-vga", "5")
+    assert write_errno(type_dir(sim.root, "mdpy", "mdpy-vga") / "create", UUID_A) == errno.EIO
+
+
+def test_fault_attribute_for_one_device_or_all(sim: RunningSim) -> None:
+    for uuid in (UUID_A, UUID_B):
+        create(sim.root, "matrix", "vfio_ap-passthrough", uuid)
+    first = sim.root / "bus/mdev/devices" / UUID_A
+    second = sim.root / "bus/mdev/devices" / UUID_B
+    sim.control.fault_attribute(UUID_A.upper(), "assign_adapter", "EIO")
+    assert write_errno(second / "assign_adapter", "1") is None
+    assert write_errno(first / "assign_adapter", "2") == errno.EIO
+    assert write_errno(first / "assign_adapter", "2") is None
+    sim.control.fault_attribute("*", "assign_domain", "EACCES", 2)
+    assert write_errno(first / "assign_domain", "3") == errno.EACCES
+    assert write_errno(second / "assign_domain", "4") == errno.EACCES
+    assert write_errno(second / "assign_domain", "4") is None
+    assert (first / "matrix").read_text() == "02.\n"
+
+
+def test_fault_attribute_can_be_set_before_the_device_exists(sim: RunningSim) -> None:
+    """What a test of "create, then the attribute write fails, then roll back" needs."""
+    sim.control.fault_attribute(UUID_A, "assign_adapter", "ENXIO")
+    create(sim.root, "matrix", "vfio_ap-passthrough", UUID_A)
+    device = sim.root / "bus/mdev/devices" / UUID_A
+    assert write_errno(device / "assign_adapter", "1") == errno.ENXIO
+
+
+def test_fault_remove(sim: RunningSim) -> None:
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    create(sim.root, "mtty", "mtty-1", UUID_B)
+    sim.control.fault_remove(UUID_A, "EBUSY")
+    remove_file = sim.root / "bus/mdev/devices" / UUID_A / "remove"
+    assert write_errno(remove_file, "1") == errno.EBUSY
+    assert (sim.root / "bus/mdev/devices" / UUID_A / "mdev_type").exists()
+    assert write_errno(remove_file, "1") is None
+    sim.control.fault_remove("*", "EAGAIN")
+    assert write_errno(sim.root / "bus/mdev/devices" / UUID_B / "remove", "1") == errno.EAGAIN
+
+
+def test_clear_drops_faults_and_delays(sim: RunningSim) -> None:
+    sim.control.fault_create("mtty", "mtty-1", "EIO", 5)
+    sim.control.fault_remove("*", "EBUSY", 5)
+    sim.control.delay("create", 30)
+    sim.control.clear()
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    remove(sim.root, UUID_A)
+
+
+def _timed(action: str, run: object) -> float:
+    start = time.monotonic()
+    run()  # type: ignore[operator]
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("kind", ["create", "remove", "attribute"])
+def test_delays_slow_every_such_write(sim: RunningSim, kind: str) -> None:
+    create(sim.root, "matrix", "vfio_ap-passthrough", UUID_A)
+    device = sim.root / "bus/mdev/devices" / UUID_A
+    sim.control.delay(kind, 0.3)
+    if kind == "create":
+        slow = _timed(kind, lambda: create(sim.root, "mtty", "mtty-1", UUID_B))
+    elif kind == "remove":
+        slow = _timed(kind, lambda: remove(sim.root, UUID_A))
+    else:
+        slow = _timed(kind, lambda: write(device / "assign_adapter", "1"))
+    # Only a lower bound: the write cannot return before the delay is over.
+    assert slow >= 0.29  # a hair under: timers may round the sleep down by microseconds
+    sim.control.delay(kind, 0)
+
+
+def test_a_delayed_create_does_not_hold_up_other_operations(sim: RunningSim) -> None:
+    sim.control.delay("create", 1.0)
+    errors: list[int | None] = []
+    slow = threading.Thread(
+        target=lambda: errors.append(
+            write_errno(type_dir(sim.root, "mtty", "mtty-1") / "create", UUID_A)
+        ),
+        daemon=True,
+    )
+    slow.start()
+    # Reads, other types' files and the control channel keep answering meanwhile.
+    assert available(sim.root, "mdpy", "mdpy-vga") == 4
+    sim.control.fault_remove("*", "EBUSY")
+    slow.join(10)
+    assert errors == [None]
+
+
+def test_hold_makes_the_vfio_group_busy(sim: RunningSim) -> None:
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    group = int(
+        os.path.basename(os.readlink(sim.root / "bus/mdev/devices" / UUID_A / "iommu_group"))
+    )
+    node = sim.control.vfio_group_path(group)
+    os.close(os.open(node, os.O_RDWR))
+    sim.control.hold(UUID_A)
+    with pytest.raises(OSError) as busy:
+        os.open(node, os.O_RDWR)
+    assert busy.value.errno == errno.EBUSY
+    sim.control.release(UUID_A)
+    os.close(os.open(node, os.O_RDWR))
+
+
+def test_removing_a_held_device_blocks_until_release(sim: RunningSim) -> None:
+    create(sim.root, "mtty", "mtty-2", UUID_A)
+    device = sim.root / "devices/virtual/mtty/mtty" / UUID_A
+    sim.control.hold(UUID_A)
+    results: list[int | None] = []
+    remover = threading.Thread(
+        target=lambda: results.append(write_errno(device / "remove", "1")), daemon=True
+    )
+    remover.start()
+    # Wait for the removal to start (the core unlinks the bus entry first), not for time.
+    bus_entry = sim.root / "bus/mdev/devices" / UUID_A
+    for _ in range(500):
+        if not bus_entry.exists():
+            break
+        remover.join(0.01)
+    assert not bus_entry.exists()
+    assert remover.is_alive()
+    # Waiting for the driver: still in sysfs, still counted, its UUID still taken.
+    assert sorted(os.listdir(device)) == ["driver", "iommu_group", "vfio-dev"]
+    assert available(sim.root, "mtty", "mtty-2") == 11
+    assert write_errno(type_dir(sim.root, "mtty", "mtty-1") / "create", UUID_A) == errno.EEXIST
+    with pytest.raises(OSError) as reopen:
+        os.open(device / "remove", os.O_WRONLY)
+    assert reopen.value.errno == errno.ENOENT
+    assert _actions_for(sim, UUID_A) == ["add", "bind"]
+    sim.control.release(UUID_A)
+    remover.join(10)
+    assert not remover.is_alive()
+    assert results == [None]
+    assert not device.exists()
+    assert _actions_for(sim, UUID_A) == ["add", "bind", "unbind", "remove"]
+
+
+def test_hold_of_an_unknown_device_is_enoent(sim: RunningSim) -> None:
+    with pytest.raises(ControlError) as unknown:
+        sim.control.hold(UUID_A)
+    assert unknown.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "frobnicate",
+        "register",
+        "fault create mtty mtty-1",
+        "fault create mtty mtty-1 ENOTANERRNO",
+        "fault create mtty mtty-1 EIO 0",
+        "fault remove not-a-uuid EIO",
+        "delay create soon",
+        "delay later 1",
+        "hold",
+        "clear now",
+    ],
+)
+def test_malformed_commands_are_einval_with_a_message(sim: RunningSim, line: str) -> None:
+    fd = os.open(sim.root / CONTROL_PATH, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as refused:
+            os.write(fd, line.encode() + b"\n")
+        assert refused.value.errno == errno.EINVAL
+        assert os.pread(fd, 4096, 0).decode().strip() != ""
+    finally:
+        os.close(fd)
+    with pytest.raises(CommandError):
+        sim.control.command(*line.split())
+
+
+def test_fault_on_an_unknown_type_is_enoent(sim: RunningSim) -> None:
+    with pytest.raises(ControlError) as unknown:
+        sim.control.fault_create("mtty", "mtty-3", "EIO")
+    assert unknown.value.errno == errno.ENOENT
+
+
+def test_control_file_is_root_only(sim: RunningSim) -> None:
+    assert os.stat(sim.root / CONTROL_PATH).st_mode & 0o777 == 0o600
+    assert Path(sim.root / ".sim").is_dir()

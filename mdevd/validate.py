@@ -72,7 +72,11 @@ def attribute_value(value: object, name: str = "") -> str:
         raise InvalidName(f"{label} value must be a string, not {type(value).__name__}")
     if "\0" in value:
         raise InvalidName(f"{label} value contains a NUL character")
-    if len(value.encode()) > MAX_ATTRIBUTE_VALUE_LENGTH:
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:  # lone surrogates: no bytes could be written for them
+        raise InvalidName(f"{label} value is not valid Unicode text") from None
+    if len(encoded) > MAX_ATTRIBUTE_VALUE_LENGTH:
         raise InvalidName(f"{label} value is longer than {MAX_ATTRIBUTE_VALUE_LENGTH} bytes")
     return value
 

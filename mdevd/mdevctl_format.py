@@ -1,0 +1,321 @@
+"""mdevctl's JSON definitions: read with mdevctl's own acceptance rules, exported in its
+`list --defined --dumpjson` shape, and imported into the definition store.
+
+mdevctl keeps one file per device, `/etc/mdevctl.d/<parent>/<uuid>`:
+
+    {"mdev_type": "T", "start": "auto", "attrs": [{"assign_adapter": "5"}, ...]}
+
+What mdevctl (1.x, `MDev::load_from_json`) accepts, and so what is imported:
+- the file name parses as a UUID (hyphenated, 32 digits, braced or `urn:uuid:`; any case);
+  other files are ignored by mdevctl, and reported here;
+- only regular files in directories directly under the root (mdevctl does not follow
+  symlinks there); its `scripts.d` directory is not a parent;
+- the content is JSON (strict: no NaN) whose `mdev_type` and `start` are present and not null;
+  `mdev_type` must be a string (mdevctl crashes otherwise);
+- `start` is `"auto"` for autostart, anything else means manual;
+- `attrs` is absent, null, or an array of objects with exactly one key and a string value,
+  kept in order; other keys are ignored.
+On top of that, mdevd refuses what mdevctl would accept but cannot be safe: parent, type and
+attribute names that are not plain sysfs names (mdevctl joins `../x` onto the device path),
+and values with NUL. Every definition not imported is reported with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mdevd import definitions
+from mdevd.definitions import Problem, ProblemKind, printable_path
+from mdevd.errors import ConfigInvalid, InvalidArgument, MdevdError
+from mdevd.model import Definition
+from mdevd.store import DefinitionStore
+
+DEFAULT_MDEVCTL_DIR = Path("/etc/mdevctl.d")
+#: mdevctl's callout and notifier scripts live here, not definitions.
+SCRIPTS_DIR_NAME = "scripts.d"
+
+_HYPHENATED = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+#: The forms the uuid crate's `Uuid::parse_str` takes, which is how mdevctl reads file names.
+_MDEVCTL_UUID_RE = re.compile(
+    rf"{_HYPHENATED}|[0-9a-fA-F]{{32}}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}"
+)
+
+
+def mdevctl_uuid(name: str) -> str | None:
+    """The canonical (hyphenated, lower-case) UUID of a file name mdevctl takes as one."""
+    if not _MDEVCTL_UUID_RE.fullmatch(name):
+        return None
+    digits = re.sub("[^0-9a-fA-F]", "", name.removeprefix("urn:uuid:")).lower()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _surrogate_free(value: object) -> bool:
+    """serde_json refuses lone surrogate escapes (`"\\ud800"`); Python's json lets them in."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, list):
+        return all(_surrogate_free(v) for v in value)
+    if isinstance(value, dict):
+        return all(_surrogate_free(k) and _surrogate_free(v) for k, v in value.items())
+    return True
+
+
+def _mdevctl_rejects(reason: str) -> ConfigInvalid:
+    return ConfigInvalid(f"mdevctl rejects it: {reason}")
+
+
+def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> Definition:
+    """The definition mdevctl would load from `text` for `uuid` under `parent`.
+
+    Raises `ConfigInvalid` saying whether mdevctl itself rejects it, or mdevctl accepts it but
+    mdevd refuses it (an unsafe name), and why.
+    """
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as e:  # JSONDecodeError included
+        where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
+        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise _mdevctl_rejects(f"not valid JSON: {where}{message}") from None
+    if not _surrogate_free(document):
+        raise _mdevctl_rejects("not valid JSON: a string holds a lone surrogate escape")
+    if not isinstance(document, dict):
+        raise _mdevctl_rejects("the file is not a JSON object")
+    if document.get("mdev_type") is None:
+        raise _mdevctl_rejects("'mdev_type' is missing")
+    if document.get("start") is None:
+        raise _mdevctl_rejects("'start' is missing")
+    mdev_type = document["mdev_type"]
+    if not isinstance(mdev_type, str):
+        raise _mdevctl_rejects("'mdev_type' is not a string (mdevctl crashes on it)")
+    autostart = document["start"] == "auto"
+    attrs = document.get("attrs")
+    if attrs is None:
+        attrs = []
+    if not isinstance(attrs, list):
+        raise _mdevctl_rejects("'attrs' is not an array")
+    pairs: list[tuple[str, str]] = []
+    for index, attr in enumerate(attrs, start=1):
+        if not isinstance(attr, dict):
+            raise _mdevctl_rejects(f"attribute {index} is not an object")
+        if len(attr) != 1:
+            raise _mdevctl_rejects(f"attribute {index} does not have exactly one field")
+        ((name, value),) = attr.items()
+        if not isinstance(value, str):
+            raise _mdevctl_rejects(f"attribute {index} ({name!r}) has a value that is not a string")
+        pairs.append((name, value))
+
+    try:
+        definition = Definition(uuid, parent, mdev_type, autostart, tuple(pairs), source, 0)
+        return definitions.check_definition(definition)
+    except InvalidArgument as e:
+        raise ConfigInvalid(f"mdevctl accepts it, but mdevd refuses it: {e.message}") from None
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def to_mdevctl_object(definition: Definition) -> dict[str, Any]:
+    """A definition as mdevctl's JSON object (what its config files and `--dumpjson` hold)."""
+    return {
+        "mdev_type": definition.type_id,
+        "start": "auto" if definition.autostart else "manual",
+        "attrs": [{name: value} for name, value in definition.attributes],
+    }
+
+
+def _pretty(value: object) -> str:
+    # serde_json's to_string_pretty: two-space indent, UTF-8 left unescaped.
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def to_mdevctl_json(definition: Definition) -> str:
+    """One definition as mdevctl writes its file `/etc/mdevctl.d/<parent>/<uuid>`."""
+    return _pretty(to_mdevctl_object(definition))
+
+
+def dumpjson(defined: Iterable[Definition]) -> str:
+    """`mdevctl list --defined --dumpjson` for these definitions.
+
+    `[{"<parent>": [{"<uuid>": {...}}, ...], ...}]`, parents and UUIDs sorted; `[]` if none.
+    """
+    by_parent: dict[str, list[Definition]] = {}
+    for definition in defined:
+        by_parent.setdefault(definition.parent, []).append(definition)
+    if not by_parent:
+        return _pretty([])
+    parents = {
+        parent: [
+            {d.uuid: to_mdevctl_object(d)} for d in sorted(by_parent[parent], key=lambda d: d.uuid)
+        ]
+        for parent in sorted(by_parent)
+    }
+    return _pretty([parents])
+
+
+# --- reading a tree -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MdevctlTree:
+    """Everything under an mdevctl config directory."""
+
+    #: Every definition mdevctl (and mdevd) accepts, in mdevctl's order (parent, then UUID).
+    #: A UUID may appear under two parents: mdevctl allows it, mdevd does not.
+    definitions: list[Definition] = field(default_factory=list)
+    #: Each file mdevctl rejects or ignores, or mdevd refuses, with the reason.
+    problems: list[Problem] = field(default_factory=list)
+
+
+def read_mdevctl_tree(root: Path = DEFAULT_MDEVCTL_DIR) -> MdevctlTree:
+    """Read `root/<parent>/<uuid>` files the way mdevctl's `list --defined` does.
+
+    Raises `ConfigInvalid` if `root` itself cannot be read.
+    """
+    tree = MdevctlTree()
+    try:
+        parents = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        raise ConfigInvalid(f"{root}: cannot read mdevctl's directory: {e.strerror}") from None
+    for parent_entry in parents:
+        if parent_entry.name == SCRIPTS_DIR_NAME:
+            continue
+        if parent_entry.is_symlink():
+            tree.problems.append(
+                Problem(
+                    printable_path(parent_entry.path),
+                    0,
+                    "mdevctl ignores symlinked parent directories",
+                )
+            )
+            continue
+        if not parent_entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            children = sorted(os.scandir(parent_entry.path), key=lambda e: e.name)
+        except OSError as e:
+            message = f"cannot read directory: {e.strerror}"
+            tree.problems.append(
+                Problem(printable_path(parent_entry.path), 0, message, ProblemKind.UNREADABLE)
+            )
+            continue
+        found: list[Definition] = []
+        for child in children:
+            problem = _read_child(child, parent_entry.name, found)
+            if problem is not None:
+                tree.problems.append(problem)
+        tree.definitions.extend(sorted(found, key=lambda d: d.uuid))
+    return tree
+
+
+def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -> Problem | None:
+    if child.is_symlink():
+        return Problem(printable_path(child.path), 0, "not imported: mdevctl ignores symlinks")
+    if not child.is_file(follow_symlinks=False):
+        return None
+    uuid = mdevctl_uuid(child.name)
+    if uuid is None:
+        return Problem(
+            printable_path(child.path),
+            0,
+            "not imported: mdevctl ignores it (the name is not a UUID)",
+        )
+    try:
+        with open(child.path, "rb") as f:
+            data = f.read(definitions.MAX_FILE_SIZE + 1)
+    except OSError as e:
+        return Problem(
+            printable_path(child.path), 0, f"cannot read: {e.strerror}", ProblemKind.UNREADABLE
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return Problem(
+            printable_path(child.path), 0, "not imported: mdevctl rejects it: not UTF-8 text"
+        )
+    try:
+        found.append(parse_mdevctl_json(text, uuid, parent, child.path))
+    except MdevdError as e:
+        return Problem(printable_path(child.path), 0, f"not imported: {e.message}", uuid=uuid)
+    return None
+
+
+# --- importing ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ImportReport:
+    #: (mdevctl definition, the file it was written to, or would be with --dry-run).
+    imported: list[tuple[Definition, Path]] = field(default_factory=list)
+    #: mdevctl definitions the store already holds identically (a repeated import).
+    unchanged: list[Definition] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def import_tree(tree: MdevctlTree, store: DefinitionStore, *, dry_run: bool) -> ImportReport:
+    """Write each of the tree's definitions into the store, unless the store already has it.
+
+    Never overwrites: a UUID the store defines differently is reported and left alone. With
+    `dry_run`, nothing is written and `imported` says where each file would go.
+    """
+    report = ImportReport(problems=list(tree.problems))
+    existing = store.load().definitions
+    first: dict[str, Definition] = {}
+    for definition in tree.definitions:
+        uuid = definition.uuid
+        earlier = first.setdefault(uuid, definition)
+        if earlier is not definition:
+            report.problems.append(
+                Problem(
+                    definition.source_file,
+                    0,
+                    f"not imported: device {uuid} is also defined under parent "
+                    f"{earlier.parent} ({earlier.source_file}); mdevd allows one definition per "
+                    "UUID (the kernel allows one device per UUID), so only that one is imported",
+                    ProblemKind.CONFLICT,
+                    uuid,
+                )
+            )
+            continue
+        current = existing.get(uuid)
+        if current is not None:
+            if definitions.same_device(current, definition):
+                report.unchanged.append(definition)
+            else:
+                where = f"{current.source_file}:{current.source_line}"
+                report.problems.append(
+                    Problem(
+                        definition.source_file,
+                        0,
+                        f"not imported: device {uuid} is already defined differently at "
+                        f"{where}; mdevd leaves that definition alone",
+                        ProblemKind.CONFLICT,
+                        uuid,
+                    )
+                )
+            continue
+        if dry_run:
+            report.imported.append((definition, store.path_for_new(uuid)))
+            continue
+        try:
+            saved = store.save(definition)
+        except MdevdError as e:
+            report.problems.append(
+                Problem(definition.source_file, 0, f"not imported: {e.message}", uuid=uuid)
+            )
+            continue
+        report.imported.append((definition, Path(saved.source_file)))
+    return report

@@ -1,0 +1,463 @@
+"""The persistent definition store: a stack of drop-in directories of definitions files.
+
+Directories are searched highest precedence first (by default `/etc/mdevd/devices.d`, then
+`/run/mdevd/devices.d`, then `/usr/lib/mdevd/devices.d`). Only `*.toml` files that are not
+hidden are read. A file masks every file of the same name in lower directories; a symlink to
+`/dev/null` masks without defining anything (the systemd convention).
+
+Loading never fails as a whole: each file is parsed on its own, a bad file or entry is skipped
+and reported as a `Problem`, and every other definition loads. A UUID defined more than once
+is a conflict: the first definition wins (higher directory first, then file name in byte
+order, then position in the file) and each other one is reported.
+
+Writes (for the API) are atomic (`mdevd.atomic`) and re-read the files they touch first, so a
+hand edit made since the last load is never overwritten:
+- a new device goes to `<write_dir>/<uuid>.toml`;
+- a device defined in a writable file (`/etc` or `/run`, hand-written or not) is changed or
+  removed in place, in that file, keeping its comments and the other devices in it;
+- a device defined in a read-only (vendor) directory is refused with `ReadOnly`, whose message
+  says how to override or mask it; so is removing a device that a vendor file also defines,
+  because the vendor's definition would silently take its place.
+
+The class is synchronous and thread-safe; the daemon's engine calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mdevd import atomic, definitions, validate
+from mdevd.config import StoreConfig
+from mdevd.definitions import ParsedFile, Problem, ProblemKind
+from mdevd.errors import ConfigInvalid, Failed, NotFound, ReadOnly
+from mdevd.model import Definition
+
+DEFINITION_SUFFIX = ".toml"
+MASK_TARGET = "/dev/null"
+
+# (device, inode, size, mtime, ctime): an atomic replace changes the inode, an edit in place
+# changes mtime or size; either makes the store parse the file again.
+_Signature = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    """What a load found."""
+
+    #: The definition in effect for each UUID, in precedence order.
+    definitions: dict[str, Definition]
+    #: Everything wrong, in precedence order of the files; each names file and line.
+    problems: list[Problem]
+    #: The files read (after masking), in precedence order.
+    files: list[Path] = field(default_factory=list)
+    #: Files not read: masked by a same-named file above them, or masks (links to /dev/null).
+    masked: list[Path] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _State:
+    result: LoadResult
+    #: Every valid definition of each UUID, winner first (conflict losers after it).
+    all_definitions: dict[str, list[Definition]]
+    #: For each file name, the path in effect (the highest directory that has it).
+    effective: dict[str, Path]
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_definitions_file(path: Path) -> tuple[_Signature | None, ParsedFile | bytes]:
+    """The file's signature and content, or a ParsedFile holding why it cannot be used.
+
+    O_NONBLOCK keeps a FIFO dropped into the directory from hanging the daemon.
+    """
+    source = str(path)
+
+    def unusable(message: str) -> tuple[None, ParsedFile]:
+        problem = Problem(source, 0, message, ProblemKind.UNREADABLE)
+        return None, ParsedFile((), (problem,), usable=False)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        return unusable(f"cannot open: {e.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return unusable("not a regular file (only a symlink to /dev/null masks a file)")
+        if st.st_size > definitions.MAX_FILE_SIZE:
+            return unusable(f"larger than {definitions.MAX_FILE_SIZE} bytes")
+        chunks: list[bytes] = []
+        remaining = definitions.MAX_FILE_SIZE + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        if remaining <= 0:
+            return unusable(f"larger than {definitions.MAX_FILE_SIZE} bytes")
+    except OSError as e:
+        return unusable(f"cannot read: {e.strerror}")
+    finally:
+        os.close(fd)
+    return _signature(st), b"".join(chunks)
+
+
+def _is_mask(path: Path) -> bool:
+    return path.is_symlink() and os.path.realpath(path) == MASK_TARGET
+
+
+def _merge(parsed_files: Iterable[ParsedFile]) -> tuple[LoadResult, dict[str, list[Definition]]]:
+    winners: dict[str, Definition] = {}
+    everything: dict[str, list[Definition]] = {}
+    problems: list[Problem] = []
+    for parsed in parsed_files:
+        problems.extend(parsed.problems)
+        for definition in parsed.definitions:
+            everything.setdefault(definition.uuid, []).append(definition)
+            winner = winners.setdefault(definition.uuid, definition)
+            if winner is not definition:
+                problems.append(
+                    Problem(
+                        definition.source_file,
+                        definition.source_line,
+                        f"device {definition.uuid} is also defined at {_where(winner)}, "
+                        "which takes precedence; this definition is ignored",
+                        ProblemKind.CONFLICT,
+                        definition.uuid,
+                    )
+                )
+    return LoadResult(winners, problems), everything
+
+
+def _where(definition: Definition) -> str:
+    if definition.source_line > 0:
+        return f"{definition.source_file}:{definition.source_line}"
+    return definition.source_file
+
+
+class DefinitionStore:
+    """Device definitions in a stack of directories; see the module documentation.
+
+    `dirs` is the search path, highest precedence first. New definitions are written to
+    `write_dir` (default: the first directory), which must be one of `dirs`. Definitions in
+    `read_only` directories are never changed or removed.
+    """
+
+    def __init__(
+        self,
+        dirs: Sequence[Path],
+        *,
+        write_dir: Path | None = None,
+        read_only: Collection[Path] = (),
+    ) -> None:
+        if not dirs:
+            raise ValueError("a definition store needs at least one directory")
+        self.dirs: tuple[Path, ...] = tuple(dirs)
+        self.write_dir = self.dirs[0] if write_dir is None else write_dir
+        if self.write_dir not in self.dirs:
+            raise ValueError(f"write directory {self.write_dir} is not in the search path")
+        self.read_only: frozenset[Path] = frozenset(read_only)
+        if self.write_dir in self.read_only:
+            raise ValueError(f"write directory {self.write_dir} is read-only")
+        self._lock = threading.RLock()
+        self._cache: dict[Path, tuple[_Signature, ParsedFile]] = {}
+
+    @classmethod
+    def from_config(cls, config: StoreConfig) -> DefinitionStore:
+        """The standard stack: `/etc` (written), `/run`, and the read-only vendor directory."""
+        return cls(
+            config.search_path(),
+            write_dir=config.devices_dir,
+            read_only=(config.vendor_devices_dir,),
+        )
+
+    # --- reading --------------------------------------------------------------------------
+
+    def load(self) -> LoadResult:
+        """Read every directory; files unchanged since the last load are not parsed again."""
+        with self._lock:
+            return self._load_state().result
+
+    def get(self, uuid: str) -> Definition | None:
+        """The definition in effect for `uuid`, read afresh, or None."""
+        return self.load().definitions.get(validate.uuid(uuid))
+
+    def path_for_new(self, uuid: str) -> Path:
+        """The file `save` writes a new definition of `uuid` to."""
+        return self.write_dir / f"{validate.uuid(uuid)}{DEFINITION_SUFFIX}"
+
+    def is_writable(self, uuid: str) -> bool:
+        """Whether the API may both change and remove `uuid`.
+
+        False when a read-only directory defines it, in effect or as a conflicting copy. An
+        unknown UUID is writable (`save` would create it).
+        """
+        with self._lock:
+            state = self._load_state()
+            found = state.all_definitions.get(validate.uuid(uuid), [])
+            return not any(self._in_read_only_dir(d) for d in found)
+
+    def _in_read_only_dir(self, definition: Definition) -> bool:
+        return Path(definition.source_file).parent in self.read_only
+
+    def _parse(self, path: Path) -> ParsedFile:
+        cached = self._cache.get(path)
+        if cached is not None:
+            # A stat() is enough to know an unchanged file: no open, no read.
+            with contextlib.suppress(OSError):
+                if _signature(os.stat(path)) == cached[0]:
+                    return cached[1]
+        signature, content = _read_definitions_file(path)
+        if isinstance(content, ParsedFile):
+            self._cache.pop(path, None)
+            return content
+        assert signature is not None
+        parsed = definitions.parse_bytes(content, str(path))
+        self._cache[path] = (signature, parsed)
+        return parsed
+
+    def _load_state(self) -> _State:
+        problems: list[Problem] = []
+        effective: dict[str, Path] = {}
+        masked: list[Path] = []
+        for directory in self.dirs:
+            try:
+                names = sorted(
+                    entry.name
+                    for entry in os.scandir(directory)
+                    if entry.name.endswith(DEFINITION_SUFFIX) and not entry.name.startswith(".")
+                )
+            except FileNotFoundError:
+                continue  # an absent directory holds no definitions; that is normal
+            except OSError as e:
+                problems.append(
+                    Problem(
+                        str(directory),
+                        0,
+                        f"cannot read directory: {e.strerror}",
+                        ProblemKind.UNREADABLE,
+                    )
+                )
+                continue
+            for name in names:
+                path = directory / name
+                if definitions.printable_path(name) != name:
+                    message = "file name is not valid UTF-8; not read"
+                    problems.append(Problem(definitions.printable_path(path), 0, message))
+                    continue
+                if name in effective:
+                    masked.append(path)
+                else:
+                    effective[name] = path
+
+        files: list[Path] = []
+        parsed_files: list[ParsedFile] = []
+        for path in effective.values():
+            if _is_mask(path):
+                masked.append(path)
+                continue
+            files.append(path)
+            parsed_files.append(self._parse(path))
+        for stale in set(self._cache) - set(files):
+            del self._cache[stale]
+
+        merged, everything = _merge(parsed_files)
+        problems.extend(merged.problems)
+        result = LoadResult(merged.definitions, problems, files, masked)
+        return _State(result, everything, effective)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def save(self, definition: Definition) -> Definition:
+        """Persist `definition` (new, or replacing the one with its UUID); return it as stored.
+
+        Raises `InvalidArgument` (bad names or values), `ReadOnly` (defined in a read-only
+        directory), `ConfigInvalid` (the file it belongs in cannot be edited safely: not
+        TOML, an invalid entry for the same UUID, ...), `Failed` (I/O error, or the file
+        changed while it was being updated).
+        """
+        wanted = definitions.check_definition(definition)
+        uuid = wanted.uuid
+        with self._lock:
+            state = self._load_state()
+            current = state.result.definitions.get(uuid)
+            if current is not None:
+                if self._in_read_only_dir(current):
+                    raise ReadOnly(self._read_only_message(current, "changed", current))
+                if definitions.same_device(current, wanted):
+                    return current
+                path = Path(current.source_file)
+                self._rewrite(
+                    path, lambda text: definitions.replace_in_text(text, str(path), wanted)
+                )
+            else:
+                # A new definition next to an invalid one of the same UUID would silently
+                # replace what the admin meant; the admin must settle that first.
+                broken = [
+                    p
+                    for p in state.result.problems
+                    if p.uuid == uuid and p.kind is ProblemKind.INVALID
+                ]
+                if broken:
+                    raise ConfigInvalid(
+                        f"{broken[0]}; fix or remove that entry before defining device {uuid}"
+                    )
+                path = self.path_for_new(uuid)
+                in_effect = state.effective.get(path.name, path)
+                if in_effect != path:
+                    raise ConfigInvalid(
+                        f"{in_effect} masks {path}, so device {uuid} cannot be written there"
+                    )
+                if path.exists() and not _is_mask(path):
+                    self._rewrite(
+                        path, lambda text: definitions.append_to_text(text, str(path), wanted)
+                    )
+                else:
+                    self._create(path, definitions.render([wanted]))
+            saved = self._load_state().result.definitions.get(uuid)
+        if saved is None or not definitions.same_device(saved, wanted):
+            raise Failed(f"device {uuid}: written to {path}, but another definition is in effect")
+        return saved
+
+    def remove(self, uuid: str) -> None:
+        """Remove every definition of `uuid` (the one in effect and any conflicting copies).
+
+        Raises `NotFound` if none exists, `ReadOnly` (before changing anything) if a read-only
+        directory defines it too, `ConfigInvalid` or `Failed` as `save` does.
+        """
+        uuid = validate.uuid(uuid)
+        with self._lock:
+            state = self._load_state()
+            found = state.all_definitions.get(uuid, [])
+            if not found:
+                raise NotFound(f"device {uuid} is not defined")
+            for definition in found:
+                if self._in_read_only_dir(definition):
+                    raise ReadOnly(self._read_only_message(definition, "removed", found[0]))
+            # Every file's edit is computed (and verified) before any is written, so a file
+            # mdevd cannot edit stops the removal before it has half happened.
+            pending = [
+                self._prepare_removal(path, uuid, sum(Path(d.source_file) == path for d in found))
+                for path in dict.fromkeys(Path(d.source_file) for d in found)
+            ]
+            for write in pending:
+                self._commit(write)
+
+    def _prepare_removal(self, path: Path, uuid: str, copies: int) -> _PendingWrite:
+        def edit(text: str) -> str:
+            for _ in range(copies):
+                text = definitions.remove_from_text(text, str(path), uuid)
+            return text
+
+        # A file left with no devices is deleted, unless deleting it would unmask a file of
+        # the same name below it: the emptied file then stays, still masking.
+        lower_dirs = self.dirs[self.dirs.index(path.parent) + 1 :]
+        masks_lower = any(os.path.lexists(d / path.name) for d in lower_dirs)
+        return self._prepare(path, edit, delete_if_empty=not masks_lower)
+
+    def _read_only_message(self, definition: Definition, verb: str, winner: Definition) -> str:
+        source = Path(definition.source_file)
+        override = self.write_dir / source.name
+        if definition is not winner:
+            # Removing the copy in effect would silently promote the vendor's definition.
+            return (
+                f"device {definition.uuid} is also defined in {_where(definition)}, in the "
+                f"read-only directory {source.parent}, which would take effect once the "
+                f"definition at {_where(winner)} is removed; mask that file first with "
+                f"`ln -s /dev/null {override}` (or copy it there without this device)"
+            )
+        return (
+            f"device {definition.uuid} is defined in {_where(definition)}, in the read-only "
+            f"directory {source.parent}, and cannot be {verb} through mdevd; to override it, "
+            f"copy that file to {override} and edit the copy, or mask it with "
+            f"`ln -s /dev/null {override}`"
+        )
+
+    def _create(self, path: Path, text: str) -> None:
+        try:
+            atomic.ensure_directory(path.parent)
+            atomic.write_atomic(path, text.encode())
+        except OSError as e:
+            raise Failed(f"{path}: cannot write: {e.strerror}") from None
+
+    def _rewrite(
+        self,
+        path: Path,
+        edit: Callable[[str], str],
+        *,
+        delete_if_empty: bool = False,
+    ) -> None:
+        """Apply `edit` to the text of `path` and replace the file atomically."""
+        self._commit(self._prepare(path, edit, delete_if_empty=delete_if_empty))
+
+    def _prepare(
+        self, path: Path, edit: Callable[[str], str], *, delete_if_empty: bool
+    ) -> _PendingWrite:
+        """Read `path` and compute its new content, writing nothing yet.
+
+        The file's real location is what gets written, so a symlinked file stays a symlink.
+        """
+        real = Path(os.path.realpath(path))
+        signature, content = _read_definitions_file(real)
+        if isinstance(content, ParsedFile):
+            raise ConfigInvalid(f"{content.problems[0]}; mdevd will not rewrite it")
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            message = f"{path}: not valid UTF-8 text; mdevd will not rewrite it"
+            raise ConfigInvalid(message) from None
+        new_text = edit(text)
+        delete = delete_if_empty and _only_comments(new_text)
+        return _PendingWrite(path, real, signature, None if delete else new_text)
+
+    def _commit(self, pending: _PendingWrite) -> None:
+        """Write (or delete) a prepared file, unless it changed since it was read."""
+        again, _ = _read_definitions_file(pending.real)
+        if again != pending.signature:
+            message = f"{pending.path}: changed on disk while mdevd was updating it; try again"
+            raise Failed(message)
+        try:
+            if pending.new_text is None:
+                atomic.remove_durably(pending.real)
+            else:
+                atomic.write_atomic(pending.real, pending.new_text.encode())
+        except OSError as e:
+            raise Failed(f"{pending.path}: cannot write: {e.strerror}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingWrite:
+    path: Path
+    real: Path
+    signature: _Signature | None
+    #: None: delete the file (nothing but comments would be left in it).
+    new_text: str | None
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.lstrip().startswith("#") for line in text.split("\n"))
+
+
+def check_files(paths: Sequence[Path]) -> LoadResult:
+    """Load the given files alone, as if they were one directory in this order.
+
+    For `mdevd check-config FILE...`: every file is checked, masks and names do not matter.
+    """
+    parsed_files: list[ParsedFile] = []
+    for path in paths:
+        _, content = _read_definitions_file(path)
+        if isinstance(content, ParsedFile):
+            parsed_files.append(content)
+        else:
+            parsed_files.append(definitions.parse_bytes(content, str(path)))
+    merged, _ = _merge(parsed_files)
+    return LoadResult(merged.definitions, merged.problems, list(paths), [])

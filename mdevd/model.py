@@ -56,3 +56,23 @@ class Definition:
     #: Where it came from: the file, and the line of its `[[device]]` table when known.
     source_file: str = ""
     source_line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What mdevd knows of one UUID: its definition, its kernel presence, or both.
+
+    This is what the D-Bus Device object shows; the engine produces a new one on every change.
+    """
+
+    uuid: str
+    parent: str
+    type_id: str
+    active: bool
+    defined: bool
+    autostart: bool
+    attributes: Attributes
+    sysfs_path: str
+    iommu_group: int
+    config_file: str
+    last_error: str

@@ -1,0 +1,7 @@
+"""`python -m mdevd`: the same as the `mdevd` program."""
+
+import sys
+
+from mdevd.main import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""D-Bus glue: names, object paths, error translation, caller identity and authorization.
+
+Nothing here decides anything about devices; the interface modules translate between the bus
+and the engine, and every name the contract fixes lives in `names`.
+"""

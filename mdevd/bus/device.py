@@ -1,0 +1,163 @@
+"""`org.mdevd.Mdevd1.Device`: one object per UUID that is defined, active, or both.
+
+Every handler has one shape: check arguments -> authorize -> let the engine act -> reply. The
+engine decides and publishes; this class only translates.
+"""
+
+# No `from __future__ import annotations`: dbus-fast reads `-> None` as a signature only
+# when it is the real None, not the string "None".
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusInt32,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+)
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+from mdevd.bus import options as opts
+from mdevd.bus.errors import dbus_errors
+from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
+from mdevd.bus.paths import parent_path
+from mdevd.model import DeviceState
+
+if TYPE_CHECKING:
+    from mdevd.bus.tree import ObjectTree
+
+DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
+
+_AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
+_DEFINE_OPTIONS = {"autostart": "b", opts.AUTH_INTERACTIVE: "b"}
+_UPDATE_OPTIONS = {"live": "b", opts.AUTH_INTERACTIVE: "b"}
+_UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
+
+
+class DeviceInterface(ServiceInterface):
+    def __init__(self, tree: "ObjectTree", state: DeviceState) -> None:
+        super().__init__(DEVICE_INTERFACE)
+        self._tree = tree
+        self.state = state
+
+    def properties(self) -> dict[str, Any]:
+        """Every property's current value, as the D-Bus layer sends them."""
+        state = self.state
+        parent_present = state.parent in self._tree.engine.parents()
+        return {
+            "UUID": state.uuid,
+            "Parent": state.parent,
+            "ParentObject": parent_path(state.parent) if parent_present else NO_OBJECT_PATH,
+            "Type": state.type_id,
+            "Active": state.active,
+            "Defined": state.defined,
+            "Autostart": state.autostart,
+            "Attributes": [list(pair) for pair in state.attributes],
+            "SysfsPath": state.sysfs_path,
+            "IommuGroup": state.iommu_group,
+            "ConfigFile": state.config_file,
+            "LastError": state.last_error,
+        }
+
+    # ---- properties ------------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UUID(self) -> DBusStr:
+        return self.state.uuid
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Parent(self) -> DBusStr:
+        return self.state.parent
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ParentObject(self) -> DBusObjectPath:
+        value: str = self.properties()["ParentObject"]
+        return value
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Type(self) -> DBusStr:
+        return self.state.type_id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Active(self) -> DBusBool:
+        return self.state.active
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Defined(self) -> DBusBool:
+        return self.state.defined
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Autostart(self) -> DBusBool:
+        return self.state.autostart
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Attributes(self) -> DBusAttributes:
+        return [list(pair) for pair in self.state.attributes]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SysfsPath(self) -> DBusStr:
+        return self.state.sysfs_path
+
+    @dbus_property(access=PropertyAccess.READ)
+    def IommuGroup(self) -> DBusInt32:
+        return self.state.iommu_group
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConfigFile(self) -> DBusStr:
+        return self.state.config_file
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> DBusStr:
+        return self.state.last_error
+
+    # ---- methods ---------------------------------------------------------------------------
+
+    @dbus_method()
+    @dbus_errors
+    async def Start(self, options: DBusDict) -> None:
+        values = opts.check_options(options, _AUTH_ONLY, "Start")
+        await self._tree.authorize("Start", opts.interactive(values))
+        await self._tree.engine.start_device(self.state.uuid)
+
+    @dbus_method()
+    @dbus_errors
+    async def Stop(self, options: DBusDict) -> None:
+        values = opts.check_options(options, _AUTH_ONLY, "Stop")
+        await self._tree.authorize("Stop", opts.interactive(values))
+        await self._tree.engine.stop_device(self.state.uuid)
+
+    @dbus_method()
+    @dbus_errors
+    async def Define(self, options: DBusDict) -> None:
+        values = opts.check_options(options, _DEFINE_OPTIONS, "Define")
+        await self._tree.authorize("Define", opts.interactive(values))
+        await self._tree.engine.define_active(
+            self.state.uuid, autostart=bool(values.get("autostart", False))
+        )
+
+    @dbus_method()
+    @dbus_errors
+    async def Undefine(self, options: DBusDict) -> None:
+        values = opts.check_options(options, _AUTH_ONLY, "Undefine")
+        await self._tree.authorize("Undefine", opts.interactive(values))
+        await self._tree.engine.undefine(self.state.uuid)
+
+    @dbus_method()
+    @dbus_errors
+    async def Update(self, changes: DBusDict, options: DBusDict) -> None:
+        change = opts.check_options(changes, _UPDATE_CHANGES, "Update changes")
+        values = opts.check_options(options, _UPDATE_OPTIONS, "Update")
+        attributes = (
+            opts.attributes(change["attributes"], "Update") if "attributes" in change else None
+        )
+        await self._tree.authorize("Update", opts.interactive(values))
+        await self._tree.engine.update(
+            self.state.uuid,
+            type_id=change.get("type"),
+            autostart=change.get("autostart"),
+            attributes=attributes,
+            live=bool(values.get("live", False)),
+        )

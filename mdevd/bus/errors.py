@@ -1,0 +1,71 @@
+"""Translation of the project's errors into D-Bus errors, in one place.
+
+A caller sees `org.mdevd.Mdevd1.Error.<Name>` with the error's own message for every condition
+the contract names. Anything else is a bug: the caller gets `Error.Failed` with a short message
+and the traceback goes to the log only, because a traceback tells a remote peer install paths,
+versions and internals without helping it act.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, cast
+
+from dbus_fast import DBusError
+
+from mdevd.bus.names import error_name
+from mdevd.errors import Failed, MdevdError
+
+_LOGGER = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def to_dbus_error(exc: Exception, where: str = "") -> DBusError:
+    """The `DBusError` to answer with for `exc`, raised while serving `where` (a method name).
+
+    Unexpected exceptions are logged here with their traceback, so callers need not.
+    """
+    if isinstance(exc, DBusError):
+        return exc
+    if isinstance(exc, MdevdError):
+        return DBusError(error_name(exc.name), exc.message)
+    _LOGGER.error("unexpected error while serving %s", where or "a D-Bus call", exc_info=exc)
+    label = f"{where}: " if where else ""
+    return DBusError(
+        error_name(Failed.name), f"{label}internal error (details are in the daemon's log)"
+    )
+
+
+def dbus_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a D-Bus method (sync or async) so every exception leaves as a contract error.
+
+    Put it below `@dbus_method()`: dbus-fast reads the wrapped function's signature and
+    annotations (functools.wraps keeps them) and must still see a coroutine function for an
+    async method, which is why there are two wrappers.
+    """
+    where = fn.__name__
+    if inspect.iscoroutinefunction(fn):
+        async_fn = cast(Callable[..., Any], fn)
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await async_fn(*args, **kwargs)
+            except Exception as exc:
+                raise to_dbus_error(exc, where) from None
+
+        return cast(Callable[_P, _R], async_wrapper)
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise to_dbus_error(exc, where) from None
+
+    return wrapper

@@ -1,0 +1,64 @@
+"""Checking the `a{sv}` dictionaries every method takes, before anything else happens.
+
+An unknown key is `InvalidArgument`, so a typo fails loudly instead of being ignored; a value of
+the wrong D-Bus type is `InvalidArgument` naming the key and both signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dbus_fast import Variant
+
+from mdevd import validate
+from mdevd.errors import InvalidArgument
+from mdevd.model import Attributes
+
+#: Bounds on what one call may carry; sysfs devices have a handful of attributes.
+MAX_ATTRIBUTES = 256
+
+AUTH_INTERACTIVE = "auth.interactive"
+
+
+def check_options(
+    options: Mapping[str, Any], allowed: Mapping[str, str], method: str
+) -> dict[str, Any]:
+    """Unwrap `options` into plain values, allowing only `allowed` (key -> signature)."""
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"{method}: options must be a{{sv}}")
+    values: dict[str, Any] = {}
+    for key, variant in options.items():
+        signature = allowed.get(key)
+        if signature is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise InvalidArgument(f"{method}: unknown option {key!r} (known: {known})")
+        if not isinstance(variant, Variant):
+            raise InvalidArgument(f"{method}: option {key!r} is not a variant")
+        if variant.signature != signature:
+            raise InvalidArgument(
+                f"{method}: option {key!r} must have type {signature!r}, not {variant.signature!r}"
+            )
+        values[key] = variant.value
+    return values
+
+
+def attributes(value: Any, method: str) -> Attributes:
+    """An `a(ss)` value as ordered (name, value) pairs, each name and value validated."""
+    if not isinstance(value, list | tuple):
+        raise InvalidArgument(f"{method}: attributes must be a(ss)")
+    if len(value) > MAX_ATTRIBUTES:
+        raise InvalidArgument(f"{method}: more than {MAX_ATTRIBUTES} attributes")
+    pairs: list[tuple[str, str]] = []
+    for pair in value:
+        name, text = pair
+        pairs.append((validate.attribute_name(name), validate.attribute_value(text, name)))
+    return tuple(pairs)
+
+
+def interactive(values: Mapping[str, Any]) -> bool:
+    return bool(values.get(AUTH_INTERACTIVE, False))
+
+
+def attributes_variant(pairs: Attributes) -> Variant:
+    return Variant("a(ss)", [list(pair) for pair in pairs])

@@ -1,0 +1,57 @@
+"""`org.mdevd.Mdevd1.Parent`: one object per device registered with the mdev core."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from dbus_fast.annotations import DBusSignature, DBusStr
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property
+from dbus_fast.signature import Variant
+
+from mdevd.bus.names import PARENT_INTERFACE
+from mdevd.model import Parent
+
+DBusTypes = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{sa{sv}}")]
+
+
+def types_value(parent: Parent) -> dict[str, dict[str, Variant]]:
+    return {
+        type_id: {
+            "name": Variant("s", mdev_type.name),
+            "description": Variant("s", mdev_type.description),
+            "device_api": Variant("s", mdev_type.device_api),
+            "available_instances": Variant("u", min(mdev_type.available_instances, 2**32 - 1)),
+        }
+        for type_id, mdev_type in sorted(parent.types.items())
+    }
+
+
+class ParentInterface(ServiceInterface):
+    def __init__(self, parent: Parent) -> None:
+        super().__init__(PARENT_INTERFACE)
+        self.parent = parent
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "Name": self.parent.name,
+            "SysfsPath": self.parent.sysfs_path,
+            "Subsystem": self.parent.subsystem,
+            "Types": types_value(self.parent),
+        }
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> DBusStr:
+        return self.parent.name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SysfsPath(self) -> DBusStr:
+        return self.parent.sysfs_path
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Subsystem(self) -> DBusStr:
+        return self.parent.subsystem
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Types(self) -> DBusTypes:
+        return types_value(self.parent)

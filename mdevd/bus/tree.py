@@ -1,0 +1,175 @@
+"""The exported object tree: the engine's listener, mirroring its state as D-Bus objects.
+
+Every engine change arrives here synchronously, before the operation that caused it replies,
+so a client that gets a reply has already been sent InterfacesAdded / PropertiesChanged /
+DeviceEvent (contract rule 1). Signals go out from the ObjectManager's path as the D-Bus
+specification says (dbus-fast would send InterfacesAdded from the object's own path, which
+GDBusObjectManagerClient and sd-bus clients ignore).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface
+from dbus_fast.signature import Variant
+
+from mdevd.bus.device import DeviceInterface
+from mdevd.bus.manager import FEATURES, ManagerInterface
+from mdevd.bus.names import MANAGER_PATH, OBJECT_MANAGER_INTERFACE, ROOT_PATH
+from mdevd.bus.parent import ParentInterface
+from mdevd.bus.paths import device_path, parent_path
+from mdevd.engine import Engine
+from mdevd.model import DeviceState, Parent
+
+#: `authorize(method, interactive)`: returns when allowed, raises a NotAuthorized* otherwise.
+Authorize = Callable[[str, bool], Awaitable[None]]
+
+_SIGNATURES = {
+    "Version": "s",
+    "Features": "as",
+    "Name": "s",
+    "SysfsPath": "s",
+    "Subsystem": "s",
+    "Types": "a{sa{sv}}",
+    "UUID": "s",
+    "Parent": "s",
+    "ParentObject": "o",
+    "Type": "s",
+    "Active": "b",
+    "Defined": "b",
+    "Autostart": "b",
+    "Attributes": "a(ss)",
+    "IommuGroup": "i",
+    "ConfigFile": "s",
+    "LastError": "s",
+}
+
+
+def _variants(properties: dict[str, Any]) -> dict[str, Variant]:
+    return {name: Variant(_SIGNATURES[name], value) for name, value in properties.items()}
+
+
+class ManagedObjectBus(MessageBus):
+    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        properties = getattr(interface, "properties", None)
+        if properties is None or not path.startswith(ROOT_PATH + "/"):
+            super()._emit_interface_added(path, interface)
+            return
+        if self._disconnected:
+            return
+        self.send(
+            Message.new_signal(
+                path=ROOT_PATH,
+                interface=OBJECT_MANAGER_INTERFACE,
+                member="InterfacesAdded",
+                signature="oa{sa{sv}}",
+                body=[path, {interface.name: _variants(properties())}],
+            )
+        )
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        if not path.startswith(ROOT_PATH + "/"):
+            super()._emit_interface_removed(path, removed_interfaces)
+            return
+        if self._disconnected:
+            return
+        self.send(
+            Message.new_signal(
+                path=ROOT_PATH,
+                interface=OBJECT_MANAGER_INTERFACE,
+                member="InterfacesRemoved",
+                signature="oas",
+                body=[path, removed_interfaces],
+            )
+        )
+
+
+class ObjectTree:
+    """Implements `mdevd.engine.Listener` by exporting, updating and removing objects."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        engine: Engine,
+        authorize: Authorize,
+        features: Sequence[str] = FEATURES,
+    ) -> None:
+        self.bus = bus
+        self.engine = engine
+        self.authorize = authorize
+        self.features = tuple(features)
+        self.manager = ManagerInterface(self)
+        self._devices: dict[str, DeviceInterface] = {}
+        self._parents: dict[str, ParentInterface] = {}
+
+    def export_all(self) -> None:
+        """Export the manager and every object the engine knows; then follow its changes."""
+        self.bus.export(MANAGER_PATH, self.manager)
+        for parent in self.engine.parents().values():
+            self.parent_changed(parent)
+        for state in self.engine.devices().values():
+            self.device_changed(state)
+        self.engine.attach(self)
+
+    # ---- engine.Listener -------------------------------------------------------------------
+
+    def device_changed(self, state: DeviceState) -> None:
+        interface = self._devices.get(state.uuid)
+        if interface is None:
+            interface = DeviceInterface(self, state)
+            self._devices[state.uuid] = interface
+            self.bus.export(device_path(state.uuid), interface)
+            return
+        before = interface.properties()
+        interface.state = state
+        after = interface.properties()
+        changed = {name: value for name, value in after.items() if before[name] != value}
+        if changed:
+            interface.emit_properties_changed(changed)
+
+    def device_removed(self, uuid: str) -> None:
+        interface = self._devices.pop(uuid, None)
+        if interface is not None:
+            self.bus.unexport(device_path(uuid), interface)
+
+    def parent_changed(self, parent: Parent) -> None:
+        interface = self._parents.get(parent.name)
+        if interface is None:
+            self._parents[parent.name] = ParentInterface(parent)
+            self.bus.export(parent_path(parent.name), self._parents[parent.name])
+            self._refresh_parent_objects(parent.name)
+            return
+        before = interface.properties()
+        interface.parent = parent
+        after = interface.properties()
+        changed = {name: value for name, value in after.items() if before[name] != value}
+        if changed:
+            interface.emit_properties_changed(changed)
+
+    def parent_removed(self, name: str) -> None:
+        interface = self._parents.pop(name, None)
+        if interface is not None:
+            self.bus.unexport(parent_path(name), interface)
+            self._refresh_parent_objects(name)
+
+    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
+        self.manager.DeviceEvent(
+            device_path(state.uuid),
+            state.uuid,
+            event,
+            {key: Variant("s", value) for key, value in details.items()},
+        )
+
+    def _refresh_parent_objects(self, parent: str) -> None:
+        """A parent came or went: its devices' `ParentObject` changes."""
+        for interface in self._devices.values():
+            if interface.state.parent == parent:
+                interface.emit_properties_changed(
+                    {"ParentObject": interface.properties()["ParentObject"]}
+                )

@@ -1,0 +1,363 @@
+"""`mdevdctl`: the command-line client of mdevd. It talks only D-Bus, through `mdevd.client`.
+
+Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
+3 the daemon could not be reached; 4 not authorized; 5 no such device or parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+from mdevd import __version__
+from mdevd.client import Client, ClientError, DaemonError, DeviceInfo, Event
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_AUTHORIZED = 4
+EXIT_NOT_FOUND = 5
+
+_NOT_FOUND = {"NotFound", "ParentNotFound", "NotDefined"}
+_NOT_AUTHORIZED = {"NotAuthorized", "NotAuthorizedCanObtain", "NotAuthorizedDismissed"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mdevdctl",
+        description="Manage mediated devices through the mdevd daemon.",
+        epilog="Exit status: 0 ok, 1 operation failed, 2 usage, 3 daemon unreachable, "
+        "4 not authorized, 5 not found.",
+    )
+    parser.add_argument("--version", action="version", version=f"mdevdctl {__version__}")
+    parser.add_argument(
+        "--address", help="D-Bus address of the bus (default: the system bus)", default=None
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for an answer (default 60)"
+    )
+    parser.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="allow polkit to ask for a password (auth.interactive)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", help="list devices (defined and active by default)")
+    p.add_argument("-d", "--defined", action="store_true", help="only defined devices")
+    p.add_argument("-a", "--active", action="store_true", help="only active devices")
+    p.add_argument("-p", "--parent", help="only devices of this parent")
+    p.add_argument("-u", "--uuid", help="only this device")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("types", help="list parents and the types they support")
+    p.add_argument("-p", "--parent", help="only this parent")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("show", help="show one device")
+    p.add_argument("uuid")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, text in (
+        ("create", "create a transient device now (gone when stopped)"),
+        ("define", "persist a device definition"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("parent")
+        p.add_argument("type")
+        p.add_argument("-u", "--uuid", help="the device's UUID (generated if absent)")
+        p.add_argument(
+            "--attr",
+            type=_attribute,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="an attribute, written in the order given (repeatable)",
+        )
+        if name == "define":
+            p.add_argument("--autostart", action="store_true", help="start when the parent appears")
+            p.add_argument("--start", action="store_true", help="also start it now")
+
+    for name, text in (
+        ("start", "start a defined device"),
+        ("stop", "stop (remove) an active device; a definition stays"),
+        ("undefine", "drop a definition; a running device keeps running"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("uuid")
+
+    p = sub.add_parser("persist", help="define an active transient device as it is")
+    p.add_argument("uuid")
+    p.add_argument("--autostart", action="store_true")
+
+    p = sub.add_parser("modify", help="change a definition")
+    p.add_argument("uuid")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--autostart", dest="autostart", action="store_const", const=True)
+    group.add_argument("--no-autostart", dest="autostart", action="store_const", const=False)
+    p.add_argument("--type", dest="type_id", help="a new type")
+    p.add_argument("--add-attr", type=_attribute, metavar="NAME=VALUE", help="add an attribute")
+    p.add_argument("--del-attr", metavar="NAME", help="remove an attribute (by name)")
+    p.add_argument(
+        "--index",
+        type=int,
+        help="where --add-attr inserts, or which --del-attr entry goes (0-based; default: end,"
+        " or every entry of that name)",
+    )
+    p.add_argument("--live", action="store_true", help="also apply to the running device")
+
+    p = sub.add_parser("monitor", help="print lifecycle events as they happen")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    sub.add_parser("reload", help="re-read the definition directories")
+    return parser
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+def _device_json(device: DeviceInfo) -> dict[str, Any]:
+    data = asdict(device)
+    data["attributes"] = [{"name": n, "value": v} for n, v in device.attributes]
+    data["type"] = data.pop("type_id")
+    return data
+
+
+def _device_line(device: DeviceInfo) -> str:
+    state = []
+    if device.active:
+        state.append("active")
+    if device.defined:
+        state.append("defined")
+    flags = "auto" if device.autostart else "manual"
+    return f"{device.uuid} {device.parent} {device.type_id} {flags} ({', '.join(state)})"
+
+
+def _print_device(device: DeviceInfo) -> None:
+    print(f"UUID:        {device.uuid}")
+    print(f"Parent:      {device.parent}")
+    print(f"Type:        {device.type_id}")
+    print(f"Active:      {'yes' if device.active else 'no'}")
+    print(f"Defined:     {'yes' if device.defined else 'no'}")
+    print(f"Autostart:   {'yes' if device.autostart else 'no'}")
+    if device.active:
+        print(f"Sysfs path:  {device.sysfs_path}")
+        print(f"IOMMU group: {device.iommu_group}")
+    if device.config_file:
+        print(f"Config file: {device.config_file}")
+    if device.attributes:
+        print("Attributes:")
+        for index, (name, value) in enumerate(device.attributes):
+            print(f"  [{index}] {name} = {value}")
+    if device.last_error:
+        print(f"Last error:  {device.last_error}")
+
+
+def _event_line(event: Event) -> str:
+    if event.kind == "device-event":
+        extra = " ".join(f"{k}={v}" for k, v in sorted(event.details.items()))
+        return f"{event.event} {event.uuid} {extra}".rstrip()
+    return f"object-{event.kind} {event.path}"
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def _edited_attributes(
+    current: Sequence[tuple[str, str]], args: argparse.Namespace
+) -> list[tuple[str, str]] | None:
+    if args.add_attr is None and args.del_attr is None:
+        if args.index is not None:
+            raise UsageError("--index goes with --add-attr or --del-attr")
+        return None
+    if args.add_attr is not None and args.del_attr is not None:
+        raise UsageError("use --add-attr or --del-attr, not both")
+    attributes = list(current)
+    if args.add_attr is not None:
+        index = len(attributes) if args.index is None else args.index
+        if not 0 <= index <= len(attributes):
+            raise UsageError(f"--index {index} is outside 0..{len(attributes)}")
+        attributes.insert(index, args.add_attr)
+        return attributes
+    if args.index is not None:
+        if not 0 <= args.index < len(attributes) or attributes[args.index][0] != args.del_attr:
+            raise UsageError(f"attribute [{args.index}] is not {args.del_attr!r}")
+        del attributes[args.index]
+        return attributes
+    kept = [pair for pair in attributes if pair[0] != args.del_attr]
+    if len(kept) == len(attributes):
+        raise UsageError(f"the device has no attribute {args.del_attr!r}")
+    return kept
+
+
+async def run(args: argparse.Namespace) -> int:
+    client = await Client.connect(args.address, timeout=args.timeout)
+    client.interactive = args.interactive
+    try:
+        return await _dispatch(client, args)
+    finally:
+        client.close()
+
+
+async def _dispatch(client: Client, args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "list":
+        devices = await client.devices()
+        if args.defined:
+            devices = [d for d in devices if d.defined]
+        if args.active:
+            devices = [d for d in devices if d.active]
+        if args.parent:
+            devices = [d for d in devices if d.parent == args.parent]
+        if args.uuid:
+            devices = [d for d in devices if d.uuid == args.uuid.lower()]
+        if args.json:
+            print(json.dumps([_device_json(d) for d in devices], indent=2))
+        else:
+            for device in devices:
+                print(_device_line(device))
+        return EXIT_OK
+    if command == "types":
+        parents = await client.parents()
+        if args.parent:
+            parents = [p for p in parents if p.name == args.parent]
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": p.name,
+                            "subsystem": p.subsystem,
+                            "sysfs_path": p.sysfs_path,
+                            "types": [asdict(t) for t in p.types.values()],
+                        }
+                        for p in parents
+                    ],
+                    indent=2,
+                )
+            )
+            return EXIT_OK
+        for parent in parents:
+            print(parent.name)
+            for t in parent.types.values():
+                print(f"  {t.type_id}")
+                print(f"    Available instances: {t.available_instances}")
+                print(f"    Device API: {t.device_api}")
+                if t.name:
+                    print(f"    Name: {t.name}")
+                if t.description:
+                    print(f"    Description: {t.description}")
+        return EXIT_OK
+    if command == "show":
+        device = await client.device(args.uuid)
+        if args.json:
+            print(json.dumps(_device_json(device), indent=2))
+        else:
+            _print_device(device)
+        return EXIT_OK
+    if command in ("create", "define"):
+        if command == "create":
+            path = await client.create_device(
+                args.parent, args.type, uuid=args.uuid, attributes=args.attr
+            )
+        else:
+            path = await client.define_device(
+                args.parent,
+                args.type,
+                uuid=args.uuid,
+                attributes=args.attr,
+                autostart=args.autostart or None,
+                start=args.start or None,
+            )
+        print(path.rsplit("/", 1)[-1].replace("_", "-"))
+        return EXIT_OK
+    if command == "start":
+        await client.start(args.uuid)
+        return EXIT_OK
+    if command == "stop":
+        await client.stop(args.uuid)
+        return EXIT_OK
+    if command == "undefine":
+        await client.undefine(args.uuid)
+        return EXIT_OK
+    if command == "persist":
+        await client.define(args.uuid, autostart=args.autostart or None)
+        return EXIT_OK
+    if command == "modify":
+        device = await client.device(args.uuid)
+        attributes = _edited_attributes(device.attributes, args)
+        if args.autostart is None and args.type_id is None and attributes is None:
+            raise UsageError("modify needs --autostart/--no-autostart, --type or an attribute edit")
+        await client.update(
+            args.uuid,
+            type_id=args.type_id,
+            autostart=args.autostart,
+            attributes=attributes,
+            live=args.live or None,
+        )
+        return EXIT_OK
+    if command == "monitor":
+        async for event in client.events():
+            if args.json:
+                print(json.dumps(asdict(event)), flush=True)
+            else:
+                print(_event_line(event), flush=True)
+        return EXIT_OK
+    if command == "reload":
+        await client.reload()
+        return EXIT_OK
+    raise UsageError(f"unknown command {command!r}")
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    print(f"mdevdctl: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = asyncio.run(run(args))
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        _fail(EXIT_USAGE, str(exc))
+    except DaemonError as exc:
+        short = exc.short_name
+        code = (
+            EXIT_NOT_FOUND
+            if short in _NOT_FOUND
+            else EXIT_NOT_AUTHORIZED
+            if short in _NOT_AUTHORIZED
+            else EXIT_UNREACHABLE
+            if exc.name.startswith("org.freedesktop.DBus.Error.ServiceUnknown")
+            else EXIT_FAILED
+        )
+        _fail(code, f"{exc.message} [{short}]")
+    except ClientError as exc:
+        _fail(EXIT_UNREACHABLE, str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

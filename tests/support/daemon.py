@@ -1,0 +1,150 @@
+"""Running the real daemon as a subprocess on a private bus and an emulated kernel.
+
+    with private_bus() as address, mounted_sim(SCENARIO) as sim:
+        with running_daemon(address, sim.root, devices_dir) as daemon:
+            ...  # talk to it with mdevd.client, busctl, gdbus, mdevdctl
+        print(daemon.log())
+
+The daemon's log is kept in a file and printed by the tests only when they fail (fwupd's
+harness does the same); `daemon.log()` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class DaemonProcess:
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+    devices_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def ctl(
+        self, *args: str, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `mdevdctl ARGS` against this daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "mdevd.ctl", "--address", self.address, *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
+            env=self.env,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(
+                    f"mdevd did not stop within {timeout} s:\n{self.log()}"
+                ) from None
+        return self.process.returncode
+
+
+def name_has_owner(address: str, name: str = "org.mdevd.Mdevd1") -> bool:
+    result = subprocess.run(
+        [
+            "busctl",
+            f"--address={address}",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return result.stdout.strip() == "b true"
+
+
+@contextmanager
+def running_daemon(
+    address: str,
+    sysfs_root: Path,
+    devices_dirs: Sequence[Path] | None = None,
+    *,
+    extra_args: Sequence[str] = (),
+    start_timeout: float = 30,
+    uevent_source: str = "udev",
+    print_log: bool = True,
+) -> Iterator[DaemonProcess]:
+    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
+    if devices_dirs is None:
+        devices_dirs = [workdir / "devices.d"]
+        devices_dirs[0].mkdir()
+    log_path = workdir / "mdevd.log"
+    config = workdir / "mdevd.toml"
+    config.write_text("# defaults; the command line sets the directories\n")
+    env = dict(os.environ)
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "mdevd",
+        "--sysfs-root",
+        str(sysfs_root),
+        "--dev-root",
+        str(sysfs_root / ".sim" / "dev"),
+        "--uevent-source",
+        uevent_source,
+        "--log-level",
+        "debug",
+        "--config",
+        str(config),
+    ]
+    for directory in devices_dirs:
+        argv += ["--devices-dir", str(directory)]
+    argv += list(extra_args)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    daemon = DaemonProcess(process, address, log_path, Path(devices_dirs[0]), env)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not name_has_owner(address):
+            if process.poll() is not None:
+                raise AssertionError(f"mdevd exited with {process.returncode}:\n{daemon.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mdevd not ready within {start_timeout} s:\n{daemon.log()}")
+            time.sleep(0.05)
+        yield daemon
+    finally:
+        try:
+            daemon.stop()
+        finally:
+            if print_log:  # pytest shows it only for a failing test
+                print(f"--- mdevd log ({log_path}) ---\n{daemon.log()}")

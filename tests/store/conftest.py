@@ -10,7 +10,7 @@ import pytest
 from mdevd.store import DefinitionStore
 
 REPO = Path(__file__).resolve().parents[2]
-MDEVCTL_TESTDATA = REPO.parent / "shared" / "reference-data" / "mdevctl-testdata"
+MDEVCTL_TESTDATA = REPO / "tests" / "data" / "mdevctl-testdata"
 
 UUID_A = "11111111-2222-4333-8444-555555555555"
 UUID_B = "22222222-3333-4444-8555-666666666666"

@@ -137,6 +137,11 @@ class Engine:
         # UUIDs an operation is creating or removing right now: a concurrent resync must not
         # report the operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
+        # When each UUID's kernel state was last changed by an operation, on a counter: a
+        # resync whose snapshot was taken before that change must not undo it (the snapshot
+        # may predate a create that finished while the resync was waiting for its worker).
+        self._changes = 0
+        self._changed_at: dict[str, int] = {}
         self.problems: list[str] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
@@ -279,6 +284,7 @@ class Engine:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
                 self._in_flight.discard(uuid)
+                self._mark_changed(uuid)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -471,6 +477,7 @@ class Engine:
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that (re-)registered."""
+        snapshot_at = self._changes
         parents, active = await self._io(self._snapshot_kernel)
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
@@ -482,6 +489,8 @@ class Engine:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
         for uuid in sorted((set(self._active) | set(active)) - self._in_flight):
+            if self._changed_at.get(uuid, 0) > snapshot_at:
+                continue  # our own operation changed it after the snapshot: the snapshot is stale
             was, now = self._active.get(uuid), active.get(uuid)
             if was == now:
                 continue
@@ -499,6 +508,8 @@ class Engine:
                     self._event(shown, event, REASON_KERNEL)
             if state is None:
                 self.listener.device_removed(uuid)
+        # Changes made before this snapshot are in it; only newer ones still matter.
+        self._changed_at = {u: at for u, at in self._changed_at.items() if at > snapshot_at}
         due = sorted(self._autostart_due & set(self._parents))
         self._autostart_due.clear()
         for name in due:
@@ -570,8 +581,13 @@ class Engine:
             self._active[uuid] = device
         finally:
             self._in_flight.discard(uuid)
+            self._mark_changed(uuid)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
+
+    def _mark_changed(self, uuid: str) -> None:
+        self._changes += 1
+        self._changed_at[uuid] = self._changes
 
     async def _refresh_parent(self, name: str) -> None:
         try:

@@ -1,0 +1,76 @@
+"""`python -m bench`: every benchmark row, as a table on stdout and files under bench/results/.
+
+Run it through `scripts/bench`, which installs what it needs and enters the private namespaces
+the side-by-side setup requires. `--quick` shrinks every size (a smoke run for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from bench import rows
+from bench.harness import bench_environment
+from bench.report import Report, machine_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+QUICK = rows.Settings(
+    repetitions=2,
+    query_sizes=(10,),
+    lifecycle_devices=8,
+    parallel=4,
+    autostart_sizes=(1, 4),
+    daemon_devices=50,
+    cycles=64,
+    events=10,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("query", "start", "define", "autostart", "daemon", "events"),
+        help="run only these groups (repeatable)",
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write results")
+    args = parser.parse_args(argv)
+    settings = QUICK if args.quick else rows.Settings()
+    wanted = set(args.only or ("query", "start", "define", "autostart", "daemon", "events"))
+    report = Report(machine=machine_description())
+    print(report.machine_line())
+    print(report.table().split("\n", 2)[0])
+    print(report.table().split("\n", 2)[1])
+    started = time.monotonic()
+
+    async def run_all() -> None:
+        with bench_environment() as bench:
+            ready: dict[int, float] = {}
+            if "query" in wanted:
+                ready = await rows.query(bench, report, settings)
+            if "start" in wanted:
+                await rows.start(bench, report, settings)
+            if "define" in wanted:
+                await rows.define(bench, report, settings)
+            if "autostart" in wanted:
+                await rows.autostart(bench, report, settings)
+            if "daemon" in wanted:
+                await rows.daemon_costs(bench, report, settings, ready)
+            if "events" in wanted:
+                await rows.events(bench, report, settings)
+
+    asyncio.run(run_all())
+    report.machine["duration"] = f"{time.monotonic() - started:.0f} s"
+    for path in report.write(args.results):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

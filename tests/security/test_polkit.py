@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -363,3 +364,26 @@ def test_a_dialog_nobody_answers_times_out_and_is_closed(
     message, cookies = _with_agent(world, caller, "hold", body)
     assert "polkit did not decide" in message and "within 1 s" in message
     assert len(cookies) == 1
+
+
+def test_authorization_comes_before_the_parent_lock(world: World, polkitd: RunningPolkit) -> None:
+    """Rule 7: a denied call is answered at once even while another call holds its parent."""
+    slow, queued = new_uuid(), new_uuid()
+    world.sim.control.delay("create", 2)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            holding = pool.submit(_create, world.root, slow)
+            # Let root's create reach the kernel (it holds mtty's lock while the write sleeps).
+            time.sleep(0.5)
+            waiting = pool.submit(_create, world.callers["granted"], queued)
+            denied = _create(world.callers["unprivileged"], new_uuid())
+            # Both allowed creates are still in progress: the denial did not wait for the lock.
+            in_progress = (holding.done(), waiting.done())
+            results = (holding.result(), waiting.result())
+        assert denied.outcome == "NotAuthorizedCanObtain"
+        assert in_progress == (False, False)
+        assert all(result.ok for result in results), results
+    finally:
+        world.sim.control.delay("create", 0)
+        _remove(world, slow)
+        _remove(world, queued)

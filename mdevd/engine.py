@@ -137,6 +137,9 @@ class Engine:
         # UUIDs an operation is creating or removing right now: a concurrent resync must not
         # report the operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
+        # UUIDs an operation created or removed while the running resync's kernel snapshot was
+        # being taken: the snapshot may predate the effect, so it says nothing about them.
+        self._touched: set[str] = set()
         self.problems: list[str] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
@@ -273,6 +276,7 @@ class Engine:
                 raise NotActive(f"device {uuid} is not active")
             state_before = self._published[uuid]
             self._in_flight.add(uuid)
+            self._touched.add(uuid)
             try:
                 await self._io(self.kernel.remove, uuid)
             except NotActive:
@@ -471,6 +475,7 @@ class Engine:
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that (re-)registered."""
+        self._touched = set(self._in_flight)
         parents, active = await self._io(self._snapshot_kernel)
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
@@ -481,7 +486,9 @@ class Engine:
             if self._parents.get(name) != parent:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
-        for uuid in sorted((set(self._active) | set(active)) - self._in_flight):
+        if any(self._active.get(u) != active.get(u) for u in self._touched - self._in_flight):
+            self._resync_again = True  # confirm what the operations did with a fresh snapshot
+        for uuid in sorted((set(self._active) | set(active)) - self._in_flight - self._touched):
             was, now = self._active.get(uuid), active.get(uuid)
             if was == now:
                 continue
@@ -545,6 +552,7 @@ class Engine:
         """Create, then write attributes in order; on failure remove again, report the first
         error (never the rollback's: mdevctl hides the original one)."""
         self._in_flight.add(uuid)
+        self._touched.add(uuid)
         try:
             known = self._parents.get(parent)
             if known is None or type_id not in known.types:

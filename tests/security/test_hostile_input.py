@@ -46,7 +46,7 @@ pytestmark = [
 
 #: How long the property test may generate calls; the examples cap is a second bound.
 TIME_BUDGET = 20.0
-MAX_EXAMPLES = 600
+MAX_EXAMPLES = 400
 
 #: Standard errors dbus-fast answers with before a method runs (no such member, signature,
 #: object, interface or property; properties are read-only).

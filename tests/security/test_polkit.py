@@ -33,6 +33,7 @@ from tests.support.polkit import (
     AuthenticationAgent,
     RunningPolkit,
     running_polkitd,
+    tty_agent,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -204,6 +205,35 @@ def test_authenticating_in_the_dialog_allows(world: World, polkitd: RunningPolki
         assert uuid in _sysfs_devices(world)
     finally:
         _remove(world, uuid)
+
+
+@pytest.mark.parametrize(
+    ("answer", "pam_auth", "expected"),
+    [("authenticate", "pam_permit.so", "ok"), ("fail", "pam_deny.so", "NotAuthorized")],
+)
+def test_the_test_agent_answers_like_pkttyagent(
+    world: World, polkitd: RunningPolkit, answer: AgentAnswer, pam_auth: str, expected: str
+) -> None:
+    """The test agent stands in for a person at a dialog; polkit's own text agent, with PAM
+    accepting or refusing the password, gives the daemon the same answers."""
+    caller = world.callers["unprivileged"]
+    made: list[str] = []
+
+    def create() -> Reply:
+        made.append(new_uuid())
+        return _create(caller, made[-1], INTERACTIVE)
+
+    async def body(agent: AuthenticationAgent) -> Reply:
+        return await _in_thread(create)
+
+    try:
+        with_test_agent = _with_agent(world, caller, answer, body)
+        with tty_agent(world.address, caller.pid, pam_auth):
+            with_pkttyagent = create()
+        assert (with_test_agent.outcome, with_pkttyagent.outcome) == (expected, expected)
+    finally:
+        for uuid in made:
+            _remove(world, uuid)
 
 
 def test_interactive_without_an_agent(world: World, polkitd: RunningPolkit) -> None:

@@ -21,19 +21,23 @@ inside the block all see them and the host never does. Start the bus inside the 
 
 `AuthenticationAgent` is a polkit authentication agent (the role a desktop's password dialog
 plays), registered with the real polkitd for one process: it answers every request by
-dismissing the dialog or by reporting the administrator as authenticated, as the setuid
-helper does after a correct password.
+dismissing the dialog, by reporting the administrator as authenticated (as the setuid helper
+does after a correct password), or by failing. `tty_agent` runs polkit's own pkttyagent
+instead, with PAM accepting or refusing, to show the two give the same answers.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads the agent's `-> None` as a signature
 # only when it is the real None, not the string "None".
 
 import asyncio
+import fcntl
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import tempfile
+import termios
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -325,15 +329,18 @@ class _AgentInterface(ServiceInterface):
             )
 
 
-AgentAnswer = Literal["dismiss", "authenticate", "hold"]
+AgentAnswer = Literal["dismiss", "authenticate", "fail", "hold"]
 
 
 class AuthenticationAgent:
     """A polkit authentication agent for one process, answering every request with `answer`.
 
-    `dismiss`: the user closed the dialog. `authenticate`: the administrator (uid 0) typed the
-    right password. `hold`: the dialog stays open until `release()` answers it or polkitd
-    cancels it (`cancelled` then lists its cookie).
+    `dismiss`: the user closed the dialog (the agent answers polkit's `Cancelled` error, as
+    desktop agents do). `authenticate`: the administrator (uid 0) typed the right password (the
+    agent reports it, as polkit's setuid helper does). `fail`: authentication failed (the
+    dialog ends without a report). `hold`: the dialog stays open until `release()` answers it
+    or polkitd cancels it (`cancelled` then lists its cookie). `tests/security` shows that
+    `authenticate` and `fail` come out as with polkit's own pkttyagent (`tty_agent`).
     """
 
     def __init__(self, bus: MessageBus, answer: AgentAnswer) -> None:
@@ -344,7 +351,7 @@ class AuthenticationAgent:
         self._waiting: dict[str, asyncio.Future[AgentAnswer]] = {}
 
     def release(self, answer: AgentAnswer) -> None:
-        """Answer every held dialog with `answer` ("dismiss" or "authenticate")."""
+        """Answer every held dialog with `answer` ("dismiss", "authenticate" or "fail")."""
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
             if not waiter.done():
@@ -359,6 +366,8 @@ class AuthenticationAgent:
             answer = await waiter
         if answer == "dismiss":
             raise DBusError(_CANCELLED, "dismissed by the test")
+        if answer == "fail":
+            return
         reply = await self.bus.call(
             Message(
                 destination=POLKIT_BUS_NAME,
@@ -411,3 +420,66 @@ def _process_details(pid: int) -> dict[str, Variant]:
         "start-time": Variant("t", start_time),
         "uid": Variant("i", uid),
     }
+
+
+# ---- polkit's own text agent ---------------------------------------------------------------
+
+PKTTYAGENT = "pkttyagent"
+_PAM_DIR = Path("/etc/pam.d")
+_SYSTEM_BUS_DIR = Path("/run/dbus")
+
+
+@contextmanager
+def tty_agent(address: str, pid: int, pam_auth: str) -> Iterator[subprocess.Popen[bytes]]:
+    """polkit's pkttyagent on a pseudo-terminal, registered for the process `pid`.
+
+    Its setuid helper (polkit-agent-helper-1) authenticates through PAM service `polkit-1`,
+    here configured as `auth required <pam_auth>` (`pam_permit.so`: the right password;
+    `pam_deny.so`: a wrong one), and reports to polkitd on the default system bus socket, since
+    a setuid program ignores DBUS_SYSTEM_BUS_ADDRESS. Both are replaced for the length of the
+    block, by mounts in this process's (private) mount namespace.
+    """
+    if not _in_private_mount_namespace():
+        raise RuntimeError("tty_agent mounts over /etc/pam.d: run it in a private mount namespace")
+    socket_path = address.removeprefix("unix:path=").split(",", 1)[0]
+    directory = Path(tempfile.mkdtemp(prefix="mdevd-pam-", dir="/tmp"))
+    pam_dir = directory / "pam.d"
+    shutil.copytree(_PAM_DIR, pam_dir, symlinks=True)
+    (pam_dir / "polkit-1").write_text(f"auth required {pam_auth}\naccount required pam_permit.so\n")
+    mounted: list[Path] = []
+    master, slave = pty.openpty()
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(["mount", "--bind", str(pam_dir), str(_PAM_DIR)], check=True)
+        mounted.append(_PAM_DIR)
+        subprocess.run(["mount", "-t", "tmpfs", "mdevd-test-bus", str(_SYSTEM_BUS_DIR)], check=True)
+        mounted.append(_SYSTEM_BUS_DIR)
+        (_SYSTEM_BUS_DIR / "system_bus_socket").symlink_to(socket_path)
+        registered, notify = os.pipe()
+        agent = subprocess.Popen(
+            [PKTTYAGENT, "--process", str(pid), "--notify-fd", str(notify)],
+            env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=address),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            pass_fds=(notify,),
+            start_new_session=True,
+            # The text agent reads from its controlling terminal: make the pty that.
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(notify)
+        # The agent closes the notify fd once polkitd has registered it.
+        os.read(registered, 1)
+        os.close(registered)
+        if agent.poll() is not None:
+            raise AssertionError(f"pkttyagent exited with {agent.returncode}")
+        yield agent
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait()
+        os.close(master)
+        os.close(slave)
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], check=False)
+        shutil.rmtree(directory, ignore_errors=True)

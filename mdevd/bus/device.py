@@ -20,6 +20,7 @@ from dbus_fast.annotations import (
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
+from mdevd import validate
 from mdevd.bus import options as opts
 from mdevd.bus.errors import dbus_errors
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
@@ -150,13 +151,14 @@ class DeviceInterface(ServiceInterface):
     async def Update(self, changes: DBusDict, options: DBusDict) -> None:
         change = opts.check_options(changes, _UPDATE_CHANGES, "Update changes")
         values = opts.check_options(options, _UPDATE_OPTIONS, "Update")
+        type_id = validate.type_id(change["type"]) if "type" in change else None
         attributes = (
             opts.attributes(change["attributes"], "Update") if "attributes" in change else None
         )
         await self._tree.authorize("Update", opts.interactive(values))
         await self._tree.engine.update(
             self.state.uuid,
-            type_id=change.get("type"),
+            type_id=type_id,
             autostart=change.get("autostart"),
             attributes=attributes,
             live=bool(values.get("live", False)),

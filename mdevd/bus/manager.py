@@ -23,7 +23,7 @@ DBusStrList = Annotated[list[str], DBusSignature("as")]
 DBusDeviceEvent = Annotated[tuple[str, str, str, dict[str, Variant]], DBusSignature("ossa{sv}")]
 
 #: Capability words clients test instead of probing (the contract's `Features`).
-FEATURES = ("define", "update-live", "mdevctl-import")
+FEATURES = ("define", "update-live", "auth.interactive", "mdevctl-import")
 
 _CREATE_OPTIONS = {"uuid": "s", "attributes": "a(ss)", opts.AUTH_INTERACTIVE: "b"}
 _DEFINE_OPTIONS = {**_CREATE_OPTIONS, "autostart": "b", "start": "b"}
@@ -51,11 +51,11 @@ class ManagerInterface(ServiceInterface):
     async def CreateDevice(
         self, parent: DBusStr, type: DBusStr, options: DBusDict
     ) -> DBusObjectPath:
+        validate.parent_name(parent)
+        validate.type_id(type)
         values = opts.check_options(options, _CREATE_OPTIONS, "CreateDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "CreateDevice")
-        validate.parent_name(parent)
-        validate.type_id(type)
         await self._tree.authorize("CreateDevice", opts.interactive(values))
         state = await self._tree.engine.create_device(
             parent, type, uuid=uuid, attributes=attributes
@@ -67,11 +67,11 @@ class ManagerInterface(ServiceInterface):
     async def DefineDevice(
         self, parent: DBusStr, type: DBusStr, options: DBusDict
     ) -> DBusObjectPath:
+        validate.parent_name(parent)
+        validate.type_id(type)
         values = opts.check_options(options, _DEFINE_OPTIONS, "DefineDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "DefineDevice")
-        validate.parent_name(parent)
-        validate.type_id(type)
         await self._tree.authorize("DefineDevice", opts.interactive(values))
         state = await self._tree.engine.define_device(
             parent,
@@ -86,7 +86,7 @@ class ManagerInterface(ServiceInterface):
     @dbus_method()
     @dbus_errors
     def GetDevice(self, uuid: DBusStr) -> DBusObjectPath:
-        return device_path(self._tree.engine.device(uuid).uuid)
+        return device_path(self._tree.engine.device(validate.uuid(uuid)).uuid)
 
     @dbus_method()
     @dbus_errors

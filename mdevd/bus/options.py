@@ -1,7 +1,10 @@
 """Checking the `a{sv}` dictionaries every method takes, before anything else happens.
 
 An unknown key is `InvalidArgument`, so a typo fails loudly instead of being ignored; a value of
-the wrong D-Bus type is `InvalidArgument` naming the key and both signatures.
+the wrong D-Bus type is `InvalidArgument` naming the key and both signatures. The handlers run
+these checks before authorization and before any I/O, so a malformed call costs the daemon no
+more than reading it. Messages quote at most the first `SHOWN_LENGTH` characters of what the
+caller sent: an error reply must not echo megabytes back (or into the log).
 """
 
 from __future__ import annotations
@@ -20,6 +23,16 @@ MAX_ATTRIBUTES = 256
 
 AUTH_INTERACTIVE = "auth.interactive"
 
+#: How much of a caller's string an error message quotes.
+SHOWN_LENGTH = 64
+
+
+def shown(text: str) -> str:
+    """`text` quoted for an error message, cut to SHOWN_LENGTH characters."""
+    if len(text) > SHOWN_LENGTH:
+        return repr(text[:SHOWN_LENGTH]) + "..."
+    return repr(text)
+
 
 def check_options(
     options: Mapping[str, Any], allowed: Mapping[str, str], method: str
@@ -32,12 +45,13 @@ def check_options(
         signature = allowed.get(key)
         if signature is None:
             known = ", ".join(sorted(allowed)) or "none"
-            raise InvalidArgument(f"{method}: unknown option {key!r} (known: {known})")
+            raise InvalidArgument(f"{method}: unknown option {shown(key)} (known: {known})")
         if not isinstance(variant, Variant):
             raise InvalidArgument(f"{method}: option {key!r} is not a variant")
         if variant.signature != signature:
             raise InvalidArgument(
-                f"{method}: option {key!r} must have type {signature!r}, not {variant.signature!r}"
+                f"{method}: option {key!r} must have type {signature!r}, "
+                f"not {shown(variant.signature)}"
             )
         values[key] = variant.value
     return values
@@ -51,6 +65,8 @@ def attributes(value: Any, method: str) -> Attributes:
         raise InvalidArgument(f"{method}: more than {MAX_ATTRIBUTES} attributes")
     pairs: list[tuple[str, str]] = []
     for pair in value:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise InvalidArgument(f"{method}: attributes must be a(ss)")
         name, text = pair
         pairs.append((validate.attribute_name(name), validate.attribute_value(text, name)))
     return tuple(pairs)

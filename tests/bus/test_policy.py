@@ -11,6 +11,7 @@ import configparser
 import json
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dbus_fast import Message, RequestNameReply
@@ -38,9 +39,27 @@ class Probe(ServiceInterface):
         return "ok"
 
 
-@pytest.fixture
-def policy_bus() -> Iterator[str]:
-    with private_bus([PROJECT_POLICY]) as address:
+# A policy file that allows everyone everything, included before the project's.
+_PERMISSIVE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy context="default">
+    <allow own="*"/>
+    <allow send_destination="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+@pytest.fixture(params=["system default", "permissive"])
+def policy_bus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    policies = [PROJECT_POLICY]
+    if request.param == "permissive":
+        permissive = tmp_path / "permissive.conf"
+        permissive.write_text(_PERMISSIVE)
+        permissive.chmod(0o644)
+        policies.insert(0, permissive)
+    with private_bus(policies) as address:
         yield address
 
 
@@ -125,6 +144,11 @@ async def _serve_and_probe(address: str, nobody_python: list[str]) -> tuple[obje
             [],
         ],
         ["Peer", names.BUS_NAME, PATH, names.PEER_INTERFACE, "Ping", "", []],
+        # No interface field: dbus-fast would dispatch it by member alone; the bus refuses it.
+        ["no interface", names.BUS_NAME, PATH, None, "Probe", "", []],
+        # The unique name reaches the same connection: the same rules apply.
+        ["unique name", service.unique_name, PATH, names.MANAGER_INTERFACE, "Probe", "", []],
+        ["unique name hidden", service.unique_name, PATH, HIDDEN_INTERFACE, "Probe", "", []],
         [
             "ObjectManager",
             names.BUS_NAME,
@@ -144,10 +168,18 @@ async def _serve_and_probe(address: str, nobody_python: list[str]) -> tuple[obje
                 destination=names.BUS_NAME, path=PATH, interface=HIDDEN_INTERFACE, member="Probe"
             )
         )
+        no_interface = await root_client.call(
+            Message(destination=names.BUS_NAME, path=PATH, member="Probe")
+        )
         root_client.disconnect()
     finally:
         service.disconnect()
-    return {"owned": owned.name, "root calls hidden": hidden.error_name or "ok"}, nobody
+    root = {
+        "owned": owned.name,
+        "root calls hidden": hidden.error_name or "ok",
+        "root calls without interface": no_interface.error_name or "ok",
+    }
+    return root, nobody
 
 
 def test_root_owns_and_everyone_calls_only_the_listed_interfaces(
@@ -158,6 +190,7 @@ def test_root_owns_and_everyone_calls_only_the_listed_interfaces(
         "owned": RequestNameReply.PRIMARY_OWNER.name,
         # The policy lists interfaces for everyone, root included.
         "root calls hidden": "org.freedesktop.DBus.Error.AccessDenied",
+        "root calls without interface": "org.freedesktop.DBus.Error.AccessDenied",
     }
     denied = "org.freedesktop.DBus.Error.AccessDenied"
     assert nobody == {
@@ -168,6 +201,9 @@ def test_root_owns_and_everyone_calls_only_the_listed_interfaces(
         "Properties": "ok",
         "Introspectable": "ok",
         "Peer": "ok",
+        "no interface": denied,
+        "unique name": "ok",
+        "unique name hidden": denied,
         "ObjectManager": "ok",
         "own while owned": denied,
     }

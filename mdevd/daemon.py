@@ -221,7 +221,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM; the exit status for the service manager."""
-    setup_logging(args.log_level or "info")
+    setup_logging("info")
+    if args.log_level is not None and args.log_level not in LEVELS:  # from MDEVD_LOG_LEVEL
+        log.error("unknown log level %r; known: %s", args.log_level, ", ".join(LEVELS))
+        return 2
     try:
         config = load_config(args.config)
     except ConfigInvalid as exc:

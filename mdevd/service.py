@@ -59,9 +59,8 @@ class Notifier:
         """
         if self.address is None:
             return False
-        for key, value in fields.items():
-            if "\n" in value:
-                raise ValueError(f"sd_notify field {key} must be one line: {value!r}")
+        # One assignment per line: a value (an error message in STATUS=) must not add lines.
+        fields = {key: " ".join(value.splitlines()) for key, value in fields.items()}
         message = "".join(f"{key}={value}\n" for key, value in fields.items()).encode()
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:

@@ -21,11 +21,17 @@ from tests.systemd.journal import entries, journal_stream, running_journald, wai
 
 @contextmanager
 def daemon_logging_to_the_journal(
-    bus: str, sim: RunningSim, devices_dir: Path, tmp_path: Path, *, systemd_python: bool = True
+    bus: str,
+    sim: RunningSim,
+    devices_dir: Path,
+    tmp_path: Path,
+    *,
+    systemd_python: bool = True,
+    log_level: str = "info",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """mdevd with stdout and stderr connected to journald, as systemd starts it."""
     config = tmp_path / "mdevd.toml"
-    config.write_text("[daemon]\nlog_level = 'info'\n")
+    config.write_text(f"[daemon]\nlog_level = '{log_level}'\n")
     python_path = [str(REPO)]
     if not systemd_python:
         # A `systemd` package that cannot be imported, ahead of the real one.
@@ -79,6 +85,15 @@ def test_device_events_reach_the_journal_with_their_fields(
     assert any(
         "ready on org.mdevd.Mdevd1" in e["MESSAGE"] for e in entries("SYSLOG_IDENTIFIER=mdevd")
     )
+
+
+@pytest.mark.usefixtures("journald")
+def test_the_config_file_sets_the_level(
+    bus: str, sim: RunningSim, devices_dir: Path, tmp_path: Path
+) -> None:
+    with daemon_logging_to_the_journal(bus, sim, devices_dir, tmp_path, log_level="debug"):
+        debug = wait_for_entries("SYSLOG_IDENTIFIER=mdevd", "PRIORITY=7")
+    assert debug
 
 
 @pytest.mark.usefixtures("journald")

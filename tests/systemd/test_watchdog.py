@@ -87,3 +87,9 @@ def test_child_processes_do_not_inherit_the_service_variables() -> None:
     Notifier.from_environment(environ)
     watchdog_interval(environ)
     assert environ == {}
+
+
+def test_a_multi_line_value_stays_one_assignment(notify: NotifySocket) -> None:
+    Notifier(notify.address).send(STATUS="Failed to start: first\nREADY=1")
+    message = notify.wait_for(lambda m: "STATUS" in m, timeout=10)
+    assert message == {"STATUS": "Failed to start: first READY=1"}

@@ -51,6 +51,8 @@ class DaemonConfig:
     uevent_source: Literal["udev", "kernel", "none"] = "udev"
     #: Seconds a single sysfs operation may take before the daemon gives up on it.
     io_timeout: float = 30.0
+    #: The least severe messages logged; `--log-level` overrides it.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 @dataclass(frozen=True, slots=True)

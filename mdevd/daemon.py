@@ -6,6 +6,10 @@ enumerated and reconciled (running devices are adopted, never recreated), the ob
 exported, and the bus name is requested last, so a client that sees the name sees a complete
 tree. SIGHUP reloads definitions; SIGTERM and SIGINT stop the daemon and leave every device
 running (a VM may be using it).
+
+The service manager hears about each step (mdevd.service): `READY=1` once the name is owned,
+`STATUS=` with the device counts, `RELOADING=1`/`READY=1` around a reload, `STOPPING=1`, and
+watchdog keep-alives from the event loop when `WatchdogSec=` asks for them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from mdevd.config import load_config
 from mdevd.engine import Engine, EngineSettings
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
+from mdevd.logs import LEVELS, set_level, setup_logging
+from mdevd.service import Notifier, StatusFollower, Watchdog, device_status, watchdog_interval
 from mdevd.store import DefinitionStore
 from mdevd.udev import Uevent, UeventSource
 
@@ -61,8 +66,19 @@ class Daemon:
         self.bus: MessageBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
+        #: 0 after a requested stop; 1 when the bus went away (the service manager restarts).
+        self.exit_status = 0
+        self.notifier = Notifier.from_environment()
+        interval = watchdog_interval()
+        self.watchdog = Watchdog(self.notifier, interval) if interval else None
+        self._status: StatusFollower | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     async def start(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.start()
+        self.notifier.status("Starting: reading definitions and the kernel")
         if self.settings.uevent_source != "none":
             self.events = UeventSource(self.settings.uevent_source)
             self.events.open()
@@ -79,6 +95,8 @@ class Daemon:
         authorizer = Authorizer(connected, callers)
         self.tree = ObjectTree(connected, self.engine, authorizer.authorize_caller)
         self.tree.export_all()
+        self._status = StatusFollower(self.tree, self.describe, self.notifier)
+        self.engine.attach(self._status)
         if self.events is not None:
             self.events.attach(
                 asyncio.get_running_loop(), self._on_uevent, self.engine.request_resync
@@ -87,13 +105,13 @@ class Daemon:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise RuntimeError(f"could not own {BUS_NAME} on the bus ({reply.name})")
         connected.add_message_handler(self._on_bus_message)
-        devices = self.engine.devices()
-        status = (
-            f"{sum(d.defined for d in devices.values())} defined, "
-            f"{sum(d.active for d in devices.values())} active"
-        )
+        status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
-        notify(f"READY=1\nSTATUS=Ready: {status}")
+        self.notifier.ready(f"Ready: {status}")
+
+    def describe(self) -> str:
+        """The device counts, as `systemctl status` shows them."""
+        return device_status(self.engine.devices(), len(self.engine.problems))
 
     def _on_uevent(self, event: Uevent) -> None:
         self.engine.handle_uevent(event.action, event.subsystem, event.devpath, event.properties)
@@ -103,30 +121,56 @@ class Daemon:
         # can reach us: stop, and let the service manager restart us.
         if message.member == "NameLost" and message.body and message.body[0] == BUS_NAME:
             log.error("lost the bus name %s: stopping", BUS_NAME)
+            self.exit_status = 1
             self._stop.set()
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload now, or once more after the reload in progress (signals coalesce)."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload()
+            if not self._reload_again:
+                return
+
     async def reload(self) -> None:
-        notify("RELOADING=1")
+        """Re-read the definitions, telling the service manager (`RELOADING=1` ... `READY=1`)."""
+        log.info("reloading definitions")
+        if self._status is not None:
+            self._status.paused = True
+        self.notifier.reloading()
         try:
-            await self.engine.reload()
+            await self.engine.reload()  # the store logs each problem it finds
+        except Exception:  # the daemon keeps serving what it had; the next reload retries
+            log.exception("reloading definitions failed")
+        else:
+            log.info("reloaded definitions: %s", self.describe())
         finally:
-            notify("READY=1")
+            if self._status is not None:
+                self._status.paused = False
+            self.notifier.ready(f"Ready: {self.describe()}")
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         assert self.bus is not None
         disconnected = loop.create_task(self._wait_for_disconnect(self.bus))
         stopping = loop.create_task(self._stop.wait())
         done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if disconnected in done:
             log.error("disconnected from the bus: stopping")
-        notify("STOPPING=1")
+            self.exit_status = 1
+        self.notifier.stopping()
         await self.stop()
 
     @staticmethod
@@ -135,26 +179,16 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop serving; every device stays as it is (a restart adopts them)."""
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         if self.events is not None:
             self.events.close()
         if self.bus is not None and self.bus.connected:
             self.bus.disconnect()
         self.engine.close()
-
-
-def notify(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
+        self.notifier.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,32 +212,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("MDEVD_LOG_LEVEL", "info"),
-        choices=("debug", "info", "warning", "error"),
+        default=os.environ.get("MDEVD_LOG_LEVEL") or None,
+        choices=LEVELS,
+        help="the least severe messages logged (default: the config file's, else info;"
+        " the environment variable MDEVD_LOG_LEVEL also sets it)",
     )
-
-
-def setup_logging(level: str) -> None:
-    handler: logging.Handler
-    if os.environ.get("JOURNAL_STREAM"):
-        try:
-            from systemd.journal import JournalHandler
-
-            handler = JournalHandler(SYSLOG_IDENTIFIER="mdevd")
-        except ImportError:
-            handler = logging.StreamHandler()
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("mdevd: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM; the exit status for the service manager."""
-    setup_logging(args.log_level)
-    config = load_config(args.config)
+    setup_logging("info")
+    if args.log_level is not None and args.log_level not in LEVELS:  # from MDEVD_LOG_LEVEL
+        log.error("unknown log level %r; known: %s", args.log_level, ", ".join(LEVELS))
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigInvalid as exc:
+        log.error("%s", exc.message)
+        Notifier.from_environment(dict(os.environ)).send(STATUS=f"Bad configuration: {exc}")
+        return 1
+    set_level(args.log_level or config.daemon.log_level)
     store_config = config.store
     if args.devices_dir:
         store = DefinitionStore(args.devices_dir, write_dir=args.devices_dir[0])
@@ -218,17 +246,21 @@ def run_from_args(args: argparse.Namespace) -> int:
         io_timeout=daemon_config.io_timeout,
     )
 
-    async def main() -> None:
+    async def main() -> int:
         daemon = Daemon(settings, store)
-        await daemon.start()
+        try:
+            await daemon.start()
+        except BaseException as exc:
+            daemon.notifier.send(STATUS=f"Failed to start: {exc}")
+            raise
         await daemon.run_until_stopped()
+        return daemon.exit_status
 
     try:
-        asyncio.run(main())
+        return asyncio.run(main())
     except ConfigInvalid as exc:
         log.error("%s", exc.message)
         return 1
     except Exception as exc:  # the service manager shows this line; the traceback is in debug
         log.error("mdevd failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         return 1
-    return 0

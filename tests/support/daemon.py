@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +96,12 @@ def running_daemon(
     start_timeout: float = 30,
     uevent_source: str = "udev",
     print_log: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[DaemonProcess]:
-    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit."""
+    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit.
+
+    `env` adds to (or overrides) the daemon's environment, e.g. a test's `NOTIFY_SOCKET`.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
         devices_dirs = [workdir / "devices.d"]
@@ -105,11 +109,13 @@ def running_daemon(
     log_path = workdir / "mdevd.log"
     config = workdir / "mdevd.toml"
     config.write_text("# defaults; the command line sets the directories\n")
+    env_overrides = dict(env or {})
     env = dict(os.environ)
     env["DBUS_SYSTEM_BUS_ADDRESS"] = address
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("NOTIFY_SOCKET", None)
     env.pop("JOURNAL_STREAM", None)
+    env.update(env_overrides)
     argv = [
         sys.executable,
         "-m",

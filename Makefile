@@ -1,0 +1,90 @@
+# Installing mdevd:
+#
+#     make install                          # PREFIX=/usr/local
+#     make install DESTDIR=/tmp/pkg PREFIX=/usr   # a distribution package's tree
+#
+# The Python package and its launchers follow PREFIX (launchers run $(PYTHON), which must
+# have mdevd's dependencies: see README.md, "Installing"). Files that other programs look for
+# in fixed places (systemd, dbus-daemon, polkitd, bash-completion) go there whatever PREFIX
+# is; each directory can be overridden. The default configuration never replaces an existing
+# /etc/mdevd/mdevd.toml.
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+SYSCONFDIR ?= /etc
+PYTHON ?= /usr/bin/python3
+
+pkgconfig = $(or $(shell pkg-config --variable=$(2) $(1) 2>/dev/null),$(3))
+UNITDIR ?= $(call pkgconfig,systemd,systemdsystemunitdir,/usr/lib/systemd/system)
+DBUS_POLICYDIR ?= /usr/share/dbus-1/system.d
+DBUS_SERVICEDIR ?= $(call pkgconfig,dbus-1,system_bus_services_dir,/usr/share/dbus-1/system-services)
+POLKIT_ACTIONDIR ?= /usr/share/polkit-1/actions
+BASH_COMPLETIONDIR ?= $(call pkgconfig,bash-completion,completionsdir,/usr/share/bash-completion/completions)
+# Where the package goes: the interpreter's own directory under PREFIX if it has one
+# (/usr/lib/python3/dist-packages on Debian), else PREFIX/lib/pythonX.Y/site-packages.
+PYTHONDIR ?= $(shell $(PYTHON) tools/python-dir.py $(PREFIX))
+
+# The polkit actions arrive with the polkit work; installed once the file exists.
+POLKIT_POLICY = $(wildcard dbus/org.mdevd.Mdevd1.policy)
+PACKAGE_FILES = $(shell find mdevd -name '*.py' -not -path 'mdevd/sim/*') mdevd/py.typed
+MAN_PAGES = docs/man/mdevd.8 docs/man/mdevdctl.1 docs/man/mdevd.toml.5
+
+INSTALL ?= install
+D = $(DESTDIR)
+
+.PHONY: all install uninstall check
+
+all:
+	@echo "Nothing to build: 'make install' (DESTDIR=, PREFIX=; see the Makefile's header)."
+
+install:
+	@test -n "$(PYTHONDIR)" || { echo "make: cannot run $(PYTHON)" >&2; exit 1; }
+	@for f in $(PACKAGE_FILES); do \
+		$(INSTALL) -D -m 0644 "$$f" "$(D)$(PYTHONDIR)/$$f" || exit 1; \
+	done
+	$(PYTHON) -m compileall -q -d "$(PYTHONDIR)/mdevd" "$(D)$(PYTHONDIR)/mdevd"
+	$(INSTALL) -d -m 0755 "$(D)$(BINDIR)"
+	@for tool in mdevd:mdevd.main mdevdctl:mdevd.ctl; do \
+		name=$${tool%%:*}; module=$${tool#*:}; \
+		sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@PYTHONDIR@|$(PYTHONDIR)|' -e "s|@MODULE@|$$module|" \
+			tools/launcher.in > "$(D)$(BINDIR)/$$name.tmp" && \
+		chmod 0755 "$(D)$(BINDIR)/$$name.tmp" && mv "$(D)$(BINDIR)/$$name.tmp" "$(D)$(BINDIR)/$$name" || exit 1; \
+	done
+	$(INSTALL) -d -m 0755 "$(D)$(UNITDIR)"
+	sed -e 's|^ExecStart=/usr/bin/mdevd|ExecStart=$(BINDIR)/mdevd|' systemd/mdevd.service \
+		> "$(D)$(UNITDIR)/mdevd.service.tmp"
+	chmod 0644 "$(D)$(UNITDIR)/mdevd.service.tmp"
+	mv "$(D)$(UNITDIR)/mdevd.service.tmp" "$(D)$(UNITDIR)/mdevd.service"
+	$(INSTALL) -D -m 0644 dbus/org.mdevd.Mdevd1.conf "$(D)$(DBUS_POLICYDIR)/org.mdevd.Mdevd1.conf"
+	$(INSTALL) -D -m 0644 dbus/org.mdevd.Mdevd1.service \
+		"$(D)$(DBUS_SERVICEDIR)/org.mdevd.Mdevd1.service"
+	$(if $(POLKIT_POLICY),$(INSTALL) -D -m 0644 $(POLKIT_POLICY) \
+		"$(D)$(POLKIT_ACTIONDIR)/org.mdevd.Mdevd1.policy")
+	$(INSTALL) -D -m 0644 docs/man/mdevd.8 "$(D)$(MANDIR)/man8/mdevd.8"
+	$(INSTALL) -D -m 0644 docs/man/mdevdctl.1 "$(D)$(MANDIR)/man1/mdevdctl.1"
+	$(INSTALL) -D -m 0644 docs/man/mdevd.toml.5 "$(D)$(MANDIR)/man5/mdevd.toml.5"
+	$(INSTALL) -D -m 0644 completions/mdevd "$(D)$(BASH_COMPLETIONDIR)/mdevd"
+	$(INSTALL) -D -m 0644 completions/mdevdctl "$(D)$(BASH_COMPLETIONDIR)/mdevdctl"
+	$(INSTALL) -d -m 0755 "$(D)$(SYSCONFDIR)/mdevd/devices.d"
+	@if [ -e "$(D)$(SYSCONFDIR)/mdevd/mdevd.toml" ]; then \
+		echo "keeping $(D)$(SYSCONFDIR)/mdevd/mdevd.toml; the shipped defaults are in config/mdevd.toml"; \
+	else \
+		echo "$(INSTALL) -m 0644 config/mdevd.toml $(D)$(SYSCONFDIR)/mdevd/mdevd.toml"; \
+		$(INSTALL) -m 0644 config/mdevd.toml "$(D)$(SYSCONFDIR)/mdevd/mdevd.toml"; \
+	fi
+
+uninstall:
+	rm -rf "$(D)$(PYTHONDIR)/mdevd"
+	rm -f "$(D)$(BINDIR)/mdevd" "$(D)$(BINDIR)/mdevdctl" "$(D)$(UNITDIR)/mdevd.service" \
+		"$(D)$(DBUS_POLICYDIR)/org.mdevd.Mdevd1.conf" \
+		"$(D)$(DBUS_SERVICEDIR)/org.mdevd.Mdevd1.service" \
+		"$(D)$(POLKIT_ACTIONDIR)/org.mdevd.Mdevd1.policy" \
+		"$(D)$(MANDIR)/man8/mdevd.8" "$(D)$(MANDIR)/man1/mdevdctl.1" \
+		"$(D)$(MANDIR)/man5/mdevd.toml.5" \
+		"$(D)$(BASH_COMPLETIONDIR)/mdevd" "$(D)$(BASH_COMPLETIONDIR)/mdevdctl"
+	@echo "left $(D)$(SYSCONFDIR)/mdevd (configuration and definitions) in place"
+
+check:
+	scripts/test

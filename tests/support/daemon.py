@@ -96,15 +96,21 @@ def running_daemon(
     start_timeout: float = 30,
     uevent_source: str = "udev",
     print_log: bool = True,
+    config_text: str = "# defaults; the command line sets the directories\n",
+    program: Sequence[str] = ("-m", "mdevd"),
 ) -> Iterator[DaemonProcess]:
-    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit."""
+    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit.
+
+    `devices_dirs=()` passes no `--devices-dir`, so `config_text` (the daemon's mdevd.toml)
+    decides where definitions live. `program` replaces `-m mdevd` (a test's own entry point).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
         devices_dirs = [workdir / "devices.d"]
         devices_dirs[0].mkdir()
     log_path = workdir / "mdevd.log"
     config = workdir / "mdevd.toml"
-    config.write_text("# defaults; the command line sets the directories\n")
+    config.write_text(config_text)
     env = dict(os.environ)
     env["DBUS_SYSTEM_BUS_ADDRESS"] = address
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -112,8 +118,7 @@ def running_daemon(
     env.pop("JOURNAL_STREAM", None)
     argv = [
         sys.executable,
-        "-m",
-        "mdevd",
+        *program,
         "--sysfs-root",
         str(sysfs_root),
         "--dev-root",
@@ -132,7 +137,8 @@ def running_daemon(
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
-    daemon = DaemonProcess(process, address, log_path, Path(devices_dirs[0]), env)
+    devices_dir = Path(devices_dirs[0]) if devices_dirs else workdir
+    daemon = DaemonProcess(process, address, log_path, devices_dir, env)
     try:
         deadline = time.monotonic() + start_timeout
         while not name_has_owner(address):

@@ -137,6 +137,10 @@ class Engine:
         # UUIDs an operation is creating or removing right now: a concurrent resync must not
         # report the operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
+        # UUIDs and parents the engine itself changed or re-read since the running resync took
+        # its snapshot: for them the snapshot may be older than what the engine knows.
+        self._touched_devices: set[str] = set()
+        self._touched_parents: set[str] = set()
         self.problems: list[str] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
@@ -278,7 +282,7 @@ class Engine:
             except NotActive:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
-                self._in_flight.discard(uuid)
+                self._end_kernel_change(uuid)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -471,17 +475,27 @@ class Engine:
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that (re-)registered."""
+        self._touched_devices.clear()
+        self._touched_parents.clear()
         parents, active = await self._io(self._snapshot_kernel)
-        for name in sorted(set(self._parents) - set(parents)):
+        # What the engine changed while the snapshot was read is newer in memory than in the
+        # snapshot: leave it alone now, and look again with a fresh snapshot.
+        stale_parents = set(self._touched_parents)
+        stale_devices = self._touched_devices | self._in_flight
+        if stale_parents or self._touched_devices:
+            self._resync_again = True
+        for name in sorted(set(self._parents) - set(parents) - stale_parents):
             del self._parents[name]
             self.listener.parent_removed(name)
         for name, parent in sorted(parents.items()):
+            if name in stale_parents:
+                continue
             if name not in self._parents:
                 self._autostart_due.add(name)
             if self._parents.get(name) != parent:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
-        for uuid in sorted((set(self._active) | set(active)) - self._in_flight):
+        for uuid in sorted((set(self._active) | set(active)) - stale_devices):
             was, now = self._active.get(uuid), active.get(uuid)
             if was == now:
                 continue
@@ -569,15 +583,20 @@ class Engine:
                 raise
             self._active[uuid] = device
         finally:
-            self._in_flight.discard(uuid)
+            self._end_kernel_change(uuid)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
+
+    def _end_kernel_change(self, uuid: str) -> None:
+        self._in_flight.discard(uuid)
+        self._touched_devices.add(uuid)
 
     async def _refresh_parent(self, name: str) -> None:
         try:
             parent: Parent | None = await self._io(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
+        self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:
                 self.listener.parent_removed(name)

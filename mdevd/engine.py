@@ -210,7 +210,12 @@ class Engine:
                 ):
                     return existing  # a retry of a create that already succeeded
                 raise Exists(_conflict_message(uuid, existing))
-            await self._create_in_kernel(uuid, parent, type_id, attributes)
+            try:
+                await self._create_in_kernel(uuid, parent, type_id, attributes)
+            except MdevdError as exc:
+                if uuid in self._active:  # its rollback failed: it exists after all
+                    self._start_failed(uuid, exc, REASON_API)
+                raise
             self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
             self._event(state, "started", REASON_API)
@@ -357,7 +362,9 @@ class Engine:
         async with self._locks(uuid, definition.parent):
             definition = self._definitions[uuid]
             active = uuid in self._active
-            if live and active and type_id is not None and type_id != definition.type_id:
+            if live and not active:
+                raise NotActive(f"device {uuid} is not active: a live update needs it running")
+            if live and type_id is not None and type_id != definition.type_id:
                 raise InvalidArgument(
                     f"device {uuid}: the type of a running device cannot change live"
                 )
@@ -367,7 +374,7 @@ class Engine:
                 autostart=definition.autostart if autostart is None else autostart,
                 attributes=definition.attributes if attributes is None else attributes,
             )
-            if live and active and attributes is not None:
+            if live and attributes is not None:
                 for name, value in attributes:
                     await self._io(self.kernel.write_attribute, uuid, name, value)
             if new != definition:
@@ -531,20 +538,24 @@ class Engine:
                 uuid, definition.parent, definition.type_id, definition.attributes
             )
         except MdevdError as exc:
-            self._last_error[uuid] = f"{exc.name}: {exc.message}"
-            state = self._publish_present(uuid)
-            self._event(
-                state,
-                "start-failed",
-                reason,
-                error_name=f"org.mdevd.Mdevd1.Error.{exc.name}",
-                error_message=exc.message,
-            )
+            if uuid not in self._active:  # else the rollback failed, and said so already
+                self._last_error[uuid] = f"{exc.name}: {exc.message}"
+            self._start_failed(uuid, exc, reason)
             raise
         self._last_error.pop(uuid, None)
         state = self._publish_present(uuid)
         self._event(state, "started", reason)
         return state
+
+    def _start_failed(self, uuid: str, error: MdevdError, reason: str) -> None:
+        state = self._publish_present(uuid)
+        self._event(
+            state,
+            "start-failed",
+            reason,
+            error_name=f"org.mdevd.Mdevd1.Error.{error.name}",
+            error_message=error.message,
+        )
 
     async def _start_quietly(self, uuid: str, reason: str) -> None:
         """Start for autostart or reload: failures are events and LastError, not exceptions."""
@@ -571,15 +582,25 @@ class Engine:
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
             device = await self._io(self.kernel.create, parent, type_id, uuid)
+            written = 0
             try:
                 for name, value in attributes:
                     await self._io(self.kernel.write_attribute, uuid, name, value)
-            except MdevdError:
+                    written += 1
+            except MdevdError as first_error:
                 try:
                     await self._io(self.kernel.remove, uuid, check_busy=False)
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
+                    # The device stays in the kernel, so it must stay in view: hidden, nobody
+                    # could stop it. The caller publishes it with this as its LastError.
                     self._active[uuid] = device
+                    if uuid not in self._definitions:
+                        self._transient_attributes[uuid] = attributes[:written]
+                    self._last_error[uuid] = (
+                        f"{first_error.name}: {first_error.message}; removing the device "
+                        f"again failed: {rollback_error.message}"
+                    )
                 raise
             self._active[uuid] = device
         finally:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mdevd import validate
 from mdevd.errors import (
@@ -145,6 +145,8 @@ class Engine:
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
         self._autostart_due: set[str] = set()
+        # Tasks that finish what a timed-out operation left (a reference keeps them alive).
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -570,6 +572,7 @@ class Engine:
         """Create, then write attributes in order; on failure remove again, report the first
         error (never the rollback's: mdevctl hides the original one)."""
         self._in_flight.add(uuid)
+        late_create: asyncio.Future[Any] | None = None
         try:
             known = self._parents.get(parent)
             if known is None or type_id not in known.types:
@@ -581,7 +584,11 @@ class Engine:
                 raise TypeNotSupported(
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
-            device = await self._io(self.kernel.create, parent, type_id, uuid)
+            try:
+                device = await self._io(self.kernel.create, parent, type_id, uuid)
+            except _IoTimeout as timeout:
+                late_create = timeout.pending
+                raise
             written = 0
             try:
                 for name, value in attributes:
@@ -604,9 +611,42 @@ class Engine:
                 raise
             self._active[uuid] = device
         finally:
-            self._end_kernel_change(uuid)
+            if late_create is None:
+                self._end_kernel_change(uuid)
+            else:
+                self._undo_late_create(uuid, late_create)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
+
+    def _undo_late_create(self, uuid: str, pending: asyncio.Future[Any]) -> None:
+        """A create that timed out may still succeed in the kernel: then remove the device, as
+        after any failed create, since its caller was told it failed.
+
+        Until that is settled the UUID stays in flight (a resync must not adopt the device) and
+        its lock is held, so a retry with the same UUID waits for the outcome. The parent's lock
+        is not: the kernel may take long, and other devices of the parent need not wait.
+        """
+
+        async def undo() -> None:
+            async with self._uuid_locks[uuid]:
+                try:
+                    try:
+                        await pending
+                    except MdevdError:
+                        return  # the create failed after all: nothing exists
+                    log.warning("device %s: created after its create timed out: removing it", uuid)
+                    try:
+                        await self._io(self.kernel.remove, uuid, check_busy=False)
+                    except MdevdError as error:
+                        log.error("device %s: removing it failed: %s", uuid, error.message)
+                finally:
+                    self._end_kernel_change(uuid)
+                    # Whatever the kernel holds now is reported by a fresh look at it.
+                    self.request_resync()
+
+        task = asyncio.get_running_loop().create_task(undo())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _end_kernel_change(self, uuid: str) -> None:
         self._in_flight.discard(uuid)
@@ -644,10 +684,14 @@ class Engine:
         future = loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
         try:
             async with asyncio.timeout(self.settings.io_timeout):
-                return await future
+                # Shielded: a worker thread cannot be stopped, and what it still does matters.
+                return await asyncio.shield(future)
         except TimeoutError as exc:
+            future.add_done_callback(_consume_outcome)
             name = getattr(function, "__name__", "operation")
-            raise Timeout(f"{name} did not finish within {self.settings.io_timeout:g} s") from exc
+            raise _IoTimeout(
+                f"{name} did not finish within {self.settings.io_timeout:g} s", future
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def _locks(self, uuid: str, parent: str) -> AsyncIterator[None]:
@@ -717,6 +761,21 @@ class Engine:
             },
         )
         self.listener.device_event(state, event, {"reason": reason, **details})
+
+
+class _IoTimeout(Timeout):
+    """A kernel or store operation that did not finish in time; `pending` is its outcome."""
+
+    def __init__(self, message: str, pending: asyncio.Future[Any]) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    # Nobody may wait for a timed-out operation: retrieve its exception so that asyncio does
+    # not report it as never retrieved.
+    if not future.cancelled():
+        future.exception()
 
 
 def _new_uuid() -> str:

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from dbus_fast import Variant
 
 from mdevd.bus import names
 from mdevd.sim.control import UeventRecord
@@ -121,17 +122,11 @@ def test_a_repeated_define_returns_the_same_device_and_leaves_the_file_alone(
     assert [r.action for r in device_uevents(sim, uuid)] == ["add", "bind"]
     error = _error(
         client.manager_async(
-            "DefineDevice", "ssa{sv}", "mtty", "mtty-2", {"uuid": _variant_s(uuid)}
+            "DefineDevice", "ssa{sv}", "mtty", "mtty-2", {"uuid": Variant("s", uuid)}
         )
     )
     assert error.short_name == "Exists"  # autostart differs
     client.stop(uuid)
-
-
-def _variant_s(value: str) -> Any:
-    from dbus_fast import Variant
-
-    return Variant("s", value)
 
 
 # ---- 3. transactions ---------------------------------------------------------------------------
@@ -245,7 +240,7 @@ def test_a_uuid_has_one_definition(client: BusClient, daemon: DaemonProcess) -> 
     client.define_device("mtty", "mtty-1", uuid=uuid)
     error = _error(
         client.manager_async(
-            "DefineDevice", "ssa{sv}", "par-b", "par-b-1", {"uuid": _variant_s(uuid)}
+            "DefineDevice", "ssa{sv}", "par-b", "par-b-1", {"uuid": Variant("s", uuid)}
         )
     )
     assert error.short_name == "Exists"

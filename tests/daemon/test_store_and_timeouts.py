@@ -8,9 +8,10 @@ gives a kernel operation one second (`io_timeout`) before answering Timeout.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,9 +60,9 @@ def stack(directories: dict[str, Path]) -> Iterator[Stack]:
         yield running
 
 
-def _error(action: object) -> DaemonError:
+def _error(action: Callable[[], Any]) -> DaemonError:
     with pytest.raises(DaemonError) as raised:
-        action()  # type: ignore[operator]
+        action()
     return raised.value
 
 

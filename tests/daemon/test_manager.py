@@ -22,6 +22,7 @@ from tests.daemon.harness import (
     device_path,
     in_sysfs,
     new_uuid,
+    options,
     parent_path,
     wait_until,
 )
@@ -79,6 +80,21 @@ def test_create_device_makes_a_transient_device_with_every_property(
         "ConfigFile": "",
         "LastError": "",
     }
+
+
+def test_every_mutation_accepts_auth_interactive(client: BusClient, sim: RunningSim) -> None:
+    # Root needs no authentication; the option is accepted everywhere all the same.
+    uuid = new_uuid()
+    client.define_device("mtty", "mtty-1", uuid=uuid, auth_interactive=True)
+    client.device_async(uuid, "Start", "a{sv}", options(auth_interactive=True)).result()
+    client.update(uuid, {"autostart": True}, auth_interactive=True)
+    client.device_async(uuid, "Stop", "a{sv}", options(auth_interactive=True)).result()
+    client.device_async(uuid, "Undefine", "a{sv}", options(auth_interactive=True)).result()
+    client.create_device("mtty", "mtty-1", uuid=uuid, auth_interactive=True)
+    client.device_async(uuid, "Define", "a{sv}", options(auth_interactive=False)).result()
+    client.reload(auth_interactive=True)
+    assert in_sysfs(sim, uuid)
+    client.stop(uuid)
 
 
 def test_create_device_without_a_uuid_generates_one(client: BusClient, sim: RunningSim) -> None:

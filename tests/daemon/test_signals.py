@@ -259,3 +259,26 @@ def test_concurrent_operations_signal_only_their_own_effects(
             type_dir = sim.root / "class/mdev_bus" / parent / "mdev_supported_types" / type_id
             expected = int((type_dir / "available_instances").read_text())
             assert info["available_instances"] == expected, (parent, type_id)
+
+
+def test_a_failed_autostart_is_an_event_and_the_last_error(
+    client: BusClient, sim: RunningSim
+) -> None:
+    uuid = new_uuid()
+    client.define_device("0000:66:00.0", "nvidia-556", uuid=uuid, autostart=True)
+    mark = client.mark()
+    sim.control.fault_create("0000:66:00.0", "nvidia-556", "EIO")
+    sim.control.register("0000:66:00.0")
+    try:
+        client.wait_signal(lambda s: s.is_event(uuid, "start-failed"), since=mark)
+        [(event, details)] = client.events(uuid, since=mark)
+        assert (event, details["reason"], details["error_name"]) == (
+            "start-failed",
+            "autostart",
+            "org.mdevd.Mdevd1.Error.Failed",
+        )
+        device = client.device(uuid)
+        assert (device["Active"], device["LastError"].startswith("Failed: ")) == (False, True)
+        assert "LastError" in _changes(client, device_path(uuid), mark)
+    finally:
+        sim.control.unregister("0000:66:00.0")

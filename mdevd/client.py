@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,8 +348,12 @@ class Client:
 
     # ---- events ------------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every DeviceEvent and object added/removed, until the caller stops iterating."""
+    async def events(self, ready: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+        """Every DeviceEvent and object added/removed, until the caller stops iterating.
+
+        `ready` is called once the subscription is in place: whatever happens after that is
+        seen. Losing the bus connection raises ClientError (a monitor must not wait forever).
+        """
         queue: asyncio.Queue[Event] = asyncio.Queue()
 
         def on_message(message: Message) -> None:
@@ -373,12 +377,30 @@ class Client:
             f"type='signal',sender='{BUS_NAME}',interface='{OBJECT_MANAGER_INTERFACE}'",
         ]
         self.bus.add_message_handler(on_message)
+        # dbus-fast leaves wait_for_disconnect unannotated.
+        disconnected = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         try:
             for rule in rules:
                 await self._add_match(rule)
+            if ready is not None:
+                ready()
             while True:
-                yield await queue.get()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                next_event = asyncio.ensure_future(queue.get())
+                await asyncio.wait({next_event, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+                if next_event.done():
+                    yield next_event.result()
+                    continue
+                next_event.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                reason = "" if disconnected.cancelled() else disconnected.exception()
+                raise ClientError(
+                    f"lost the connection to the bus{f': {reason}' if reason else ''}"
+                )
         finally:
+            disconnected.cancel()
             self.bus.remove_message_handler(on_message)
 
     async def _add_match(self, rule: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -315,7 +316,12 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     if command == "monitor":
-        async for event in client.events():
+
+        def subscribed() -> None:
+            # On stderr, like busctl's "Monitoring bus message stream.": stdout stays the events.
+            print("Monitoring mdevd's device events (Ctrl-C to stop).", file=sys.stderr, flush=True)
+
+        async for event in client.events(subscribed):
             if args.json:
                 print(json.dumps(asdict(event)), flush=True)
             else:
@@ -333,6 +339,9 @@ def _fail(code: int, message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # `mdevdctl list | head -1`: end quietly when the reader goes away, as other tools do,
+    # instead of with a BrokenPipeError traceback (Python ignores SIGPIPE by default).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

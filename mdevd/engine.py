@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mdevd import validate
 from mdevd.errors import (
@@ -137,15 +137,16 @@ class Engine:
         # UUIDs an operation is creating or removing right now: a concurrent resync must not
         # report the operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
-        # When each UUID's kernel state was last changed by an operation, on a counter: a
-        # resync whose snapshot was taken before that change must not undo it (the snapshot
-        # may predate a create that finished while the resync was waiting for its worker).
-        self._changes = 0
-        self._changed_at: dict[str, int] = {}
+        # UUIDs and parents the engine itself changed or re-read since the running resync took
+        # its snapshot: for them the snapshot may be older than what the engine knows.
+        self._touched_devices: set[str] = set()
+        self._touched_parents: set[str] = set()
         self.problems: list[str] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
         self._autostart_due: set[str] = set()
+        # Tasks that finish what a timed-out operation left (a reference keeps them alive).
+        self._background: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -211,7 +212,12 @@ class Engine:
                 ):
                     return existing  # a retry of a create that already succeeded
                 raise Exists(_conflict_message(uuid, existing))
-            await self._create_in_kernel(uuid, parent, type_id, attributes)
+            try:
+                await self._create_in_kernel(uuid, parent, type_id, attributes)
+            except MdevdError as exc:
+                if uuid in self._active:  # its rollback failed: it exists after all
+                    self._start_failed(uuid, exc, REASON_API)
+                raise
             self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
             self._event(state, "started", REASON_API)
@@ -283,8 +289,7 @@ class Engine:
             except NotActive:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
-                self._in_flight.discard(uuid)
-                self._mark_changed(uuid)
+                self._end_kernel_change(uuid)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -359,7 +364,9 @@ class Engine:
         async with self._locks(uuid, definition.parent):
             definition = self._definitions[uuid]
             active = uuid in self._active
-            if live and active and type_id is not None and type_id != definition.type_id:
+            if live and not active:
+                raise NotActive(f"device {uuid} is not active: a live update needs it running")
+            if live and type_id is not None and type_id != definition.type_id:
                 raise InvalidArgument(
                     f"device {uuid}: the type of a running device cannot change live"
                 )
@@ -369,7 +376,7 @@ class Engine:
                 autostart=definition.autostart if autostart is None else autostart,
                 attributes=definition.attributes if attributes is None else attributes,
             )
-            if live and active and attributes is not None:
+            if live and attributes is not None:
                 for name, value in attributes:
                     await self._io(self.kernel.write_attribute, uuid, name, value)
             if new != definition:
@@ -477,20 +484,27 @@ class Engine:
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that (re-)registered."""
-        snapshot_at = self._changes
+        self._touched_devices.clear()
+        self._touched_parents.clear()
         parents, active = await self._io(self._snapshot_kernel)
-        for name in sorted(set(self._parents) - set(parents)):
+        # What the engine changed while the snapshot was read is newer in memory than in the
+        # snapshot: leave it alone now, and look again with a fresh snapshot.
+        stale_parents = set(self._touched_parents)
+        stale_devices = self._touched_devices | self._in_flight
+        if stale_parents or self._touched_devices:
+            self._resync_again = True
+        for name in sorted(set(self._parents) - set(parents) - stale_parents):
             del self._parents[name]
             self.listener.parent_removed(name)
         for name, parent in sorted(parents.items()):
+            if name in stale_parents:
+                continue
             if name not in self._parents:
                 self._autostart_due.add(name)
             if self._parents.get(name) != parent:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
-        for uuid in sorted((set(self._active) | set(active)) - self._in_flight):
-            if self._changed_at.get(uuid, 0) > snapshot_at:
-                continue  # our own operation changed it after the snapshot: the snapshot is stale
+        for uuid in sorted((set(self._active) | set(active)) - stale_devices):
             was, now = self._active.get(uuid), active.get(uuid)
             if was == now:
                 continue
@@ -508,8 +522,6 @@ class Engine:
                     self._event(shown, event, REASON_KERNEL)
             if state is None:
                 self.listener.device_removed(uuid)
-        # Changes made before this snapshot are in it; only newer ones still matter.
-        self._changed_at = {u: at for u, at in self._changed_at.items() if at > snapshot_at}
         due = sorted(self._autostart_due & set(self._parents))
         self._autostart_due.clear()
         for name in due:
@@ -528,20 +540,24 @@ class Engine:
                 uuid, definition.parent, definition.type_id, definition.attributes
             )
         except MdevdError as exc:
-            self._last_error[uuid] = f"{exc.name}: {exc.message}"
-            state = self._publish_present(uuid)
-            self._event(
-                state,
-                "start-failed",
-                reason,
-                error_name=f"org.mdevd.Mdevd1.Error.{exc.name}",
-                error_message=exc.message,
-            )
+            if uuid not in self._active:  # else the rollback failed, and said so already
+                self._last_error[uuid] = f"{exc.name}: {exc.message}"
+            self._start_failed(uuid, exc, reason)
             raise
         self._last_error.pop(uuid, None)
         state = self._publish_present(uuid)
         self._event(state, "started", reason)
         return state
+
+    def _start_failed(self, uuid: str, error: MdevdError, reason: str) -> None:
+        state = self._publish_present(uuid)
+        self._event(
+            state,
+            "start-failed",
+            reason,
+            error_name=f"org.mdevd.Mdevd1.Error.{error.name}",
+            error_message=error.message,
+        )
 
     async def _start_quietly(self, uuid: str, reason: str) -> None:
         """Start for autostart or reload: failures are events and LastError, not exceptions."""
@@ -556,6 +572,7 @@ class Engine:
         """Create, then write attributes in order; on failure remove again, report the first
         error (never the rollback's: mdevctl hides the original one)."""
         self._in_flight.add(uuid)
+        late_create: asyncio.Future[Any] | None = None
         try:
             known = self._parents.get(parent)
             if known is None or type_id not in known.types:
@@ -567,33 +584,80 @@ class Engine:
                 raise TypeNotSupported(
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
-            device = await self._io(self.kernel.create, parent, type_id, uuid)
+            try:
+                device = await self._io(self.kernel.create, parent, type_id, uuid)
+            except _IoTimeout as timeout:
+                late_create = timeout.pending
+                raise
+            written = 0
             try:
                 for name, value in attributes:
                     await self._io(self.kernel.write_attribute, uuid, name, value)
-            except MdevdError:
+                    written += 1
+            except MdevdError as first_error:
                 try:
                     await self._io(self.kernel.remove, uuid, check_busy=False)
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
+                    # The device stays in the kernel, so it must stay in view: hidden, nobody
+                    # could stop it. The caller publishes it with this as its LastError.
                     self._active[uuid] = device
+                    if uuid not in self._definitions:
+                        self._transient_attributes[uuid] = attributes[:written]
+                    self._last_error[uuid] = (
+                        f"{first_error.name}: {first_error.message}; removing the device "
+                        f"again failed: {rollback_error.message}"
+                    )
                 raise
             self._active[uuid] = device
         finally:
-            self._in_flight.discard(uuid)
-            self._mark_changed(uuid)
+            if late_create is None:
+                self._end_kernel_change(uuid)
+            else:
+                self._undo_late_create(uuid, late_create)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
 
-    def _mark_changed(self, uuid: str) -> None:
-        self._changes += 1
-        self._changed_at[uuid] = self._changes
+    def _undo_late_create(self, uuid: str, pending: asyncio.Future[Any]) -> None:
+        """A create that timed out may still succeed in the kernel: then remove the device, as
+        after any failed create, since its caller was told it failed.
+
+        Until that is settled the UUID stays in flight (a resync must not adopt the device) and
+        its lock is held, so a retry with the same UUID waits for the outcome. The parent's lock
+        is not: the kernel may take long, and other devices of the parent need not wait.
+        """
+
+        async def undo() -> None:
+            async with self._uuid_locks[uuid]:
+                try:
+                    try:
+                        await pending
+                    except MdevdError:
+                        return  # the create failed after all: nothing exists
+                    log.warning("device %s: created after its create timed out: removing it", uuid)
+                    try:
+                        await self._io(self.kernel.remove, uuid, check_busy=False)
+                    except MdevdError as error:
+                        log.error("device %s: removing it failed: %s", uuid, error.message)
+                finally:
+                    self._end_kernel_change(uuid)
+                    # Whatever the kernel holds now is reported by a fresh look at it.
+                    self.request_resync()
+
+        task = asyncio.get_running_loop().create_task(undo())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _end_kernel_change(self, uuid: str) -> None:
+        self._in_flight.discard(uuid)
+        self._touched_devices.add(uuid)
 
     async def _refresh_parent(self, name: str) -> None:
         try:
             parent: Parent | None = await self._io(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
+        self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:
                 self.listener.parent_removed(name)
@@ -620,10 +684,14 @@ class Engine:
         future = loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
         try:
             async with asyncio.timeout(self.settings.io_timeout):
-                return await future
+                # Shielded: a worker thread cannot be stopped, and what it still does matters.
+                return await asyncio.shield(future)
         except TimeoutError as exc:
+            future.add_done_callback(_consume_outcome)
             name = getattr(function, "__name__", "operation")
-            raise Timeout(f"{name} did not finish within {self.settings.io_timeout:g} s") from exc
+            raise _IoTimeout(
+                f"{name} did not finish within {self.settings.io_timeout:g} s", future
+            ) from exc
 
     @contextlib.asynccontextmanager
     async def _locks(self, uuid: str, parent: str) -> AsyncIterator[None]:
@@ -693,6 +761,21 @@ class Engine:
             },
         )
         self.listener.device_event(state, event, {"reason": reason, **details})
+
+
+class _IoTimeout(Timeout):
+    """A kernel or store operation that did not finish in time; `pending` is its outcome."""
+
+    def __init__(self, message: str, pending: asyncio.Future[Any]) -> None:
+        super().__init__(message)
+        self.pending = pending
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    # Nobody may wait for a timed-out operation: retrieve its exception so that asyncio does
+    # not report it as never retrieved.
+    if not future.cancelled():
+        future.exception()
 
 
 def _new_uuid() -> str:

@@ -25,6 +25,7 @@ The class is synchronous and thread-safe; the daemon's engine calls it from a wo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -387,7 +388,7 @@ class DefinitionStore:
             atomic.ensure_directory(path.parent)
             atomic.write_atomic(path, text.encode())
         except OSError as e:
-            raise Failed(f"{path}: cannot write: {e.strerror}") from None
+            raise _write_error(path, e) from None
 
     def _rewrite(
         self,
@@ -431,7 +432,7 @@ class DefinitionStore:
             else:
                 atomic.write_atomic(pending.real, pending.new_text.encode())
         except OSError as e:
-            raise Failed(f"{pending.path}: cannot write: {e.strerror}") from None
+            raise _write_error(pending.path, e) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +442,13 @@ class _PendingWrite:
     signature: _Signature | None
     #: None: delete the file (nothing but comments would be left in it).
     new_text: str | None
+
+
+def _write_error(path: Path, error: OSError) -> Failed | ReadOnly:
+    """What a failed write of a definitions file means to the caller."""
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ReadOnly(f"{path}: cannot write: {error.strerror}; the directory is read-only")
+    return Failed(f"{path}: cannot write: {error.strerror}")
 
 
 def _only_comments(text: str) -> bool:

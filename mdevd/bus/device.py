@@ -23,6 +23,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 from mdevd import validate
 from mdevd.bus import options as opts
 from mdevd.bus.errors import dbus_errors
+from mdevd.bus.introspection import describe
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
 from mdevd.bus.paths import parent_path
 from mdevd.model import DeviceState
@@ -163,3 +164,6 @@ class DeviceInterface(ServiceInterface):
             attributes=attributes,
             live=bool(values.get("live", False)),
         )
+
+
+describe(DeviceInterface, const_properties={"UUID"})

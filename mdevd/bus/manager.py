@@ -13,6 +13,7 @@ from dbus_fast.signature import Variant
 from mdevd import __version__, validate
 from mdevd.bus import options as opts
 from mdevd.bus.errors import dbus_errors
+from mdevd.bus.introspection import describe
 from mdevd.bus.names import MANAGER_INTERFACE
 from mdevd.bus.paths import device_path
 
@@ -102,10 +103,9 @@ class ManagerInterface(ServiceInterface):
         return (device, uuid, event, details)
 
 
-# dbus-fast names signal arguments only by position; the contract names them.
-for _arg, _name in zip(
-    ManagerInterface.DeviceEvent.__dict__["__DBUS_SIGNAL"].introspection.args,
-    ("device", "uuid", "event", "details"),
-    strict=True,
-):
-    _arg.name = _name
+describe(
+    ManagerInterface,
+    out_args={"CreateDevice": ["device"], "DefineDevice": ["device"], "GetDevice": ["device"]},
+    signal_args={"DeviceEvent": ["device", "uuid", "event", "details"]},
+    const_properties={"Version", "Features"},
+)

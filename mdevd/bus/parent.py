@@ -9,6 +9,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property
 from dbus_fast.signature import Variant
 
+from mdevd.bus.introspection import describe
 from mdevd.bus.names import PARENT_INTERFACE
 from mdevd.model import Parent
 
@@ -55,3 +56,6 @@ class ParentInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Types(self) -> DBusTypes:
         return types_value(self.parent)
+
+
+describe(ParentInterface, const_properties={"Name", "SysfsPath", "Subsystem"})

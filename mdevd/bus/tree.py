@@ -14,6 +14,7 @@ from typing import Any
 
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
+from dbus_fast.introspection import Node
 from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
@@ -54,7 +55,20 @@ def _variants(properties: dict[str, Any]) -> dict[str, Variant]:
 
 
 class ManagedObjectBus(MessageBus):
-    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH."""
+    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH.
+
+    dbus-fast answers GetManagedObjects on any path, but introspects a path that has no
+    exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
+    with the standard interfaces (ObjectManager among them), as the contract places it there.
+    """
+
+    def _introspect_export_path(self, path: str) -> Node:
+        node: Node = super()._introspect_export_path(path)
+        if path == ROOT_PATH and not node.interfaces:
+            children = node.nodes
+            node = Node.default(path)
+            node.nodes = children
+        return node
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         properties = getattr(interface, "properties", None)

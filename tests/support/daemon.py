@@ -97,10 +97,14 @@ def running_daemon(
     uevent_source: str = "udev",
     print_log: bool = True,
     env: Mapping[str, str] | None = None,
+    config_text: str = "# defaults; the command line sets the directories\n",
+    program: Sequence[str] = ("-m", "mdevd"),
 ) -> Iterator[DaemonProcess]:
     """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit.
 
     `env` adds to (or overrides) the daemon's environment, e.g. a test's `NOTIFY_SOCKET`.
+    `devices_dirs=()` passes no `--devices-dir`, so `config_text` (the daemon's mdevd.toml)
+    decides where definitions live. `program` replaces `-m mdevd` (a test's own entry point).
     """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
@@ -108,7 +112,7 @@ def running_daemon(
         devices_dirs[0].mkdir()
     log_path = workdir / "mdevd.log"
     config = workdir / "mdevd.toml"
-    config.write_text("# defaults; the command line sets the directories\n")
+    config.write_text(config_text)
     env_overrides = dict(env or {})
     env = dict(os.environ)
     env["DBUS_SYSTEM_BUS_ADDRESS"] = address
@@ -118,8 +122,7 @@ def running_daemon(
     env.update(env_overrides)
     argv = [
         sys.executable,
-        "-m",
-        "mdevd",
+        *program,
         "--sysfs-root",
         str(sysfs_root),
         "--dev-root",
@@ -138,7 +141,8 @@ def running_daemon(
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
-    daemon = DaemonProcess(process, address, log_path, Path(devices_dirs[0]), env)
+    devices_dir = Path(devices_dirs[0]) if devices_dirs else workdir
+    daemon = DaemonProcess(process, address, log_path, devices_dir, env)
     try:
         deadline = time.monotonic() + start_timeout
         while not name_has_owner(address):

@@ -26,8 +26,6 @@ BASH_COMPLETIONDIR ?= $(call pkgconfig,bash-completion,completionsdir,/usr/share
 # (/usr/lib/python3/dist-packages on Debian), else PREFIX/lib/pythonX.Y/site-packages.
 PYTHONDIR ?= $(shell $(PYTHON) tools/python-dir.py $(PREFIX))
 
-# The polkit actions arrive with the polkit work; installed once the file exists.
-POLKIT_POLICY = $(wildcard dbus/org.mdevd.Mdevd1.policy)
 PACKAGE_FILES = $(shell find mdevd -name '*.py' -not -path 'mdevd/sim/*') mdevd/py.typed
 MAN_PAGES = docs/man/mdevd.8 docs/man/mdevdctl.1 docs/man/mdevd.toml.5
 
@@ -60,8 +58,8 @@ install:
 	$(INSTALL) -D -m 0644 dbus/org.mdevd.Mdevd1.conf "$(D)$(DBUS_POLICYDIR)/org.mdevd.Mdevd1.conf"
 	$(INSTALL) -D -m 0644 dbus/org.mdevd.Mdevd1.service \
 		"$(D)$(DBUS_SERVICEDIR)/org.mdevd.Mdevd1.service"
-	$(if $(POLKIT_POLICY),$(INSTALL) -D -m 0644 $(POLKIT_POLICY) \
-		"$(D)$(POLKIT_ACTIONDIR)/org.mdevd.Mdevd1.policy")
+	$(INSTALL) -D -m 0644 dbus/org.mdevd.Mdevd1.policy \
+		"$(D)$(POLKIT_ACTIONDIR)/org.mdevd.Mdevd1.policy"
 	$(INSTALL) -D -m 0644 docs/man/mdevd.8 "$(D)$(MANDIR)/man8/mdevd.8"
 	$(INSTALL) -D -m 0644 docs/man/mdevdctl.1 "$(D)$(MANDIR)/man1/mdevdctl.1"
 	$(INSTALL) -D -m 0644 docs/man/mdevd.toml.5 "$(D)$(MANDIR)/man5/mdevd.toml.5"

@@ -15,7 +15,6 @@ import pytest
 from mdevd import ctl, main
 from tests.support.daemon import REPO
 
-POLKIT_POLICY = REPO / "dbus" / "org.mdevd.Mdevd1.policy"
 MAN_PAGES = {
     "mdevd.8": "usr/share/man/man8/mdevd.8",
     "mdevdctl.1": "usr/share/man/man1/mdevdctl.1",
@@ -97,8 +96,7 @@ def test_every_file_is_installed_with_its_mode(tree: Path) -> None:
         **{path: 0o644 for path in MAN_PAGES.values()},
         **{f"{str(site).lstrip('/')}/{p}": 0o644 for p in package_files()},
     }
-    if POLKIT_POLICY.exists():
-        files["usr/share/polkit-1/actions/org.mdevd.Mdevd1.policy"] = 0o644
+    files["usr/share/polkit-1/actions/org.mdevd.Mdevd1.policy"] = 0o644
     directories = {"etc/mdevd/devices.d": 0o755}
     found = installed(tree)
     installed_files = {p: m for p, m in found.items() if not (tree / p).is_dir()}

@@ -23,6 +23,7 @@ from mdevd.errors import (
     AttributeRejected,
     Busy,
     Exists,
+    InvalidName,
     InvalidUUID,
     KernelIOError,
     NoInstancesAvailable,
@@ -79,6 +80,32 @@ class Sysfs:
 
     def parent_exists(self, parent: str) -> bool:
         return self._parent_dir(parent).is_dir()
+
+    def registration_id(self, parent: str) -> tuple[int, int]:
+        """What tells one registration of `parent` with the mdev core from the next.
+
+        The core creates `mdev_supported_types` anew at each registration, and kernfs numbers
+        its nodes cyclically, so the directory's inode changes even when an unregistration and
+        a registration both happened between two looks (their uevents lost, or not yet read).
+        """
+        try:
+            st = os.stat(self._parent_dir(parent) / "mdev_supported_types")
+        except OSError as exc:
+            raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+        return (st.st_dev, st.st_ino)
+
+    def has_mdev_types(self, devpath: str) -> bool:
+        """Whether the device at `devpath` (a uevent's DEVPATH, `/devices/...`) offers mdev
+        types: how a parent shows itself on kernels that send no MDEV_STATE event."""
+        parts = devpath.strip("/").split("/")
+        if parts[0] != "devices":
+            return False
+        try:
+            # Every component is a plain name: nothing in an event can lead outside the root.
+            checked = [validate.parent_name(part) for part in parts]
+        except InvalidName:
+            return False
+        return self.root.joinpath(*checked, "mdev_supported_types").is_dir()
 
     def read_parent(self, parent: str) -> Parent:
         directory = self._parent_dir(parent)

@@ -29,6 +29,9 @@ MODE_RW = 0o644
 @dataclass(frozen=True, slots=True)
 class Directory:
     entries: tuple[str, ...]
+    #: Nonzero for a directory the kernel creates afresh with its object (a registration's
+    #: mdev_supported_types, a device): its inode number changes with each new object.
+    identity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +58,11 @@ class _Builder:
     def __init__(self) -> None:
         self._children: dict[str, set[str]] = {"": set()}
         self._nodes: dict[str, Node] = {}
+        self._identities: dict[str, int] = {}
 
-    def dir(self, path: str) -> None:
+    def dir(self, path: str, identity: int = 0) -> None:
+        if identity:
+            self._identities[path] = identity
         if path in self._children:
             return
         self._children[path] = set()
@@ -84,7 +90,7 @@ class _Builder:
     def finish(self) -> Tree:
         tree: Tree = dict(self._nodes)
         for path, names in self._children.items():
-            tree[path] = Directory(tuple(sorted(names)))
+            tree[path] = Directory(tuple(sorted(names)), self._identities.get(path, 0))
         return tree
 
 
@@ -126,7 +132,7 @@ def _type_files(
 def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     parent = device.parent
     path = device.devpath
-    builder.dir(path)
+    builder.dir(path, identity=device.serial)
     # Present until the driver has let go, i.e. also while a removal waits for the VM.
     builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
     builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
@@ -230,9 +236,10 @@ def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
         return
     if registration.active:
         builder.link(f"class/mdev_bus/{spec.name}", spec.devpath)
-    builder.dir(f"{spec.devpath}/mdev_supported_types")
-    for type_spec in spec.types:
-        _type_files(builder, kernel, parent, type_spec, registration)
+    builder.dir(f"{spec.devpath}/mdev_supported_types", identity=registration.serial)
+    if registration.types_ready:
+        for type_spec in spec.types:
+            _type_files(builder, kernel, parent, type_spec, registration)
     for device in parent.devices:
         _device_files(builder, kernel, device)
 

@@ -6,6 +6,13 @@ serializes mutations per parent, and tells a listener (the D-Bus layer) about ev
 before the operation that caused it returns, so a client that gets a reply already has the
 signals (contract rule 1).
 
+Kernel events (uevents, read by `mdevd.udev`) only say *that* something may have changed: the
+engine then rescans the kernel and reports the difference, so lost, duplicated or reordered
+events cannot leave it with a wrong view. A parent's registration is known by the identity of
+its types directory (`Sysfs.registration_id`), so autostart runs once per registration however
+many events announce it (mdevctl runs twice: its issue #53), and runs again after an
+unregister/register pair even if no rescan saw the parent gone.
+
 Kernel and store I/O run in a worker pool: a sysfs write can block (a device held by a VM) and
 must never stall the event loop.
 """
@@ -14,17 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import uuid as uuid_module
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from mdevd import validate
 from mdevd.errors import (
     AlreadyActive,
+    Busy,
     Exists,
     InvalidArgument,
     MdevdError,
@@ -103,12 +112,42 @@ class _NullListener:
         pass
 
 
+#: Tells one registration of a parent from the next (`Sysfs.registration_id`).
+RegistrationId = tuple[int, int]
+
+#: Seconds before each autostart retry (transient failures only): 6 retries, ~16 s in all.
+AUTOSTART_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     #: How long one kernel or store operation may take before the caller gets `Timeout`.
     io_timeout: float = 30.0
     #: Worker threads for sysfs and file I/O. More than the parents that can block at once.
     io_workers: int = 16
+    #: Seconds before each retry of an autostart that failed for a transient reason (types not
+    #: listed yet, EBUSY); their number bounds the retries. Permanent failures are not retried.
+    autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSnapshot:
+    parents: dict[str, Parent]
+    registrations: dict[str, RegistrationId]
+    devices: dict[str, ActiveDevice]
+
+
+@dataclass(eq=False)
+class _AutostartRun:
+    """Autostart of some definitions of one parent during one of its registrations."""
+
+    parent: str
+    registration: RegistrationId
+    #: Set when the parent registers again: a run waiting to retry gives up at once.
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Resolved once every device had its first attempt.
+    first_round: asyncio.Future[None] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class Engine:
@@ -134,13 +173,25 @@ class Engine:
         self._published: dict[str, DeviceState] = {}
         self._parent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uuid_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # UUIDs an operation is creating or removing right now: a concurrent resync must not
-        # report the operation's own effect as a change made by someone else.
+        # UUIDs an operation is creating or removing right now, and those it changed since the
+        # current rescan started (that rescan's view of them may predate the change): a rescan
+        # must not report an operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
+        self._touched: set[str] = set()
+        self._touched_parents: set[str] = set()
+        # Guards the definitions on disk and in memory together: a reload never sees a file
+        # the API has written but not yet recorded (and reports it as an outside change).
+        self._config_lock = asyncio.Lock()
         self.problems: list[str] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._resync_again = False
-        self._autostart_due: set[str] = set()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+        # The latest registration of each parent a rescan saw; kept when the parent goes (a
+        # registration's identity never comes back), so autostart cannot run twice for one.
+        self._registrations: dict[str, RegistrationId] = {}
+        self._autostart_runs: dict[str, list[_AutostartRun]] = {}
+        self._probing: set[str] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -148,20 +199,34 @@ class Engine:
         """Load definitions, read the kernel, adopt what runs, autostart what should run.
 
         Adoption never removes or recreates a device that exists: a restarted daemon finds the
-        VMs' devices as it left them.
+        VMs' devices as it left them. Returns once every autostart device had its first
+        attempt; retries of transient failures continue in the background.
         """
         definitions, problems = await self._load_store()
         self._definitions = definitions
         self.problems = problems
-        parents, active = await self._io(self._snapshot_kernel)
-        self._parents = parents
-        self._active = active
+        self._touched.clear()
+        self._touched_parents.clear()
+        snapshot = await self._io(self._snapshot_kernel)
+        self._parents = snapshot.parents
+        self._active = snapshot.devices
         for uuid in sorted(set(self._definitions) | set(self._active)):
             self._publish(uuid)
-        for parent in sorted(self._parents):
-            await self.autostart_parent(parent)
+        runs = [
+            self._begin_autostart(name, registration)
+            for name, registration in sorted(snapshot.registrations.items())
+        ]
+        self._registrations.update(snapshot.registrations)
+        await self._first_rounds(runs)
 
     def close(self) -> None:
+        for runs in self._autostart_runs.values():
+            for run in runs:
+                if run.task is not None:
+                    run.task.cancel()
+        for task in (self._resync_task, self._reload_task):
+            if task is not None:
+                task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def attach(self, listener: Listener) -> None:
@@ -279,6 +344,7 @@ class Engine:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
                 self._in_flight.discard(uuid)
+                self._touched.add(uuid)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -318,8 +384,9 @@ class Engine:
             if definition is None:
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
-            await self._io(self.store.remove, uuid)
-            del self._definitions[uuid]
+            async with self._config_lock:
+                await self._io(self.store.remove, uuid)
+                del self._definitions[uuid]
             if uuid in self._active:
                 self._transient_attributes[uuid] = definition.attributes
             state = self._publish(uuid)
@@ -375,56 +442,72 @@ class Engine:
     async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
 
-        A removed definition leaves its running device alone.
+        Reports every definition that appeared, changed or went (`reason`: config). Definitions
+        the API wrote are already known, so they are never reported back as outside changes.
+        A removed definition leaves its running device alone. Returns once each newly started
+        device had its first attempt.
         """
-        definitions, problems = await self._load_store()
-        self.problems = problems
-        old = self._definitions
-        changed = sorted(
-            uuid
-            for uuid in set(old) | set(definitions)
-            if _essence(old.get(uuid)) != _essence(definitions.get(uuid))
-        )
-        for uuid in changed:
-            before = self._published.get(uuid)
-            was, now = old.get(uuid), definitions.get(uuid)
-            if now is None:
-                self._definitions.pop(uuid, None)
-                if was is not None and uuid in self._active:
-                    self._transient_attributes[uuid] = was.attributes
-            else:
-                self._definitions[uuid] = now
-            state = self._publish(uuid)
-            event = "defined" if was is None else "undefined" if now is None else "updated"
-            shown = state or (before and replace(before, defined=False, config_file=""))
-            if shown is not None:
-                self._event(shown, event, reason)
-            if state is None:
-                self.listener.device_removed(uuid)
+        async with self._config_lock:
+            definitions, problems = await self._load_store(quiet=set(self.problems))
+            self.problems = problems
+            old = self._definitions
+            changed = sorted(
+                uuid
+                for uuid in set(old) | set(definitions)
+                if _essence(old.get(uuid)) != _essence(definitions.get(uuid))
+            )
+            for uuid in changed:
+                before = self._published.get(uuid)
+                was, now = old.get(uuid), definitions.get(uuid)
+                if now is None:
+                    self._definitions.pop(uuid, None)
+                    if was is not None and uuid in self._active:
+                        self._transient_attributes[uuid] = was.attributes
+                else:
+                    self._definitions[uuid] = now
+                state = self._publish(uuid)
+                event = "defined" if was is None else "undefined" if now is None else "updated"
+                shown = state or (before and replace(before, defined=False, config_file=""))
+                if shown is not None:
+                    self._event(shown, event, reason)
+                if state is None:
+                    self.listener.device_removed(uuid)
+        to_start: dict[str, list[str]] = {}
         for uuid in changed:
             definition = self._definitions.get(uuid)
-            if (
-                definition is not None
-                and definition.autostart
-                and uuid not in self._active
-                and definition.parent in self._parents
-            ):
-                async with self._locks(uuid, definition.parent):
-                    await self._start_quietly(uuid, REASON_AUTOSTART)
+            if definition is not None and definition.autostart and uuid not in self._active:
+                to_start.setdefault(definition.parent, []).append(uuid)
+        runs = []
+        for parent, uuids in sorted(to_start.items()):
+            registration = self._registrations.get(parent)
+            if registration is not None and parent in self._parents:
+                runs.append(self._begin_autostart(parent, registration, uuids, supersede=False))
+        await self._first_rounds(runs)
         return problems
 
+    def request_reload(self) -> None:
+        """Reload soon (the definition directories changed); coalesced like resyncs."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    async def _reload_loop(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                await self.reload(REASON_CONFIG)
+            except Exception:  # a bad moment on disk must not end the watching
+                log.exception("reloading the definitions failed")
+            if not self._reload_again:
+                return
+
     async def autostart_parent(self, parent: str) -> None:
-        """Start each autostart definition of `parent` that is not running, in UUID order."""
-        wanted = sorted(
-            d.uuid
-            for d in self._definitions.values()
-            if d.parent == parent and d.autostart and d.uuid not in self._active
-        )
-        for uuid in wanted:
-            async with self._locks(uuid, parent):
-                if uuid in self._active or uuid not in self._definitions:
-                    continue
-                await self._start_quietly(uuid, REASON_AUTOSTART)
+        """Start each autostart definition of `parent` that is not running, in UUID order, for
+        its current registration; returns after the first attempt at each."""
+        registration = self._registrations.get(parent)
+        if registration is not None:
+            await self._first_rounds([self._begin_autostart(parent, registration)])
 
     # ---- kernel events ---------------------------------------------------------------------
 
@@ -433,18 +516,36 @@ class Engine:
     ) -> None:
         """Take one uevent (from udev) and schedule what it calls for. Never blocks.
 
-        The event only says *that* something may have changed; what changed is read back from
-        sysfs by a resync, so lost, duplicated or reordered events cannot leave a wrong view.
+        What counts is what may change the mdev view: any event of an mdev device (made or
+        removed by us or by other tools), a parent's `change` with MDEV_STATE whatever its
+        subsystem (`pci`, `css`, `mtty`...: never `mdev_bus`), the `add` or `bind` of a device
+        that has `mdev_supported_types` (kernels without MDEV_STATE), and the `remove` or
+        `unbind` of a known parent.
         """
-        state = properties.get("MDEV_STATE")
-        name = devpath.rsplit("/", 1)[-1]
-        if state == "registered" or (action == "add" and subsystem != "mdev"):
-            # A (re-)registration: its autostart devices are due even if a fast
-            # unregister/register pair leaves the parent present in both snapshots.
-            self._autostart_due.add(name)
-        elif not (subsystem == "mdev" or state or action == "remove"):
+        if subsystem == "mdev" or "MDEV_STATE" in properties:
+            self.request_resync()
+        elif subsystem in _NEVER_PARENTS:
             return
-        self.request_resync()
+        elif action in ("add", "bind"):
+            self._probe_for_parent(devpath)
+        elif action in ("remove", "unbind") and devpath.rsplit("/", 1)[-1] in self._parents:
+            self.request_resync()
+
+    def _probe_for_parent(self, devpath: str) -> None:
+        if devpath in self._probing:
+            return
+        self._probing.add(devpath)
+
+        async def probe() -> None:
+            try:
+                if await self._io(self.kernel.has_mdev_types, devpath):
+                    self.request_resync()
+            except Exception:  # an event can only ask for a look; it must not kill the loop
+                log.exception("probing %s for mdev types failed", devpath)
+            finally:
+                self._probing.discard(devpath)
+
+        asyncio.get_running_loop().create_task(probe())
 
     def request_resync(self) -> None:
         """Coalesce resync requests: one runs at a time, and one more if asked meanwhile."""
@@ -454,9 +555,20 @@ class Engine:
         self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
 
     async def wait_idle(self) -> None:
-        """Wait until no resync is pending (tests and the daemon's shutdown use it)."""
-        while self._resync_task is not None and not self._resync_task.done():
-            await asyncio.shield(self._resync_task)
+        """Wait until no resync or reload is pending and no autostart runs."""
+        while True:
+            tasks = [
+                run.task
+                for runs in self._autostart_runs.values()
+                for run in runs
+                if run.task is not None and not run.task.done()
+            ]
+            for task in (self._resync_task, self._reload_task):
+                if task is not None and not task.done():
+                    tasks.append(task)
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -470,19 +582,30 @@ class Engine:
 
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
-        then autostart the devices of parents that (re-)registered."""
-        parents, active = await self._io(self._snapshot_kernel)
+        then autostart the devices of parents that registered since the last look."""
+        self._touched.clear()
+        self._touched_parents.clear()
+        snapshot = await self._io(self._snapshot_kernel)
+        # What an operation changed while the snapshot was being read is newer than it.
+        parents = {
+            name: parent
+            for name, parent in snapshot.parents.items()
+            if name not in self._touched_parents
+        }
+        kept = {
+            name: self._parents[name] for name in self._touched_parents if name in self._parents
+        }
+        parents.update(kept)
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
             self.listener.parent_removed(name)
         for name, parent in sorted(parents.items()):
-            if name not in self._parents:
-                self._autostart_due.add(name)
             if self._parents.get(name) != parent:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
-        for uuid in sorted((set(self._active) | set(active)) - self._in_flight):
-            was, now = self._active.get(uuid), active.get(uuid)
+        skip = self._in_flight | self._touched
+        for uuid in sorted((set(self._active) | set(snapshot.devices)) - skip):
+            was, now = self._active.get(uuid), snapshot.devices.get(uuid)
             if was == now:
                 continue
             before = self._published.get(uuid)
@@ -499,14 +622,151 @@ class Engine:
                     self._event(shown, event, REASON_KERNEL)
             if state is None:
                 self.listener.device_removed(uuid)
-        due = sorted(self._autostart_due & set(self._parents))
-        self._autostart_due.clear()
-        for name in due:
-            await self.autostart_parent(name)
+        for name, registration in sorted(snapshot.registrations.items()):
+            # A parent an operation has meanwhile seen gone waits for the next look.
+            if name in self._parents and self._registrations.get(name) != registration:
+                self._registrations[name] = registration
+                self._begin_autostart(name, registration)
+
+    # ---- autostart -------------------------------------------------------------------------
+
+    def _begin_autostart(
+        self,
+        parent: str,
+        registration: RegistrationId,
+        uuids: Sequence[str] | None = None,
+        *,
+        supersede: bool = True,
+    ) -> _AutostartRun:
+        """Start a run for `uuids` (default: every autostart definition of the parent) in the
+        background. A run for a new registration (`supersede`) first ends the earlier runs of
+        the parent: one waiting to retry gives up, one starting a device finishes that one."""
+        loop = asyncio.get_running_loop()
+        run = _AutostartRun(parent, registration, first_round=loop.create_future())
+        earlier = list(self._autostart_runs.get(parent, ()))
+        if supersede:
+            for other in earlier:
+                other.superseded.set()
+        runs = self._autostart_runs.setdefault(parent, [])
+        runs.append(run)
+
+        def finished(_: object) -> None:
+            if run in runs:
+                runs.remove(run)
+
+        run.task = loop.create_task(self._autostart(run, uuids, earlier if supersede else []))
+        run.task.add_done_callback(finished)
+        return run
+
+    @staticmethod
+    async def _first_rounds(runs: Sequence[_AutostartRun]) -> None:
+        for run in runs:
+            if run.first_round is not None:
+                await asyncio.shield(run.first_round)
+
+    def _registration_current(self, run: _AutostartRun) -> bool:
+        return (
+            not run.superseded.is_set()
+            and run.parent in self._parents
+            and self._registrations.get(run.parent) == run.registration
+        )
+
+    async def _autostart(
+        self, run: _AutostartRun, uuids: Sequence[str] | None, earlier: list[_AutostartRun]
+    ) -> None:
+        """Try each device once, in UUID order; retry the transient failures with backoff."""
+        assert run.first_round is not None
+        try:
+            for other in earlier:
+                if other.task is not None:
+                    await asyncio.wait([other.task])
+            if uuids is None:
+                uuids = [
+                    d.uuid
+                    for d in self._definitions.values()
+                    if d.parent == run.parent and d.autostart
+                ]
+            pending = sorted(uuids)
+            delays = self.settings.autostart_retry_delays
+            for attempt in range(len(delays) + 1):
+                if attempt:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delays[attempt - 1]):
+                            await run.superseded.wait()
+                if not pending or not self._registration_current(run):
+                    return
+                retry_in = delays[attempt] if attempt < len(delays) else None
+                retry = []
+                for uuid in pending:
+                    if not self._registration_current(run):
+                        return
+                    outcome = await self._autostart_device(uuid, run.parent, retry_in)
+                    if outcome is _Outcome.RETRY:
+                        retry.append(uuid)
+                    elif outcome is _Outcome.PARENT_GONE:
+                        return
+                pending = retry
+                if not run.first_round.done():
+                    run.first_round.set_result(None)
+        except Exception:  # one parent's autostart must not end the daemon's event handling
+            log.exception("autostart on parent %s failed", run.parent)
+        finally:
+            if not run.first_round.done():
+                run.first_round.set_result(None)
+
+    async def _autostart_device(self, uuid: str, parent: str, retry_in: float | None) -> _Outcome:
+        async with self._locks(uuid, parent):
+            definition = self._definitions.get(uuid)
+            if (
+                definition is None
+                or not definition.autostart
+                or definition.parent != parent
+                or uuid in self._active
+            ):
+                return _Outcome.DONE
+            try:
+                await self._start_locked(
+                    uuid, REASON_AUTOSTART, retry_in=retry_in, adopt_existing=True
+                )
+            except ParentNotFound as exc:
+                log.info("device %s: autostart stopped: %s", uuid, exc.message)
+                return _Outcome.PARENT_GONE
+            except MdevdError as exc:
+                transient = self._transient(exc, parent)
+                log.warning(
+                    "device %s: autostart failed%s: %s",
+                    uuid,
+                    f" (retry in {retry_in:g} s)" if transient and retry_in is not None else "",
+                    exc.message,
+                )
+                return _Outcome.RETRY if transient else _Outcome.FAILED
+            return _Outcome.DONE
+
+    def _transient(self, error: MdevdError, parent: str) -> bool:
+        """Whether a failed start may succeed by itself soon: the parent is busy (EBUSY), or
+        it is registered but lists no types yet (a driver still setting up). A type the
+        parent's populated list lacks is permanent."""
+        if isinstance(error, Busy):
+            return True
+        if isinstance(error, TypeNotSupported):
+            known = self._parents.get(parent)
+            return known is not None and not known.types
+        return False
 
     # ---- internals -------------------------------------------------------------------------
 
-    async def _start_locked(self, uuid: str, reason: str) -> DeviceState:
+    async def _start_locked(
+        self,
+        uuid: str,
+        reason: str,
+        *,
+        retry_in: float | None = None,
+        adopt_existing: bool = False,
+    ) -> DeviceState:
+        """Start a defined device; a failure is a `start-failed` event and LastError, and is
+        raised. With `retry_in`, a transient failure's event says when the retry comes. With
+        `adopt_existing`, a device another tool created meanwhile under this UUID is taken as
+        started (autostart wanted it running; it is not fought)."""
         if uuid in self._active:
             raise AlreadyActive(f"device {uuid} is already active")
         definition = self._definitions.get(uuid)
@@ -517,27 +777,28 @@ class Engine:
                 uuid, definition.parent, definition.type_id, definition.attributes
             )
         except MdevdError as exc:
+            if adopt_existing and isinstance(exc, Exists):
+                device = await self._io(self.kernel.read_device, uuid)
+                if device is not None:
+                    self._active[uuid] = device
+                    self._last_error.pop(uuid, None)
+                    state = self._publish_present(uuid)
+                    self._event(state, "started", REASON_KERNEL)
+                    return state
             self._last_error[uuid] = f"{exc.name}: {exc.message}"
             state = self._publish_present(uuid)
-            self._event(
-                state,
-                "start-failed",
-                reason,
-                error_name=f"org.mdevd.Mdevd1.Error.{exc.name}",
-                error_message=exc.message,
-            )
+            details = {
+                "error_name": f"org.mdevd.Mdevd1.Error.{exc.name}",
+                "error_message": exc.message,
+            }
+            if retry_in is not None and self._transient(exc, definition.parent):
+                details["retry_in"] = f"{retry_in:g}"
+            self._event(state, "start-failed", reason, **details)
             raise
         self._last_error.pop(uuid, None)
         state = self._publish_present(uuid)
         self._event(state, "started", reason)
         return state
-
-    async def _start_quietly(self, uuid: str, reason: str) -> None:
-        """Start for autostart or reload: failures are events and LastError, not exceptions."""
-        try:
-            await self._start_locked(uuid, reason)
-        except MdevdError as exc:
-            log.warning("device %s: autostart failed: %s", uuid, exc.message)
 
     async def _create_in_kernel(
         self, uuid: str, parent: str, type_id: str, attributes: Attributes
@@ -570,6 +831,7 @@ class Engine:
             self._active[uuid] = device
         finally:
             self._in_flight.discard(uuid)
+            self._touched.add(uuid)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
 
@@ -578,6 +840,7 @@ class Engine:
             parent: Parent | None = await self._io(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
+        self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:
                 self.listener.parent_removed(name)
@@ -585,19 +848,35 @@ class Engine:
             self._parents[name] = parent
             self.listener.parent_changed(parent)
 
-    async def _load_store(self) -> tuple[dict[str, Definition], list[str]]:
+    async def _load_store(
+        self, quiet: set[str] | None = None
+    ) -> tuple[dict[str, Definition], list[str]]:
+        """Load the definitions; log each problem, except those in `quiet` (already logged)."""
         loaded = await self._io(self.store.load)
         problems = [str(problem) for problem in loaded.problems]
         for problem in problems:
-            log.warning("configuration: %s", problem)
+            if quiet is None or problem not in quiet:
+                log.warning("configuration: %s", problem)
         return dict(loaded.definitions), problems
 
     async def _save(self, definition: Definition) -> None:
-        saved = await self._io(self.store.save, definition)
-        self._definitions[definition.uuid] = saved
+        async with self._config_lock:
+            saved = await self._io(self.store.save, definition)
+            self._definitions[definition.uuid] = saved
 
-    def _snapshot_kernel(self) -> tuple[dict[str, Parent], dict[str, ActiveDevice]]:
-        return self.kernel.list_parents(), self.kernel.list_devices()
+    def _snapshot_kernel(self) -> KernelSnapshot:
+        parents: dict[str, Parent] = {}
+        registrations: dict[str, RegistrationId] = {}
+        for name in self.kernel.parent_names():
+            try:
+                # The identity first: a registration that ends while the parent is read is
+                # then seen as a new one at the next look, never the reverse.
+                registration = self.kernel.registration_id(name)
+                parents[name] = self.kernel.read_parent(name)
+            except ParentNotFound:
+                continue
+            registrations[name] = registration
+        return KernelSnapshot(parents, registrations, self.kernel.list_devices())
 
     async def _io(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
@@ -677,6 +956,17 @@ class Engine:
             },
         )
         self.listener.device_event(state, event, {"reason": reason, **details})
+
+
+#: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
+_NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"
+    FAILED = "failed"
+    RETRY = "retry"
+    PARENT_GONE = "parent-gone"
 
 
 def _new_uuid() -> str:

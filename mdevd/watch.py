@@ -167,6 +167,11 @@ class DefinitionsWatcher:
         self._loop = loop
         loop.add_reader(self._inotify.fd, self._readable)
 
+    @property
+    def pending(self) -> bool:
+        """A change was seen and `on_change` has not been called for it yet."""
+        return self._timer is not None
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

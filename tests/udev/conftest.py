@@ -62,16 +62,19 @@ def world(bus_address: str, sim: RunningSim, workdir: Path) -> Iterator[Setup]:
 
 @pytest.fixture
 def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
-    """`start_daemon(world, **daemon_config_keys)`: the real daemon, stopped after the test."""
+    """`start_daemon(world, **daemon_config_keys)`: the real daemon, stopped after the test.
+    `devices_dirs` replaces the one definitions directory (`world.devices_dir`)."""
     with ExitStack() as stack:
 
-        def start(setup: Setup, **config: Any) -> DaemonProcess:
+        def start(
+            setup: Setup, *, devices_dirs: list[Path] | None = None, **config: Any
+        ) -> DaemonProcess:
             config_file = daemon_config(setup.workdir, **config)
             daemon = stack.enter_context(
                 running_daemon(
                     setup.address,
                     setup.sim.root,
-                    [setup.devices_dir],
+                    devices_dirs or [setup.devices_dir],
                     extra_args=["--config", str(config_file)],
                 )
             )

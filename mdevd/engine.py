@@ -183,8 +183,11 @@ class Engine:
         # the API has written but not yet recorded (and reports it as an outside change).
         self._config_lock = asyncio.Lock()
         self.problems: list[str] = []
+        # Kernel rescans: one task at a time; a full rescan pending, and devices to look at
+        # (an mdev device's own event needs only that device read back).
         self._resync_task: asyncio.Task[None] | None = None
-        self._resync_again = False
+        self._full_resync_due = False
+        self._devices_due: set[str] = set()
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
         # The latest registration of each parent a rescan saw; kept when the parent goes (a
@@ -522,8 +525,14 @@ class Engine:
         that has `mdev_supported_types` (kernels without MDEV_STATE), and the `remove` or
         `unbind` of a known parent.
         """
-        if subsystem == "mdev" or "MDEV_STATE" in properties:
+        if "MDEV_STATE" in properties:
             self.request_resync()
+        elif subsystem == "mdev":
+            name = devpath.rsplit("/", 1)[-1]
+            if validate.is_uuid(name):
+                self._request_device_sync(name.lower())
+            else:
+                self.request_resync()
         elif subsystem in _NEVER_PARENTS:
             return
         elif action in ("add", "bind"):
@@ -548,11 +557,18 @@ class Engine:
         asyncio.get_running_loop().create_task(probe())
 
     def request_resync(self) -> None:
-        """Coalesce resync requests: one runs at a time, and one more if asked meanwhile."""
-        if self._resync_task is not None and not self._resync_task.done():
-            self._resync_again = True
-            return
-        self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+        """Rescan the whole kernel soon. Coalesced: one rescan runs at a time, and one more
+        if asked meanwhile."""
+        self._full_resync_due = True
+        self._ensure_sync_task()
+
+    def _request_device_sync(self, uuid: str) -> None:
+        self._devices_due.add(uuid)
+        self._ensure_sync_task()
+
+    def _ensure_sync_task(self) -> None:
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
 
     async def wait_idle(self) -> None:
         """Wait until no resync or reload is pending and no autostart runs."""
@@ -571,14 +587,18 @@ class Engine:
             await asyncio.wait(tasks)
 
     async def _resync_loop(self) -> None:
-        while True:
-            self._resync_again = False
+        while self._full_resync_due or self._devices_due:
             try:
-                await self.resync()
+                if self._full_resync_due:
+                    self._full_resync_due = False
+                    self._devices_due.clear()  # the rescan below reads them all anyway
+                    await self.resync()
+                else:
+                    due = sorted(self._devices_due)
+                    self._devices_due.clear()
+                    await self._sync_devices(due)
             except Exception:  # a resync must never kill the event path; the next one retries
                 log.exception("resynchronizing with the kernel failed")
-            if not self._resync_again:
-                return
 
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
@@ -605,28 +625,53 @@ class Engine:
                 self.listener.parent_changed(parent)
         skip = self._in_flight | self._touched
         for uuid in sorted((set(self._active) | set(snapshot.devices)) - skip):
-            was, now = self._active.get(uuid), snapshot.devices.get(uuid)
-            if was == now:
-                continue
-            before = self._published.get(uuid)
-            if now is None:
-                del self._active[uuid]
-                self._transient_attributes.pop(uuid, None)
-            else:
-                self._active[uuid] = now
-            state = self._publish(uuid)
-            if (was is None) != (now is None):
-                event = "started" if now is not None else "stopped"
-                shown = state or (before and replace(before, active=False))
-                if shown is not None:
-                    self._event(shown, event, REASON_KERNEL)
-            if state is None:
-                self.listener.device_removed(uuid)
+            self._apply_kernel_device(uuid, snapshot.devices.get(uuid))
         for name, registration in sorted(snapshot.registrations.items()):
             # A parent an operation has meanwhile seen gone waits for the next look.
             if name in self._parents and self._registrations.get(name) != registration:
                 self._registrations[name] = registration
                 self._begin_autostart(name, registration)
+
+    async def _sync_devices(self, uuids: Sequence[str]) -> None:
+        """Read back only these devices (their own uevents said they changed), and their
+        parents' types when they did."""
+        self._touched.clear()
+        wanted = [uuid for uuid in uuids if uuid not in self._in_flight]
+        if not wanted:
+            return
+        found = await self._io(lambda: {uuid: self.kernel.read_device(uuid) for uuid in wanted})
+        parents: set[str] = set()
+        for uuid in wanted:
+            if uuid in self._in_flight or uuid in self._touched:
+                continue  # an operation's own effect, newer than what was read
+            was = self._active.get(uuid)
+            if self._apply_kernel_device(uuid, found[uuid]):
+                parents.update(d.parent for d in (was, found[uuid]) if d is not None)
+        for parent in sorted(parents):
+            with contextlib.suppress(MdevdError):
+                await self._refresh_parent(parent)
+
+    def _apply_kernel_device(self, uuid: str, now: ActiveDevice | None) -> bool:
+        """Take the kernel's view of one device (None: absent); report a change made by
+        someone else. Whether anything changed."""
+        was = self._active.get(uuid)
+        if was == now:
+            return False
+        before = self._published.get(uuid)
+        if now is None:
+            del self._active[uuid]
+            self._transient_attributes.pop(uuid, None)
+        else:
+            self._active[uuid] = now
+        state = self._publish(uuid)
+        if (was is None) != (now is None):
+            event = "started" if now is not None else "stopped"
+            shown = state or (before and replace(before, active=False))
+            if shown is not None:
+                self._event(shown, event, REASON_KERNEL)
+        if state is None:
+            self.listener.device_removed(uuid)
+        return True
 
     # ---- autostart -------------------------------------------------------------------------
 
@@ -697,14 +742,19 @@ class Engine:
                     return
                 retry_in = delays[attempt] if attempt < len(delays) else None
                 retry = []
-                for uuid in pending:
-                    if not self._registration_current(run):
-                        return
-                    outcome = await self._autostart_device(uuid, run.parent, retry_in)
-                    if outcome is _Outcome.RETRY:
-                        retry.append(uuid)
-                    elif outcome is _Outcome.PARENT_GONE:
-                        return
+                try:
+                    for uuid in pending:
+                        if not self._registration_current(run):
+                            return
+                        outcome = await self._autostart_device(uuid, run.parent, retry_in)
+                        if outcome is _Outcome.RETRY:
+                            retry.append(uuid)
+                        elif outcome is _Outcome.PARENT_GONE:
+                            return
+                finally:
+                    # The devices' creates left the parent's counts to this one look.
+                    with contextlib.suppress(MdevdError):
+                        await self._refresh_parent(run.parent)
                 pending = retry
                 if not run.first_round.done():
                     run.first_round.set_result(None)
@@ -726,7 +776,11 @@ class Engine:
                 return _Outcome.DONE
             try:
                 await self._start_locked(
-                    uuid, REASON_AUTOSTART, retry_in=retry_in, adopt_existing=True
+                    uuid,
+                    REASON_AUTOSTART,
+                    retry_in=retry_in,
+                    adopt_existing=True,
+                    refresh_parent=False,  # once per round, by the run
                 )
             except ParentNotFound as exc:
                 log.info("device %s: autostart stopped: %s", uuid, exc.message)
@@ -762,6 +816,7 @@ class Engine:
         *,
         retry_in: float | None = None,
         adopt_existing: bool = False,
+        refresh_parent: bool = True,
     ) -> DeviceState:
         """Start a defined device; a failure is a `start-failed` event and LastError, and is
         raised. With `retry_in`, a transient failure's event says when the retry comes. With
@@ -774,7 +829,11 @@ class Engine:
             raise NotDefined(f"device {uuid} is not defined")
         try:
             await self._create_in_kernel(
-                uuid, definition.parent, definition.type_id, definition.attributes
+                uuid,
+                definition.parent,
+                definition.type_id,
+                definition.attributes,
+                refresh_parent=refresh_parent,
             )
         except MdevdError as exc:
             if adopt_existing and isinstance(exc, Exists):
@@ -801,10 +860,18 @@ class Engine:
         return state
 
     async def _create_in_kernel(
-        self, uuid: str, parent: str, type_id: str, attributes: Attributes
+        self,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        attributes: Attributes,
+        *,
+        refresh_parent: bool = True,
     ) -> None:
         """Create, then write attributes in order; on failure remove again, report the first
-        error (never the rollback's: mdevctl hides the original one)."""
+        error (never the rollback's: mdevctl hides the original one). Then read the parent's
+        types again (their counts changed), unless `refresh_parent` is False (the caller
+        creates many and refreshes once)."""
         self._in_flight.add(uuid)
         try:
             known = self._parents.get(parent)
@@ -832,8 +899,9 @@ class Engine:
         finally:
             self._in_flight.discard(uuid)
             self._touched.add(uuid)
-            with contextlib.suppress(MdevdError):
-                await self._refresh_parent(parent)
+            if refresh_parent:
+                with contextlib.suppress(MdevdError):
+                    await self._refresh_parent(parent)
 
     async def _refresh_parent(self, name: str) -> None:
         try:

@@ -13,7 +13,9 @@ The hidden `.sim/` directory is the test side: the control file, the uevent log,
 from __future__ import annotations
 
 import errno
+import functools
 import posixpath
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,17 +83,34 @@ class _Builder:
 
     def link(self, path: str, target: str) -> None:
         """A symlink to `target` (a path from the root), stored relative like sysfs's."""
-        self._leaf(path, Symlink(posixpath.relpath(target, posixpath.dirname(path) or ".")))
+        self._leaf(path, Symlink(_relative(target, posixpath.dirname(path))))
 
     def text(self, path: str, content: str) -> None:
         data = content.encode()
         self.file(path, Attribute(MODE_RO, show=lambda: data))
+
+    def merge(self, other: _Builder) -> None:
+        """Add everything `other` built (a fragment) to this tree."""
+        self._nodes.update(other._nodes)
+        self._identities.update(other._identities)
+        for path, names in other._children.items():
+            mine = self._children.get(path)
+            if mine is None:
+                self._children[path] = set(names)
+            else:
+                mine |= names
 
     def finish(self) -> Tree:
         tree: Tree = dict(self._nodes)
         for path, names in self._children.items():
             tree[path] = Directory(tuple(sorted(names)), self._identities.get(path, 0))
         return tree
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _relative(target: str, directory: str) -> str:
+    # The same links are made at every rebuild, and relpath was most of a rebuild's time.
+    return posixpath.relpath(target, directory or ".")
 
 
 def _uevent_file(
@@ -241,7 +260,23 @@ def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
         for type_spec in spec.types:
             _type_files(builder, kernel, parent, type_spec, registration)
     for device in parent.devices:
-        _device_files(builder, kernel, device)
+        builder.merge(_device_fragment(kernel, device))
+
+
+#: Each device's part of the tree, kept while the device and its being active stay the same:
+#: rebuilding every device's nodes at every change made creating the n-th device cost O(n).
+_fragments: weakref.WeakKeyDictionary[Device, tuple[bool, _Builder]] = weakref.WeakKeyDictionary()
+
+
+def _device_fragment(kernel: Kernel, device: Device) -> _Builder:
+    active = device.state is DeviceState.ACTIVE
+    cached = _fragments.get(device)
+    if cached is not None and cached[0] == active:
+        return cached[1]
+    fragment = _Builder()
+    _device_files(fragment, kernel, device)
+    _fragments[device] = (active, fragment)
+    return fragment
 
 
 def build(kernel: Kernel, control_file: Attribute) -> Tree:

@@ -179,6 +179,10 @@ class Engine:
         self._in_flight: set[str] = set()
         self._touched: set[str] = set()
         self._touched_parents: set[str] = set()
+        # mdev uevents that arrived while an operation on their device ran, and those an
+        # operation made the kernel send that have not arrived yet (they need no reading back).
+        self._early_events: dict[str, list[str]] = {}
+        self._expected_events: dict[str, list[str]] = {}
         # Guards the definitions on disk and in memory together: a reload never sees a file
         # the API has written but not yet recorded (and reports it as an outside change).
         self._config_lock = asyncio.Lock()
@@ -195,6 +199,7 @@ class Engine:
         self._registrations: dict[str, RegistrationId] = {}
         self._autostart_runs: dict[str, list[_AutostartRun]] = {}
         self._probing: set[str] = set()
+        self._kernel_sends_mdev_state = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -340,14 +345,15 @@ class Engine:
             if device is None:
                 raise NotActive(f"device {uuid} is not active")
             state_before = self._published[uuid]
-            self._in_flight.add(uuid)
+            self._begin_operation(uuid)
+            removed: tuple[str, ...] = ()
             try:
                 await self._io(self.kernel.remove, uuid)
+                removed = _REMOVE_EVENTS
             except NotActive:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
-                self._in_flight.discard(uuid)
-                self._touched.add(uuid)
+                self._end_operation(uuid, removed)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -526,16 +532,22 @@ class Engine:
         `unbind` of a known parent.
         """
         if "MDEV_STATE" in properties:
+            self._kernel_sends_mdev_state = True
             self.request_resync()
         elif subsystem == "mdev":
             name = devpath.rsplit("/", 1)[-1]
-            if validate.is_uuid(name):
-                self._request_device_sync(name.lower())
-            else:
+            if not validate.is_uuid(name):
                 self.request_resync()
+            elif name.lower() in self._in_flight:
+                # Most likely the running operation's own doing; it decides when it ends.
+                self._early_events.setdefault(name.lower(), []).append(action)
+            elif not self._expected(name.lower(), action):
+                self._request_device_sync(name.lower())
         elif subsystem in _NEVER_PARENTS:
             return
-        elif action in ("add", "bind"):
+        elif action in ("add", "bind") and not self._kernel_sends_mdev_state:
+            # Kernels that announce registration with MDEV_STATE need no fallback (and the
+            # add of a driver's own parent device comes just before that change event).
             self._probe_for_parent(devpath)
         elif action in ("remove", "unbind") and devpath.rsplit("/", 1)[-1] in self._parents:
             self.request_resync()
@@ -591,7 +603,10 @@ class Engine:
             try:
                 if self._full_resync_due:
                     self._full_resync_due = False
-                    self._devices_due.clear()  # the rescan below reads them all anyway
+                    # The rescan below reads everything: no event before it needs more, and
+                    # after a loss (overflow) an expected event may never come.
+                    self._devices_due.clear()
+                    self._expected_events.clear()
                     await self.resync()
                 else:
                     due = sorted(self._devices_due)
@@ -872,7 +887,8 @@ class Engine:
         error (never the rollback's: mdevctl hides the original one). Then read the parent's
         types again (their counts changed), unless `refresh_parent` is False (the caller
         creates many and refreshes once)."""
-        self._in_flight.add(uuid)
+        self._begin_operation(uuid)
+        effect: tuple[str, ...] = ()
         try:
             known = self._parents.get(parent)
             if known is None or type_id not in known.types:
@@ -885,23 +901,56 @@ class Engine:
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
             device = await self._io(self.kernel.create, parent, type_id, uuid)
+            effect = _CREATE_EVENTS
             try:
                 for name, value in attributes:
                     await self._io(self.kernel.write_attribute, uuid, name, value)
             except MdevdError:
                 try:
                     await self._io(self.kernel.remove, uuid, check_busy=False)
+                    effect = _CREATE_EVENTS + _REMOVE_EVENTS
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
                     self._active[uuid] = device
                 raise
             self._active[uuid] = device
         finally:
-            self._in_flight.discard(uuid)
-            self._touched.add(uuid)
+            self._end_operation(uuid, effect)
             if refresh_parent:
                 with contextlib.suppress(MdevdError):
                     await self._refresh_parent(parent)
+
+    def _begin_operation(self, uuid: str) -> None:
+        self._in_flight.add(uuid)
+        self._expected_events.pop(uuid, None)
+
+    def _end_operation(self, uuid: str, effect: Sequence[str]) -> None:
+        """An operation on `uuid` is over; `effect` are the mdev uevents it made the kernel
+        send. Events that came while it ran and are not among them were someone else's: the
+        device is read back. Those still to come are expected, and not read back for."""
+        self._in_flight.discard(uuid)
+        self._touched.add(uuid)
+        unexplained = list(self._early_events.pop(uuid, ()))
+        still_to_come = []
+        for action in effect:
+            if action in unexplained:
+                unexplained.remove(action)
+            else:
+                still_to_come.append(action)
+        if still_to_come:
+            self._expected_events[uuid] = still_to_come
+        if unexplained:
+            self._request_device_sync(uuid)
+
+    def _expected(self, uuid: str, action: str) -> bool:
+        """Whether this uevent is one an operation of ours caused (and takes it off)."""
+        expected = self._expected_events.get(uuid)
+        if not expected or action not in expected:
+            return False
+        expected.remove(action)
+        if not expected:
+            del self._expected_events[uuid]
+        return True
 
     async def _refresh_parent(self, name: str) -> None:
         try:
@@ -937,13 +986,9 @@ class Engine:
         registrations: dict[str, RegistrationId] = {}
         for name in self.kernel.parent_names():
             try:
-                # The identity first: a registration that ends while the parent is read is
-                # then seen as a new one at the next look, never the reverse.
-                registration = self.kernel.registration_id(name)
-                parents[name] = self.kernel.read_parent(name)
+                parents[name], registrations[name] = self.kernel.read_parent_and_registration(name)
             except ParentNotFound:
                 continue
-            registrations[name] = registration
         return KernelSnapshot(parents, registrations, self.kernel.list_devices())
 
     async def _io(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -1025,6 +1070,11 @@ class Engine:
         )
         self.listener.device_event(state, event, {"reason": reason, **details})
 
+
+#: The uevents (of the mdev device itself) that creating and removing a device make the kernel
+#: send, in order (kernel-mdev-abi.md).
+_CREATE_EVENTS = ("add", "bind")
+_REMOVE_EVENTS = ("unbind", "remove")
 
 #: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
 _NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})

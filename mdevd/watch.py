@@ -62,7 +62,9 @@ _DIRECTORY_MASK = (
 _ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 
-_EVENT_HEADER = struct.Struct("iIII")  # wd, mask, cookie, len (struct inotify_event)
+_EVENT_HEADER = struct.Struct("iIII")
+#: Looks at the directories before giving up on them settling (each look follows a change).
+_ARM_ATTEMPTS = 16  # wd, mask, cookie, len (struct inotify_event)
 
 
 class _Inotify:
@@ -200,21 +202,31 @@ class DefinitionsWatcher:
 
     def _arm(self) -> None:
         """Watch each existing definition directory, and the nearest existing ancestor of each
-        missing one. Idempotent: called again whenever a watched directory comes or goes."""
+        missing one. Idempotent: called again whenever a watched directory comes or goes.
+
+        A directory can appear between looking for it and watching its parent; its creation
+        is then never reported, so the look is repeated until it no longer changes."""
         assert self._inotify is not None
-        watches: dict[int, _Watch] = {}
-        for path, watch in self._wanted().items():
-            try:
-                wd = self._inotify.add_watch(path, watch.mask)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    continue  # gone since we looked: its own event re-arms
-                log.warning("cannot watch %s for definition changes: %s", path, exc.strerror)
-                continue
-            watches[wd] = watch
-        for wd in set(self._watches) - set(watches):
-            self._inotify.rm_watch(wd)
-        self._watches = watches
+        wanted = self._wanted()
+        for _ in range(_ARM_ATTEMPTS):
+            watches: dict[int, _Watch] = {}
+            for path, watch in wanted.items():
+                try:
+                    wd = self._inotify.add_watch(path, watch.mask)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        continue  # gone since we looked: the next look finds its ancestor
+                    log.warning("cannot watch %s for definition changes: %s", path, exc.strerror)
+                    continue
+                watches[wd] = watch
+            for wd in set(self._watches) - set(watches):
+                self._inotify.rm_watch(wd)
+            self._watches = watches
+            again = self._wanted()
+            if again == wanted:
+                return
+            wanted = again
+        log.warning("definition directories keep changing; watching what was there last")
 
     # ---- events --------------------------------------------------------------------------
 

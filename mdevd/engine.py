@@ -757,19 +757,21 @@ class Engine:
                     return
                 retry_in = delays[attempt] if attempt < len(delays) else None
                 retry = []
+                created = False
                 try:
                     for uuid in pending:
                         if not self._registration_current(run):
                             return
                         outcome = await self._autostart_device(uuid, run.parent, retry_in)
+                        created = created or outcome is not _Outcome.SKIPPED
                         if outcome is _Outcome.RETRY:
                             retry.append(uuid)
                         elif outcome is _Outcome.PARENT_GONE:
                             return
                 finally:
-                    # The devices' creates left the parent's counts to this one look.
-                    with contextlib.suppress(MdevdError):
-                        await self._refresh_parent(run.parent)
+                    if created:  # the creates left the parent's counts to this one look
+                        with contextlib.suppress(MdevdError):
+                            await self._refresh_parent(run.parent)
                 pending = retry
                 if not run.first_round.done():
                     run.first_round.set_result(None)
@@ -788,7 +790,7 @@ class Engine:
                 or definition.parent != parent
                 or uuid in self._active
             ):
-                return _Outcome.DONE
+                return _Outcome.SKIPPED
             try:
                 await self._start_locked(
                     uuid,
@@ -1081,6 +1083,7 @@ _NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
 
 
 class _Outcome(enum.Enum):
+    SKIPPED = "skipped"  # nothing to do (running already, or no longer an autostart device)
     DONE = "done"
     FAILED = "failed"
     RETRY = "retry"

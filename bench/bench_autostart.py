@@ -114,9 +114,12 @@ class BindWatcher:
         deadline = time.monotonic() + timeout
         last = time.perf_counter()
         while missing:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out: {len(missing)} of {len(uuids)} devices not bound")
+            # None also when libudev dropped what it read (not an event for us): poll again.
             device = self.monitor.poll(timeout=max(0.01, deadline - time.monotonic()))
             if device is None:
-                raise SystemExit(f"timed out: {len(missing)} of {len(uuids)} devices not bound")
+                continue
             if device.action == "bind" and device.subsystem == "mdev":
                 missing.discard(device.sys_name)
                 last = time.perf_counter()

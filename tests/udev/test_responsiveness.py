@@ -45,7 +45,7 @@ def test_method_calls_are_answered_during_a_long_autostart(
         world.devices_dir / "a.toml", [*autostart, Wanted(manual, "mtty", "mtty-1", False)]
     )
     start_daemon(world)
-    world.sim.control.delay("create", 0.05)  # the autostart takes >= 3.2 s
+    world.sim.control.delay("create", 0.08)  # the autostart takes >= 5 s
 
     world.sim.control.register("mtty")
     wait_until(lambda: _on_mtty(world) >= 2 or None, "autostart to be under way")

@@ -53,6 +53,24 @@ class DaemonConfig:
     io_timeout: float = 30.0
     #: The least severe messages logged; `--log-level` overrides it.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Bytes of kernel buffer for uevents not yet read; on overflow the daemon rescans sysfs.
+    uevent_receive_buffer: int = 16 * 1024 * 1024
+    #: Retries of an autostart that failed for a transient reason (EBUSY, types not listed
+    #: yet); permanent failures (type unsupported, no instances left) are not retried.
+    autostart_retries: int = 6
+    #: Seconds before the first retry; each further retry waits twice as long.
+    autostart_retry_delay: float = 0.25
+    #: Watch the definition directories (inotify) and reload when they change.
+    watch_definitions: bool = True
+
+
+#: Lower bounds of numeric settings: (section, key) -> smallest accepted value.
+_MINIMUM: dict[tuple[str, str], float] = {
+    ("daemon", "io_timeout"): 0.001,
+    ("daemon", "uevent_receive_buffer"): 4096,
+    ("daemon", "autostart_retries"): 0,
+    ("daemon", "autostart_retry_delay"): 0.001,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +164,11 @@ def parse_config(text: str, source: str, base_dir: Path) -> ConfigResult:
                 )
                 continue
             try:
-                values[key] = _convert(value, field_types[key], base_dir)
+                converted = _convert(value, field_types[key], base_dir)
+                minimum = _MINIMUM.get((name, key))
+                if minimum is not None and converted < minimum:  # type: ignore[operator]
+                    raise ValueError(f"must be at least {minimum:g}")
+                values[key] = converted
             except ValueError as e:
                 problems.append(Problem(source, line, f"[{name}] {key} {e}"))
         sections[name] = section_type(**values)

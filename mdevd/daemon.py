@@ -33,13 +33,14 @@ from mdevd.bus.caller import CallerTracker
 from mdevd.bus.names import BUS_NAME
 from mdevd.bus.tree import ManagedObjectBus, ObjectTree
 from mdevd.config import load_config
-from mdevd.engine import Engine, EngineSettings
+from mdevd.engine import AUTOSTART_RETRY_DELAYS, Engine, EngineSettings
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
 from mdevd.service import Notifier, StatusFollower, Watchdog, device_status, watchdog_interval
 from mdevd.store import DefinitionStore
-from mdevd.udev import Uevent, UeventSource
+from mdevd.udev import RECEIVE_BUFFER_BYTES, Uevent, UeventSource
+from mdevd.watch import DefinitionsWatcher
 
 log = logging.getLogger("mdevd")
 
@@ -55,14 +56,27 @@ class DaemonSettings:
     uevent_source: str = "udev"
     bus_address: str | None = None
     io_timeout: float = 30.0
+    uevent_receive_buffer: int = RECEIVE_BUFFER_BYTES
+    autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
+    #: Reload when the definition directories change (inotify).
+    watch_definitions: bool = True
 
 
 class Daemon:
     def __init__(self, settings: DaemonSettings, store: DefinitionStore) -> None:
         self.settings = settings
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
-        self.engine = Engine(self.kernel, store, EngineSettings(io_timeout=settings.io_timeout))
+        self.store = store
+        self.engine = Engine(
+            self.kernel,
+            store,
+            EngineSettings(
+                io_timeout=settings.io_timeout,
+                autostart_retry_delays=settings.autostart_retry_delays,
+            ),
+        )
         self.events: UeventSource | None = None
+        self.watcher: DefinitionsWatcher | None = None
         self.bus: MessageBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
@@ -79,9 +93,15 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.start()
         self.notifier.status("Starting: reading definitions and the kernel")
+        # Both watches open before the first look, so no change falls between look and watch.
         if self.settings.uevent_source != "none":
-            self.events = UeventSource(self.settings.uevent_source)
+            self.events = UeventSource(
+                self.settings.uevent_source, self.settings.uevent_receive_buffer
+            )
             self.events.open()
+        if self.settings.watch_definitions:
+            self.watcher = DefinitionsWatcher(self.store.dirs, self.engine.request_reload)
+            self.watcher.open()
         await self.engine.start()
         sendfix.install()
         if self.settings.bus_address:
@@ -101,6 +121,8 @@ class Daemon:
             self.events.attach(
                 asyncio.get_running_loop(), self._on_uevent, self.engine.request_resync
             )
+        if self.watcher is not None:
+            self.watcher.attach(asyncio.get_running_loop())
         reply = await connected.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise RuntimeError(f"could not own {BUS_NAME} on the bus ({reply.name})")
@@ -185,6 +207,8 @@ class Daemon:
             self._reload_task.cancel()
         if self.events is not None:
             self.events.close()
+        if self.watcher is not None:
+            self.watcher.close()
         if self.bus is not None and self.bus.connected:
             self.bus.disconnect()
         self.engine.close()
@@ -244,6 +268,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         uevent_source=args.uevent_source or daemon_config.uevent_source,
         bus_address=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None,
         io_timeout=daemon_config.io_timeout,
+        uevent_receive_buffer=daemon_config.uevent_receive_buffer,
+        autostart_retry_delays=tuple(
+            daemon_config.autostart_retry_delay * 2**attempt
+            for attempt in range(daemon_config.autostart_retries)
+        ),
+        watch_definitions=daemon_config.watch_definitions,
     )
 
     async def main() -> int:

@@ -6,6 +6,13 @@ serializes mutations per parent, and tells a listener (the D-Bus layer) about ev
 before the operation that caused it returns, so a client that gets a reply already has the
 signals (contract rule 1).
 
+Kernel events (uevents, read by `mdevd.udev`) only say *that* something may have changed: the
+engine then rescans the kernel and reports the difference, so lost, duplicated or reordered
+events cannot leave it with a wrong view. A parent's registration is known by the identity of
+its types directory (`Sysfs.registration_id`), so autostart runs once per registration however
+many events announce it (mdevctl runs twice: its issue #53), and runs again after an
+unregister/register pair even if no rescan saw the parent gone.
+
 Kernel and store I/O run in a worker pool: a sysfs write can block (a device held by a VM) and
 must never stall the event loop.
 """
@@ -14,17 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import uuid as uuid_module
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from mdevd import validate
 from mdevd.errors import (
     AlreadyActive,
+    Busy,
     Exists,
     InvalidArgument,
     MdevdError,
@@ -103,12 +112,42 @@ class _NullListener:
         pass
 
 
+#: Tells one registration of a parent from the next (`Sysfs.registration_id`).
+RegistrationId = tuple[int, int]
+
+#: Seconds before each autostart retry (transient failures only): 6 retries, ~16 s in all.
+AUTOSTART_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     #: How long one kernel or store operation may take before the caller gets `Timeout`.
     io_timeout: float = 30.0
     #: Worker threads for sysfs and file I/O. More than the parents that can block at once.
     io_workers: int = 16
+    #: Seconds before each retry of an autostart that failed for a transient reason (types not
+    #: listed yet, EBUSY); their number bounds the retries. Permanent failures are not retried.
+    autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSnapshot:
+    parents: dict[str, Parent]
+    registrations: dict[str, RegistrationId]
+    devices: dict[str, ActiveDevice]
+
+
+@dataclass(eq=False)
+class _AutostartRun:
+    """Autostart of some definitions of one parent during one of its registrations."""
+
+    parent: str
+    registration: RegistrationId
+    #: Set when the parent registers again: a run waiting to retry gives up at once.
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Resolved once every device had its first attempt.
+    first_round: asyncio.Future[None] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class Engine:
@@ -134,19 +173,35 @@ class Engine:
         self._published: dict[str, DeviceState] = {}
         self._parent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uuid_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # UUIDs an operation is creating or removing right now: a concurrent resync must not
-        # report the operation's own effect as a change made by someone else.
+        # UUIDs an operation is creating or removing right now, and those it changed since the
+        # current rescan started (that rescan's view of them may predate the change): a rescan
+        # must not report an operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
-        # UUIDs and parents the engine itself changed or re-read since the running resync took
-        # its snapshot: for them the snapshot may be older than what the engine knows.
-        self._touched_devices: set[str] = set()
+        self._touched: set[str] = set()
         self._touched_parents: set[str] = set()
-        self.problems: list[str] = []
-        self._resync_task: asyncio.Task[None] | None = None
-        self._resync_again = False
-        self._autostart_due: set[str] = set()
+        # mdev uevents that arrived while an operation on their device ran, and those an
+        # operation made the kernel send that have not arrived yet (they need no reading back).
+        self._early_events: dict[str, list[str]] = {}
+        self._expected_events: dict[str, list[str]] = {}
+        # Guards the definitions on disk and in memory together: a reload never sees a file
+        # the API has written but not yet recorded (and reports it as an outside change).
+        self._config_lock = asyncio.Lock()
         # Tasks that finish what a timed-out operation left (a reference keeps them alive).
         self._background: set[asyncio.Task[None]] = set()
+        self.problems: list[str] = []
+        # Kernel rescans: one task at a time; a full rescan pending, and devices to look at
+        # (an mdev device's own event needs only that device read back).
+        self._resync_task: asyncio.Task[None] | None = None
+        self._full_resync_due = False
+        self._devices_due: set[str] = set()
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
+        # The latest registration of each parent a rescan saw; kept when the parent goes (a
+        # registration's identity never comes back), so autostart cannot run twice for one.
+        self._registrations: dict[str, RegistrationId] = {}
+        self._autostart_runs: dict[str, list[_AutostartRun]] = {}
+        self._probing: set[str] = set()
+        self._kernel_sends_mdev_state = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -154,20 +209,34 @@ class Engine:
         """Load definitions, read the kernel, adopt what runs, autostart what should run.
 
         Adoption never removes or recreates a device that exists: a restarted daemon finds the
-        VMs' devices as it left them.
+        VMs' devices as it left them. Returns once every autostart device had its first
+        attempt; retries of transient failures continue in the background.
         """
         definitions, problems = await self._load_store()
         self._definitions = definitions
         self.problems = problems
-        parents, active = await self._io(self._snapshot_kernel)
-        self._parents = parents
-        self._active = active
+        self._touched.clear()
+        self._touched_parents.clear()
+        snapshot = await self._io(self._snapshot_kernel)
+        self._parents = snapshot.parents
+        self._active = snapshot.devices
         for uuid in sorted(set(self._definitions) | set(self._active)):
             self._publish(uuid)
-        for parent in sorted(self._parents):
-            await self.autostart_parent(parent)
+        runs = [
+            self._begin_autostart(name, registration)
+            for name, registration in sorted(snapshot.registrations.items())
+        ]
+        self._registrations.update(snapshot.registrations)
+        await self._first_rounds(runs)
 
     def close(self) -> None:
+        for runs in self._autostart_runs.values():
+            for run in runs:
+                if run.task is not None:
+                    run.task.cancel()
+        for task in (self._resync_task, self._reload_task):
+            if task is not None:
+                task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def attach(self, listener: Listener) -> None:
@@ -283,13 +352,15 @@ class Engine:
             if device is None:
                 raise NotActive(f"device {uuid} is not active")
             state_before = self._published[uuid]
-            self._in_flight.add(uuid)
+            self._begin_operation(uuid)
+            removed: tuple[str, ...] = ()
             try:
                 await self._io(self.kernel.remove, uuid)
+                removed = _REMOVE_EVENTS
             except NotActive:
                 pass  # someone else removed it first: the effect the caller wanted
             finally:
-                self._end_kernel_change(uuid)
+                self._end_operation(uuid, removed)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -329,8 +400,9 @@ class Engine:
             if definition is None:
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
-            await self._io(self.store.remove, uuid)
-            del self._definitions[uuid]
+            async with self._config_lock:
+                await self._io(self.store.remove, uuid)
+                del self._definitions[uuid]
             if uuid in self._active:
                 self._transient_attributes[uuid] = definition.attributes
             state = self._publish(uuid)
@@ -388,56 +460,72 @@ class Engine:
     async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
 
-        A removed definition leaves its running device alone.
+        Reports every definition that appeared, changed or went (`reason`: config). Definitions
+        the API wrote are already known, so they are never reported back as outside changes.
+        A removed definition leaves its running device alone. Returns once each newly started
+        device had its first attempt.
         """
-        definitions, problems = await self._load_store()
-        self.problems = problems
-        old = self._definitions
-        changed = sorted(
-            uuid
-            for uuid in set(old) | set(definitions)
-            if _essence(old.get(uuid)) != _essence(definitions.get(uuid))
-        )
-        for uuid in changed:
-            before = self._published.get(uuid)
-            was, now = old.get(uuid), definitions.get(uuid)
-            if now is None:
-                self._definitions.pop(uuid, None)
-                if was is not None and uuid in self._active:
-                    self._transient_attributes[uuid] = was.attributes
-            else:
-                self._definitions[uuid] = now
-            state = self._publish(uuid)
-            event = "defined" if was is None else "undefined" if now is None else "updated"
-            shown = state or (before and replace(before, defined=False, config_file=""))
-            if shown is not None:
-                self._event(shown, event, reason)
-            if state is None:
-                self.listener.device_removed(uuid)
+        async with self._config_lock:
+            definitions, problems = await self._load_store(quiet=set(self.problems))
+            self.problems = problems
+            old = self._definitions
+            changed = sorted(
+                uuid
+                for uuid in set(old) | set(definitions)
+                if _essence(old.get(uuid)) != _essence(definitions.get(uuid))
+            )
+            for uuid in changed:
+                before = self._published.get(uuid)
+                was, now = old.get(uuid), definitions.get(uuid)
+                if now is None:
+                    self._definitions.pop(uuid, None)
+                    if was is not None and uuid in self._active:
+                        self._transient_attributes[uuid] = was.attributes
+                else:
+                    self._definitions[uuid] = now
+                state = self._publish(uuid)
+                event = "defined" if was is None else "undefined" if now is None else "updated"
+                shown = state or (before and replace(before, defined=False, config_file=""))
+                if shown is not None:
+                    self._event(shown, event, reason)
+                if state is None:
+                    self.listener.device_removed(uuid)
+        to_start: dict[str, list[str]] = {}
         for uuid in changed:
             definition = self._definitions.get(uuid)
-            if (
-                definition is not None
-                and definition.autostart
-                and uuid not in self._active
-                and definition.parent in self._parents
-            ):
-                async with self._locks(uuid, definition.parent):
-                    await self._start_quietly(uuid, REASON_AUTOSTART)
+            if definition is not None and definition.autostart and uuid not in self._active:
+                to_start.setdefault(definition.parent, []).append(uuid)
+        runs = []
+        for parent, uuids in sorted(to_start.items()):
+            registration = self._registrations.get(parent)
+            if registration is not None and parent in self._parents:
+                runs.append(self._begin_autostart(parent, registration, uuids, supersede=False))
+        await self._first_rounds(runs)
         return problems
 
+    def request_reload(self) -> None:
+        """Reload soon (the definition directories changed); coalesced like resyncs."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
+
+    async def _reload_loop(self) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                await self.reload(REASON_CONFIG)
+            except Exception:  # a bad moment on disk must not end the watching
+                log.exception("reloading the definitions failed")
+            if not self._reload_again:
+                return
+
     async def autostart_parent(self, parent: str) -> None:
-        """Start each autostart definition of `parent` that is not running, in UUID order."""
-        wanted = sorted(
-            d.uuid
-            for d in self._definitions.values()
-            if d.parent == parent and d.autostart and d.uuid not in self._active
-        )
-        for uuid in wanted:
-            async with self._locks(uuid, parent):
-                if uuid in self._active or uuid not in self._definitions:
-                    continue
-                await self._start_quietly(uuid, REASON_AUTOSTART)
+        """Start each autostart definition of `parent` that is not running, in UUID order, for
+        its current registration; returns after the first attempt at each."""
+        registration = self._registrations.get(parent)
+        if registration is not None:
+            await self._first_rounds([self._begin_autostart(parent, registration)])
 
     # ---- kernel events ---------------------------------------------------------------------
 
@@ -446,90 +534,320 @@ class Engine:
     ) -> None:
         """Take one uevent (from udev) and schedule what it calls for. Never blocks.
 
-        The event only says *that* something may have changed; what changed is read back from
-        sysfs by a resync, so lost, duplicated or reordered events cannot leave a wrong view.
+        What counts is what may change the mdev view: any event of an mdev device (made or
+        removed by us or by other tools), a parent's `change` with MDEV_STATE whatever its
+        subsystem (`pci`, `css`, `mtty`...: never `mdev_bus`), the `add` or `bind` of a device
+        that has `mdev_supported_types` (kernels without MDEV_STATE), and the `remove` or
+        `unbind` of a known parent.
         """
-        state = properties.get("MDEV_STATE")
-        name = devpath.rsplit("/", 1)[-1]
-        if state == "registered" or (action == "add" and subsystem != "mdev"):
-            # A (re-)registration: its autostart devices are due even if a fast
-            # unregister/register pair leaves the parent present in both snapshots.
-            self._autostart_due.add(name)
-        elif not (subsystem == "mdev" or state or action == "remove"):
+        if "MDEV_STATE" in properties:
+            self._kernel_sends_mdev_state = True
+            self.request_resync()
+        elif subsystem == "mdev":
+            name = devpath.rsplit("/", 1)[-1]
+            if not validate.is_uuid(name):
+                self.request_resync()
+            elif name.lower() in self._in_flight:
+                # Most likely the running operation's own doing; it decides when it ends.
+                self._early_events.setdefault(name.lower(), []).append(action)
+            elif not self._expected(name.lower(), action):
+                self._request_device_sync(name.lower())
+        elif subsystem in _NEVER_PARENTS:
             return
-        self.request_resync()
+        elif action in ("add", "bind") and not self._kernel_sends_mdev_state:
+            # Kernels that announce registration with MDEV_STATE need no fallback (and the
+            # add of a driver's own parent device comes just before that change event).
+            self._probe_for_parent(devpath)
+        elif action in ("remove", "unbind") and devpath.rsplit("/", 1)[-1] in self._parents:
+            self.request_resync()
+
+    def _probe_for_parent(self, devpath: str) -> None:
+        if devpath in self._probing:
+            return
+        self._probing.add(devpath)
+
+        async def probe() -> None:
+            try:
+                if await self._io(self.kernel.has_mdev_types, devpath):
+                    self.request_resync()
+            except Exception:  # an event can only ask for a look; it must not kill the loop
+                log.exception("probing %s for mdev types failed", devpath)
+            finally:
+                self._probing.discard(devpath)
+
+        asyncio.get_running_loop().create_task(probe())
 
     def request_resync(self) -> None:
-        """Coalesce resync requests: one runs at a time, and one more if asked meanwhile."""
-        if self._resync_task is not None and not self._resync_task.done():
-            self._resync_again = True
-            return
-        self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+        """Rescan the whole kernel soon. Coalesced: one rescan runs at a time, and one more
+        if asked meanwhile."""
+        self._full_resync_due = True
+        self._ensure_sync_task()
+
+    def _request_device_sync(self, uuid: str) -> None:
+        self._devices_due.add(uuid)
+        self._ensure_sync_task()
+
+    def _ensure_sync_task(self) -> None:
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
 
     async def wait_idle(self) -> None:
-        """Wait until no resync is pending (tests and the daemon's shutdown use it)."""
-        while self._resync_task is not None and not self._resync_task.done():
-            await asyncio.shield(self._resync_task)
+        """Wait until no resync or reload is pending and no autostart runs."""
+        while True:
+            tasks = [
+                run.task
+                for runs in self._autostart_runs.values()
+                for run in runs
+                if run.task is not None and not run.task.done()
+            ]
+            for task in (self._resync_task, self._reload_task):
+                if task is not None and not task.done():
+                    tasks.append(task)
+            if not tasks:
+                return
+            await asyncio.wait(tasks)
 
     async def _resync_loop(self) -> None:
-        while True:
-            self._resync_again = False
+        while self._full_resync_due or self._devices_due:
             try:
-                await self.resync()
+                if self._full_resync_due:
+                    self._full_resync_due = False
+                    # The rescan below reads everything: no event before it needs more, and
+                    # after a loss (overflow) an expected event may never come.
+                    self._devices_due.clear()
+                    self._expected_events.clear()
+                    await self.resync()
+                else:
+                    due = sorted(self._devices_due)
+                    self._devices_due.clear()
+                    await self._sync_devices(due)
             except Exception:  # a resync must never kill the event path; the next one retries
                 log.exception("resynchronizing with the kernel failed")
-            if not self._resync_again:
-                return
 
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
-        then autostart the devices of parents that (re-)registered."""
-        self._touched_devices.clear()
+        then autostart the devices of parents that registered since the last look."""
+        self._touched.clear()
         self._touched_parents.clear()
-        parents, active = await self._io(self._snapshot_kernel)
-        # What the engine changed while the snapshot was read is newer in memory than in the
-        # snapshot: leave it alone now, and look again with a fresh snapshot.
-        stale_parents = set(self._touched_parents)
-        stale_devices = self._touched_devices | self._in_flight
-        if stale_parents or self._touched_devices:
-            self._resync_again = True
-        for name in sorted(set(self._parents) - set(parents) - stale_parents):
+        snapshot = await self._io(self._snapshot_kernel)
+        # What an operation changed while the snapshot was being read is newer than it.
+        parents = {
+            name: parent
+            for name, parent in snapshot.parents.items()
+            if name not in self._touched_parents
+        }
+        kept = {
+            name: self._parents[name] for name in self._touched_parents if name in self._parents
+        }
+        parents.update(kept)
+        for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
             self.listener.parent_removed(name)
         for name, parent in sorted(parents.items()):
-            if name in stale_parents:
-                continue
-            if name not in self._parents:
-                self._autostart_due.add(name)
             if self._parents.get(name) != parent:
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
-        for uuid in sorted((set(self._active) | set(active)) - stale_devices):
-            was, now = self._active.get(uuid), active.get(uuid)
-            if was == now:
-                continue
-            before = self._published.get(uuid)
-            if now is None:
-                del self._active[uuid]
-                self._transient_attributes.pop(uuid, None)
-            else:
-                self._active[uuid] = now
-            state = self._publish(uuid)
-            if (was is None) != (now is None):
-                event = "started" if now is not None else "stopped"
-                shown = state or (before and replace(before, active=False))
-                if shown is not None:
-                    self._event(shown, event, REASON_KERNEL)
-            if state is None:
-                self.listener.device_removed(uuid)
-        due = sorted(self._autostart_due & set(self._parents))
-        self._autostart_due.clear()
-        for name in due:
-            await self.autostart_parent(name)
+        skip = self._in_flight | self._touched
+        for uuid in sorted((set(self._active) | set(snapshot.devices)) - skip):
+            self._apply_kernel_device(uuid, snapshot.devices.get(uuid))
+        for name, registration in sorted(snapshot.registrations.items()):
+            # A parent an operation has meanwhile seen gone waits for the next look.
+            if name in self._parents and self._registrations.get(name) != registration:
+                self._registrations[name] = registration
+                self._begin_autostart(name, registration)
+
+    async def _sync_devices(self, uuids: Sequence[str]) -> None:
+        """Read back only these devices (their own uevents said they changed), and their
+        parents' types when they did."""
+        self._touched.clear()
+        wanted = [uuid for uuid in uuids if uuid not in self._in_flight]
+        if not wanted:
+            return
+        found = await self._io(lambda: {uuid: self.kernel.read_device(uuid) for uuid in wanted})
+        parents: set[str] = set()
+        for uuid in wanted:
+            if uuid in self._in_flight or uuid in self._touched:
+                continue  # an operation's own effect, newer than what was read
+            was = self._active.get(uuid)
+            if self._apply_kernel_device(uuid, found[uuid]):
+                parents.update(d.parent for d in (was, found[uuid]) if d is not None)
+        for parent in sorted(parents):
+            with contextlib.suppress(MdevdError):
+                await self._refresh_parent(parent)
+
+    def _apply_kernel_device(self, uuid: str, now: ActiveDevice | None) -> bool:
+        """Take the kernel's view of one device (None: absent); report a change made by
+        someone else. Whether anything changed."""
+        was = self._active.get(uuid)
+        if was == now:
+            return False
+        before = self._published.get(uuid)
+        if now is None:
+            del self._active[uuid]
+            self._transient_attributes.pop(uuid, None)
+        else:
+            self._active[uuid] = now
+        state = self._publish(uuid)
+        if (was is None) != (now is None):
+            event = "started" if now is not None else "stopped"
+            shown = state or (before and replace(before, active=False))
+            if shown is not None:
+                self._event(shown, event, REASON_KERNEL)
+        if state is None:
+            self.listener.device_removed(uuid)
+        return True
+
+    # ---- autostart -------------------------------------------------------------------------
+
+    def _begin_autostart(
+        self,
+        parent: str,
+        registration: RegistrationId,
+        uuids: Sequence[str] | None = None,
+        *,
+        supersede: bool = True,
+    ) -> _AutostartRun:
+        """Start a run for `uuids` (default: every autostart definition of the parent) in the
+        background. A run for a new registration (`supersede`) first ends the earlier runs of
+        the parent: one waiting to retry gives up, one starting a device finishes that one."""
+        loop = asyncio.get_running_loop()
+        run = _AutostartRun(parent, registration, first_round=loop.create_future())
+        earlier = list(self._autostart_runs.get(parent, ()))
+        if supersede:
+            for other in earlier:
+                other.superseded.set()
+        runs = self._autostart_runs.setdefault(parent, [])
+        runs.append(run)
+
+        def finished(_: object) -> None:
+            if run in runs:
+                runs.remove(run)
+
+        run.task = loop.create_task(self._autostart(run, uuids, earlier if supersede else []))
+        run.task.add_done_callback(finished)
+        return run
+
+    @staticmethod
+    async def _first_rounds(runs: Sequence[_AutostartRun]) -> None:
+        for run in runs:
+            if run.first_round is not None:
+                await asyncio.shield(run.first_round)
+
+    def _registration_current(self, run: _AutostartRun) -> bool:
+        return (
+            not run.superseded.is_set()
+            and run.parent in self._parents
+            and self._registrations.get(run.parent) == run.registration
+        )
+
+    async def _autostart(
+        self, run: _AutostartRun, uuids: Sequence[str] | None, earlier: list[_AutostartRun]
+    ) -> None:
+        """Try each device once, in UUID order; retry the transient failures with backoff."""
+        assert run.first_round is not None
+        try:
+            for other in earlier:
+                if other.task is not None:
+                    await asyncio.wait([other.task])
+            if uuids is None:
+                uuids = [
+                    d.uuid
+                    for d in self._definitions.values()
+                    if d.parent == run.parent and d.autostart
+                ]
+            pending = sorted(uuids)
+            delays = self.settings.autostart_retry_delays
+            for attempt in range(len(delays) + 1):
+                if attempt:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delays[attempt - 1]):
+                            await run.superseded.wait()
+                if not pending or not self._registration_current(run):
+                    return
+                retry_in = delays[attempt] if attempt < len(delays) else None
+                retry = []
+                created = False
+                try:
+                    for uuid in pending:
+                        if not self._registration_current(run):
+                            return
+                        outcome = await self._autostart_device(uuid, run.parent, retry_in)
+                        created = created or outcome is not _Outcome.SKIPPED
+                        if outcome is _Outcome.RETRY:
+                            retry.append(uuid)
+                        elif outcome is _Outcome.PARENT_GONE:
+                            return
+                finally:
+                    if created:  # the creates left the parent's counts to this one look
+                        with contextlib.suppress(MdevdError):
+                            await self._refresh_parent(run.parent)
+                pending = retry
+                if not run.first_round.done():
+                    run.first_round.set_result(None)
+        except Exception:  # one parent's autostart must not end the daemon's event handling
+            log.exception("autostart on parent %s failed", run.parent)
+        finally:
+            if not run.first_round.done():
+                run.first_round.set_result(None)
+
+    async def _autostart_device(self, uuid: str, parent: str, retry_in: float | None) -> _Outcome:
+        async with self._locks(uuid, parent):
+            definition = self._definitions.get(uuid)
+            if (
+                definition is None
+                or not definition.autostart
+                or definition.parent != parent
+                or uuid in self._active
+            ):
+                return _Outcome.SKIPPED
+            try:
+                await self._start_locked(
+                    uuid,
+                    REASON_AUTOSTART,
+                    retry_in=retry_in,
+                    adopt_existing=True,
+                    refresh_parent=False,  # once per round, by the run
+                )
+            except ParentNotFound as exc:
+                log.info("device %s: autostart stopped: %s", uuid, exc.message)
+                return _Outcome.PARENT_GONE
+            except MdevdError as exc:
+                transient = self._transient(exc, parent)
+                log.warning(
+                    "device %s: autostart failed%s: %s",
+                    uuid,
+                    f" (retry in {retry_in:g} s)" if transient and retry_in is not None else "",
+                    exc.message,
+                )
+                return _Outcome.RETRY if transient else _Outcome.FAILED
+            return _Outcome.DONE
+
+    def _transient(self, error: MdevdError, parent: str) -> bool:
+        """Whether a failed start may succeed by itself soon: the parent is busy (EBUSY), or
+        it is registered but lists no types yet (a driver still setting up). A type the
+        parent's populated list lacks is permanent."""
+        if isinstance(error, Busy):
+            return True
+        if isinstance(error, TypeNotSupported):
+            known = self._parents.get(parent)
+            return known is not None and not known.types
+        return False
 
     # ---- internals -------------------------------------------------------------------------
 
-    async def _start_locked(self, uuid: str, reason: str) -> DeviceState:
+    async def _start_locked(
+        self,
+        uuid: str,
+        reason: str,
+        *,
+        retry_in: float | None = None,
+        adopt_existing: bool = False,
+        refresh_parent: bool = True,
+    ) -> DeviceState:
+        """Start a defined device; a failure is a `start-failed` event and LastError, and is
+        raised. With `retry_in`, a transient failure's event says when the retry comes. With
+        `adopt_existing`, a device another tool created meanwhile under this UUID is taken as
+        started (autostart wanted it running; it is not fought)."""
         if uuid in self._active:
             raise AlreadyActive(f"device {uuid} is already active")
         definition = self._definitions.get(uuid)
@@ -537,41 +855,62 @@ class Engine:
             raise NotDefined(f"device {uuid} is not defined")
         try:
             await self._create_in_kernel(
-                uuid, definition.parent, definition.type_id, definition.attributes
+                uuid,
+                definition.parent,
+                definition.type_id,
+                definition.attributes,
+                refresh_parent=refresh_parent,
             )
         except MdevdError as exc:
-            if uuid not in self._active:  # else the rollback failed, and said so already
+            if adopt_existing and isinstance(exc, Exists):
+                device = await self._io(self.kernel.read_device, uuid)
+                if device is not None:
+                    self._active[uuid] = device
+                    self._last_error.pop(uuid, None)
+                    state = self._publish_present(uuid)
+                    self._event(state, "started", REASON_KERNEL)
+                    return state
+            if uuid not in self._active:  # else the rollback failed, and LastError says so
                 self._last_error[uuid] = f"{exc.name}: {exc.message}"
-            self._start_failed(uuid, exc, reason)
+            retry = (
+                retry_in
+                if retry_in is not None and self._transient(exc, definition.parent)
+                else None
+            )
+            self._start_failed(uuid, exc, reason, retry_in=retry)
             raise
         self._last_error.pop(uuid, None)
         state = self._publish_present(uuid)
         self._event(state, "started", reason)
         return state
 
-    def _start_failed(self, uuid: str, error: MdevdError, reason: str) -> None:
+    def _start_failed(
+        self, uuid: str, error: MdevdError, reason: str, *, retry_in: float | None = None
+    ) -> None:
         state = self._publish_present(uuid)
-        self._event(
-            state,
-            "start-failed",
-            reason,
-            error_name=f"org.mdevd.Mdevd1.Error.{error.name}",
-            error_message=error.message,
-        )
-
-    async def _start_quietly(self, uuid: str, reason: str) -> None:
-        """Start for autostart or reload: failures are events and LastError, not exceptions."""
-        try:
-            await self._start_locked(uuid, reason)
-        except MdevdError as exc:
-            log.warning("device %s: autostart failed: %s", uuid, exc.message)
+        details = {
+            "error_name": f"org.mdevd.Mdevd1.Error.{error.name}",
+            "error_message": error.message,
+        }
+        if retry_in is not None:
+            details["retry_in"] = f"{retry_in:g}"
+        self._event(state, "start-failed", reason, **details)
 
     async def _create_in_kernel(
-        self, uuid: str, parent: str, type_id: str, attributes: Attributes
+        self,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        attributes: Attributes,
+        *,
+        refresh_parent: bool = True,
     ) -> None:
         """Create, then write attributes in order; on failure remove again, report the first
-        error (never the rollback's: mdevctl hides the original one)."""
-        self._in_flight.add(uuid)
+        error (never the rollback's: mdevctl hides the original one). Then read the parent's
+        types again (their counts changed), unless `refresh_parent` is False (the caller
+        creates many and refreshes once)."""
+        self._begin_operation(uuid)
+        effect: tuple[str, ...] = ()
         late_create: asyncio.Future[Any] | None = None
         try:
             known = self._parents.get(parent)
@@ -589,6 +928,7 @@ class Engine:
             except _IoTimeout as timeout:
                 late_create = timeout.pending
                 raise
+            effect = _CREATE_EVENTS
             written = 0
             try:
                 for name, value in attributes:
@@ -597,6 +937,7 @@ class Engine:
             except MdevdError as first_error:
                 try:
                     await self._io(self.kernel.remove, uuid, check_busy=False)
+                    effect = _CREATE_EVENTS + _REMOVE_EVENTS
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
                     # The device stays in the kernel, so it must stay in view: hidden, nobody
@@ -612,11 +953,12 @@ class Engine:
             self._active[uuid] = device
         finally:
             if late_create is None:
-                self._end_kernel_change(uuid)
+                self._end_operation(uuid, effect)
             else:
                 self._undo_late_create(uuid, late_create)
-            with contextlib.suppress(MdevdError):
-                await self._refresh_parent(parent)
+            if refresh_parent:
+                with contextlib.suppress(MdevdError):
+                    await self._refresh_parent(parent)
 
     def _undo_late_create(self, uuid: str, pending: asyncio.Future[Any]) -> None:
         """A create that timed out may still succeed in the kernel: then remove the device, as
@@ -640,7 +982,7 @@ class Engine:
                     except MdevdError as error:
                         log.error("device %s: removing it failed: %s", uuid, error.message)
                 finally:
-                    self._end_kernel_change(uuid)
+                    self._end_operation(uuid, ())
                     # Whatever the kernel holds now is reported by a fresh look at it.
                     self.request_resync()
 
@@ -648,9 +990,37 @@ class Engine:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _end_kernel_change(self, uuid: str) -> None:
+    def _begin_operation(self, uuid: str) -> None:
+        self._in_flight.add(uuid)
+        self._expected_events.pop(uuid, None)
+
+    def _end_operation(self, uuid: str, effect: Sequence[str]) -> None:
+        """An operation on `uuid` is over; `effect` are the mdev uevents it made the kernel
+        send. Events that came while it ran and are not among them were someone else's: the
+        device is read back. Those still to come are expected, and not read back for."""
         self._in_flight.discard(uuid)
-        self._touched_devices.add(uuid)
+        self._touched.add(uuid)
+        unexplained = list(self._early_events.pop(uuid, ()))
+        still_to_come = []
+        for action in effect:
+            if action in unexplained:
+                unexplained.remove(action)
+            else:
+                still_to_come.append(action)
+        if still_to_come:
+            self._expected_events[uuid] = still_to_come
+        if unexplained:
+            self._request_device_sync(uuid)
+
+    def _expected(self, uuid: str, action: str) -> bool:
+        """Whether this uevent is one an operation of ours caused (and takes it off)."""
+        expected = self._expected_events.get(uuid)
+        if not expected or action not in expected:
+            return False
+        expected.remove(action)
+        if not expected:
+            del self._expected_events[uuid]
+        return True
 
     async def _refresh_parent(self, name: str) -> None:
         try:
@@ -665,19 +1035,31 @@ class Engine:
             self._parents[name] = parent
             self.listener.parent_changed(parent)
 
-    async def _load_store(self) -> tuple[dict[str, Definition], list[str]]:
+    async def _load_store(
+        self, quiet: set[str] | None = None
+    ) -> tuple[dict[str, Definition], list[str]]:
+        """Load the definitions; log each problem, except those in `quiet` (already logged)."""
         loaded = await self._io(self.store.load)
         problems = [str(problem) for problem in loaded.problems]
         for problem in problems:
-            log.warning("configuration: %s", problem)
+            if quiet is None or problem not in quiet:
+                log.warning("configuration: %s", problem)
         return dict(loaded.definitions), problems
 
     async def _save(self, definition: Definition) -> None:
-        saved = await self._io(self.store.save, definition)
-        self._definitions[definition.uuid] = saved
+        async with self._config_lock:
+            saved = await self._io(self.store.save, definition)
+            self._definitions[definition.uuid] = saved
 
-    def _snapshot_kernel(self) -> tuple[dict[str, Parent], dict[str, ActiveDevice]]:
-        return self.kernel.list_parents(), self.kernel.list_devices()
+    def _snapshot_kernel(self) -> KernelSnapshot:
+        parents: dict[str, Parent] = {}
+        registrations: dict[str, RegistrationId] = {}
+        for name in self.kernel.parent_names():
+            try:
+                parents[name], registrations[name] = self.kernel.read_parent_and_registration(name)
+            except ParentNotFound:
+                continue
+        return KernelSnapshot(parents, registrations, self.kernel.list_devices())
 
     async def _io(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
@@ -776,6 +1158,23 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
     # not report it as never retrieved.
     if not future.cancelled():
         future.exception()
+
+
+#: The uevents (of the mdev device itself) that creating and removing a device make the kernel
+#: send, in order (kernel-mdev-abi.md).
+_CREATE_EVENTS = ("add", "bind")
+_REMOVE_EVENTS = ("unbind", "remove")
+
+#: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
+_NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
+
+
+class _Outcome(enum.Enum):
+    SKIPPED = "skipped"  # nothing to do (running already, or no longer an autostart device)
+    DONE = "done"
+    FAILED = "failed"
+    RETRY = "retry"
+    PARENT_GONE = "parent-gone"
 
 
 def _new_uuid() -> str:

@@ -23,6 +23,7 @@ from mdevd.errors import (
     AttributeRejected,
     Busy,
     Exists,
+    InvalidName,
     InvalidUUID,
     KernelIOError,
     NoInstancesAvailable,
@@ -80,50 +81,113 @@ class Sysfs:
     def parent_exists(self, parent: str) -> bool:
         return self._parent_dir(parent).is_dir()
 
-    def read_parent(self, parent: str) -> Parent:
-        directory = self._parent_dir(parent)
+    def registration_id(self, parent: str) -> tuple[int, int]:
+        """What tells one registration of `parent` with the mdev core from the next.
+
+        The core creates `mdev_supported_types` anew at each registration, and kernfs numbers
+        its nodes cyclically, so the directory's inode changes even when an unregistration and
+        a registration both happened between two looks (their uevents lost, or not yet read).
+        """
         try:
-            sysfs_path = _resolve_link(directory)
+            st = os.stat(self._parent_dir(parent) / "mdev_supported_types")
         except OSError as exc:
             raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
-        subsystem = _link_basename(directory / "subsystem")
-        return Parent(
-            name=parent,
-            sysfs_path=sysfs_path,
-            subsystem=subsystem,
-            types=self.read_types(parent),
+        return (st.st_dev, st.st_ino)
+
+    def has_mdev_types(self, devpath: str) -> bool:
+        """Whether the device at `devpath` (a uevent's DEVPATH, `/devices/...`) offers mdev
+        types: how a parent shows itself on kernels that send no MDEV_STATE event."""
+        parts = devpath.strip("/").split("/")
+        if parts[0] != "devices":
+            return False
+        try:
+            # Every component is a plain name: nothing in an event can lead outside the root.
+            checked = [validate.parent_name(part) for part in parts]
+        except InvalidName:
+            return False
+        return self.root.joinpath(*checked, "mdev_supported_types").is_dir()
+
+    def read_parent(self, parent: str) -> Parent:
+        return self.read_parent_and_registration(parent)[0]
+
+    def read_parent_and_registration(self, parent: str) -> tuple[Parent, tuple[int, int]]:
+        """The parent with its types, and its `registration_id`, in one look.
+
+        The identity is read first, so a registration that ends while the types are being
+        read shows up as a new one at the next look, never the reverse. Files are opened
+        relative to the parent's directory: an emulated sysfs pays for every path component.
+        """
+        sysfs_path = _resolve_link(self._parent_dir(parent))
+        try:
+            if sysfs_path is None:
+                raise FileNotFoundError(parent)
+            fd = os.open(sysfs_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+        try:
+            try:
+                st = os.stat("mdev_supported_types", dir_fd=fd)
+            except OSError as exc:
+                raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+            subsystem = _link_basename_at(fd, "subsystem")
+            types = self._read_types_at(fd, parent)
+        finally:
+            os.close(fd)
+        return (
+            Parent(name=parent, sysfs_path=sysfs_path, subsystem=subsystem, types=types),
+            (st.st_dev, st.st_ino),
         )
 
     def read_types(self, parent: str) -> dict[str, MdevType]:
-        types_dir = self._parent_dir(parent) / "mdev_supported_types"
-        if not self._parent_dir(parent).is_dir():
-            raise ParentNotFound(f"parent {parent} is not registered with mdev")
+        try:
+            fd = os.open(self._parent_dir(parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+        try:
+            return self._read_types_at(fd, parent)
+        finally:
+            os.close(fd)
+
+    def _read_types_at(self, parent_fd: int, parent: str) -> dict[str, MdevType]:
+        try:
+            types_fd = os.open(
+                "mdev_supported_types",
+                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                dir_fd=parent_fd,
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except OSError as exc:
+            raise _io_error(f"reading the types of parent {parent}", exc) from exc
         types: dict[str, MdevType] = {}
-        for type_id in sorted(_listdir(types_dir)):
-            try:
-                types[type_id] = self.read_type(parent, type_id)
-            except TypeNotSupported:
-                continue
+        try:
+            for type_id in sorted(os.listdir(types_fd)):
+                try:
+                    types[type_id] = _read_type_at(types_fd, parent, validate.type_id(type_id))
+                except (InvalidName, TypeNotSupported):
+                    continue
+        finally:
+            os.close(types_fd)
         return types
 
     def read_type(self, parent: str, type_id: str) -> MdevType:
-        directory = self._type_dir(parent, type_id)
+        types_dir = self._type_dir(parent, type_id).parent
         try:
-            available = _read_text(directory / "available_instances")
-            device_api = _read_text(directory / "device_api")
+            types_fd = os.open(types_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             if not self.parent_exists(parent):
                 raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
             raise TypeNotSupported(f"parent {parent} does not support type {type_id}") from exc
         except OSError as exc:
             raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
-        return MdevType(
-            type_id=type_id,
-            name=_read_optional(directory / "name") or type_id,
-            description=_read_optional(directory / "description"),
-            device_api=device_api,
-            available_instances=_parse_count(available),
-        )
+        try:
+            return _read_type_at(types_fd, parent, type_id)
+        except TypeNotSupported:
+            if not self.parent_exists(parent):
+                raise ParentNotFound(f"parent {parent} is not registered with mdev") from None
+            raise
+        finally:
+            os.close(types_fd)
 
     def available_instances(self, parent: str, type_id: str) -> int:
         return self.read_type(parent, type_id).available_instances
@@ -145,16 +209,21 @@ class Sysfs:
 
     def read_device(self, uuid: str) -> ActiveDevice | None:
         """The device as the kernel shows it now, or None when it is not present."""
-        link = self._device_link(uuid)
+        sysfs_path = _resolve_link(self._device_link(uuid))
+        if sysfs_path is None:
+            return None
         try:
-            sysfs_path = _resolve_link(link)
+            fd = os.open(sysfs_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        type_id = _link_basename(Path(sysfs_path) / "mdev_type")
-        if not type_id:
-            # Between create's write and the driver core linking the type, or mid-removal.
-            return None
-        group = _link_basename(Path(sysfs_path) / "iommu_group")
+        try:
+            type_id = _link_basename_at(fd, "mdev_type")
+            if not type_id:
+                # Between create's write and the driver core linking the type, or mid-removal.
+                return None
+            group = _link_basename_at(fd, "iommu_group")
+        finally:
+            os.close(fd)
         return ActiveDevice(
             uuid=validate.uuid(uuid),
             parent=os.path.basename(os.path.dirname(sysfs_path)),
@@ -345,34 +414,70 @@ def _listdir(directory: Path) -> list[str]:
         return []
 
 
-def _read_text(path: Path) -> str:
-    with open(path, "rb") as f:
-        return f.read(_READ_LIMIT).decode(errors="replace").strip()
+def _resolve_link(path: Path) -> str | None:
+    """Where a sysfs link leads, absolute; the path itself if it is no link; None if absent.
 
-
-def _read_optional(path: Path) -> str:
-    try:
-        return _read_text(path)
-    except OSError:
-        return ""
-
-
-def _resolve_link(link: Path) -> str:
-    """Where a sysfs link points, as an absolute path, without walking every component.
-
-    sysfs links are relative and point into `devices/`, which has no symlinks, so joining and
-    normalizing gives what `realpath` would, with one readlink instead of an lstat per
-    component (each a round trip on an emulated sysfs). A link that does not exist raises.
+    sysfs links are relative and lead to real directories, so one readlink does what
+    realpath does with an lstat of every component (each a FUSE request on an emulated
+    sysfs, for every component above it too).
     """
-    target = os.readlink(link)
-    return os.path.normpath(os.path.join(os.path.dirname(link), target))
-
-
-def _link_basename(path: Path) -> str:
+    absolute = os.path.abspath(path)
     try:
-        return os.path.basename(os.readlink(path))
+        target = os.readlink(absolute)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return absolute if os.path.isdir(absolute) else None
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(absolute), target))
+
+
+def _link_basename_at(directory_fd: int, name: str) -> str:
+    try:
+        return os.path.basename(os.readlink(name, dir_fd=directory_fd))
     except OSError:
         return ""
+
+
+def _read_text_at(directory_fd: int, name: str) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory_fd)
+    try:
+        return os.read(fd, _READ_LIMIT).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _read_type_at(types_fd: int, parent: str, type_id: str) -> MdevType:
+    """One type, read relative to its parent's open `mdev_supported_types`."""
+    try:
+        fd = os.open(type_id, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=types_fd)
+    except FileNotFoundError as exc:
+        raise TypeNotSupported(f"parent {parent} does not support type {type_id}") from exc
+    except OSError as exc:
+        raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
+    try:
+        try:
+            available = _read_text_at(fd, "available_instances")
+            device_api = _read_text_at(fd, "device_api")
+        except FileNotFoundError as exc:
+            raise TypeNotSupported(f"parent {parent} does not support type {type_id}") from exc
+        except OSError as exc:
+            raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
+
+        def optional(name: str) -> str:
+            try:
+                return _read_text_at(fd, name)
+            except OSError:
+                return ""
+
+        return MdevType(
+            type_id=type_id,
+            name=optional("name") or type_id,
+            description=optional("description"),
+            device_api=device_api,
+            available_instances=_parse_count(available),
+        )
+    finally:
+        os.close(fd)
 
 
 def _parse_count(text: str) -> int:

@@ -8,8 +8,12 @@ the write's errno, and reading the same open file then returns the message. The 
     fault attribute UUID|* NAME ERRNO [COUNT] next writes of the device attribute fail
     fault remove UUID|* ERRNO [COUNT]         next `1` writes to the device's remove fail
     delay create|remove|attribute SECONDS     every such write sleeps first; 0 clears
+    delay types SECONDS                       a registration's mdev_supported_types stays
+                                              empty for SECONDS, then fills (no uevent)
     hold UUID | release UUID                  a VM holds the device's vfio group (open of
                                               .sim/dev/vfio/N -> EBUSY, remove blocks)
+    mdev-state-events on|off                  off: registration sends no MDEV_STATE change
+                                              (an older kernel); see the scenario's key
     clear                                     drop all faults and delays
 
 ERRNO is a name (`EIO`) or a number. Errors of the channel itself: EINVAL for a malformed
@@ -41,7 +45,9 @@ _ALIAS_SUFFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 UEVENT_LOG_PATH = ".sim/uevents"
 VFIO_DIR = ".sim/dev/vfio"
 
-DELAY_KINDS = ("create", "remove", "attribute")
+#: `create`, `remove`, `attribute`: every such write sleeps first. `types`: a new registration's
+#: types appear that long after it.
+DELAY_KINDS = ("create", "remove", "attribute", "types")
 
 
 class CommandError(ValueError):
@@ -98,6 +104,11 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class MdevStateEvents:
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Clear:
     pass
 
@@ -111,6 +122,7 @@ Command = (
     | Delay
     | Hold
     | Release
+    | MdevStateEvents
     | Clear
 )
 
@@ -190,9 +202,11 @@ def parse_command(words: Sequence[str]) -> Command:
             return FaultRemove(_uuid(rest[0], wildcard=True), _errno(rest[1]), _count(rest[2:]))
         raise CommandError("usage: fault create|attribute|remove ...")
     if verb == "delay":
-        _expect(args, 2, 2, "delay create|remove|attribute SECONDS")
+        _expect(args, 2, 2, "delay create|remove|attribute|types SECONDS")
         if args[0] not in DELAY_KINDS:
-            raise CommandError(f"delay applies to create, remove or attribute, not {args[0]!r}")
+            raise CommandError(
+                f"delay applies to create, remove, attribute or types, not {args[0]!r}"
+            )
         try:
             seconds = float(args[1])
         except ValueError:
@@ -204,6 +218,11 @@ def parse_command(words: Sequence[str]) -> Command:
         _expect(args, 1, 1, f"{verb} UUID")
         uuid = _uuid(args[0])
         return Hold(uuid) if verb == "hold" else Release(uuid)
+    if verb == "mdev-state-events":
+        _expect(args, 1, 1, "mdev-state-events on|off")
+        if args[0] not in ("on", "off"):
+            raise CommandError(f"mdev-state-events takes on or off, not {args[0]!r}")
+        return MdevStateEvents(args[0] == "on")
     if verb == "clear":
         _expect(args, 0, 0, "clear")
         return Clear()
@@ -291,6 +310,9 @@ class SimControl:
 
     def release(self, uuid: str) -> None:
         self.command("release", uuid)
+
+    def mdev_state_events(self, enabled: bool) -> None:
+        self.command("mdev-state-events", "on" if enabled else "off")
 
     def clear(self) -> None:
         self.command("clear")

@@ -15,6 +15,7 @@ device exists for every process the moment its create write returns.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import os
 import stat
@@ -31,8 +32,10 @@ from mdevd.sim.state import PAGE_SIZE, Kernel
 
 #: Mount options: see the module docstring. `default_permissions` lets the kernel apply the
 #: modes below (create and remove are root-only, as in sysfs), `allow_other` lets other users
-#: read, as everyone can read /sys.
+#: read, as everyone can read /sys. `use_ino`: inode numbers come from `_inode`, like kernfs's:
+#: a directory created anew with its object (a registration's types, a device) gets a new one.
 MOUNT_OPTIONS: dict[str, Any] = {
+    "use_ino": True,
     "fsname": "mdevd-sim",
     "subtype": "mdevd-sim",
     "allow_other": True,
@@ -42,6 +45,24 @@ MOUNT_OPTIONS: dict[str, Any] = {
     "entry_timeout": 0,
     "negative_timeout": 0,
 }
+
+
+def _inode(path: str, identity: int) -> int:
+    """A stable inode number for a path, different for each identity of the object behind it."""
+    digest = hashlib.blake2b(f"{path}\0{identity}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") >> 1) or 1
+
+
+def _node_inode(path: str, node: tree.Node) -> int:
+    return _inode(path, node.identity if isinstance(node, tree.Directory) else 0)
+
+
+def _type_bits(node: tree.Node) -> int:
+    if isinstance(node, tree.Directory):
+        return stat.S_IFDIR
+    if isinstance(node, tree.Symlink):
+        return stat.S_IFLNK
+    return stat.S_IFREG
 
 
 @dataclass(slots=True)
@@ -112,6 +133,7 @@ class SysfsOperations(mfusepy.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         node = self._lookup(path)
         attrs: dict[str, Any] = {
+            "st_ino": _node_inode(path.strip("/"), node),
             "st_uid": 0,
             "st_gid": 0,
             "st_nlink": 1,
@@ -128,11 +150,25 @@ class SysfsOperations(mfusepy.Operations):  # type: ignore[misc]
             attrs.update(st_mode=stat.S_IFREG | node.mode, st_size=PAGE_SIZE)
         return attrs
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        relative = path.strip("/")
+        current = self._current()
         node = self._lookup(path)
         if not isinstance(node, tree.Directory):
             raise OSError(errno.ENOTDIR, path)
-        return [".", "..", *node.entries]
+        # With use_ino every entry needs its inode number: readdir(3) skips entries whose
+        # d_ino is 0.
+        above = relative.rpartition("/")[0]
+        entries = [(".", relative, node), ("..", above, current.get(above, node))]
+        for name in node.entries:
+            child = f"{relative}/{name}" if relative else name
+            child_node = current.get(child)
+            if child_node is not None:
+                entries.append((name, child, child_node))
+        return [
+            (name, {"st_ino": _node_inode(where, what), "st_mode": _type_bits(what)}, 0)
+            for name, where, what in entries
+        ]
 
     def readlink(self, path: str) -> str:
         node = self._lookup(path)

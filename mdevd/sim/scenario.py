@@ -5,6 +5,9 @@ A scenario is a TOML file (the shipped ones live in `config/sim/`)::
     [sim]                          # optional
     first_iommu_group = 0          # lowest iommu group number handed to a new device
     vfio_major = 243               # MAJOR of the /dev/vfio/<group> nodes in uevents
+    mdev_state_events = true       # parents announce (un)registration with a `change` carrying
+                                   #   MDEV_STATE, as current kernels do; false behaves like
+                                   #   older kernels without that event (docs/emulated-kernel.md)
 
     [[parent]]
     name = "mtty"                           # the parent's sysfs name (class/mdev_bus/<name>)
@@ -124,6 +127,7 @@ class Scenario:
     parents: tuple[ParentSpec, ...]
     first_iommu_group: int = 0
     vfio_major: int = 243
+    mdev_state_events: bool = True
     source: str = "<scenario>"
 
     def parent(self, name: str) -> ParentSpec | None:
@@ -351,6 +355,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         parents=parents,
         first_iommu_group=sim.number("first_iommu_group", 0),
         vfio_major=sim.number("vfio_major", 243, minimum=1),
+        mdev_state_events=sim.flag("mdev_state_events", True),
         source=source,
     )
     sim.finish()

@@ -13,9 +13,10 @@ uevents are emitted while the lock is held, so their sequence numbers follow the
 from __future__ import annotations
 
 import errno
+import itertools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NoReturn, TypeVar
@@ -35,6 +36,10 @@ _K = TypeVar("_K")
 
 #: Actions a write to a `uevent` file may synthesize (lib/kobject_uevent.c, kobject_actions).
 SYNTHETIC_ACTIONS = ("add", "remove", "change", "move", "online", "offline", "bind", "unbind")
+
+#: Numbers for kernel objects that sysfs shows with a fresh inode each time they are created
+#: (kernfs numbers its nodes cyclically, so a number does not come back soon).
+_object_serials = itertools.count(1)
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -101,6 +106,10 @@ class Registration:
 
     #: False from the moment unregistration starts: creates then fail with ENODEV.
     active: bool = True
+    #: mdev_supported_types is populated (at once, unless `delay types` holds it back).
+    types_ready: bool = True
+    #: Identity of this registration's sysfs directories (their inode numbers derive from it).
+    serial: int = field(default_factory=lambda: next(_object_serials))
 
 
 @dataclass(eq=False)
@@ -116,6 +125,7 @@ class Device:
     held: bool = False
     #: Last value written to each generic attribute.
     values: dict[str, str] = field(default_factory=dict)
+    serial: int = field(default_factory=lambda: next(_object_serials))
     ap_adapters: set[int] = field(default_factory=set)
     ap_domains: set[int] = field(default_factory=set)
     ap_control_domains: set[int] = field(default_factory=set)
@@ -169,6 +179,9 @@ class Kernel:
         self._remove_faults: dict[str, _Fault] = {}
         self._delays: dict[str, float] = {}
         self._stopping = threading.Event()
+        #: Whether parents announce (un)registration with MDEV_STATE change events.
+        self.mdev_state_events = scenario.mdev_state_events
+        self._timers: list[threading.Timer] = []
 
     # -- queries (call with the lock held) -------------------------------------------------
 
@@ -411,28 +424,60 @@ class Kernel:
     # -- parents coming and going ----------------------------------------------------------
 
     def register(self, name: str) -> None:
+        """What loading the parent's driver does.
+
+        With MDEV_STATE events (current kernels): `add` of a parent that did not exist, then
+        `change` MDEV_STATE=registered. Without them (older kernels) the only trace is the
+        parent's `add` (a driver's own device, such as mtty) or the driver's `bind` (a PCI GPU
+        that stays), sent once registered. Either way the types are there by the event, unless
+        `delay types` holds them back (a driver that fills them in later).
+        """
         with self.lock:
             parent = self._parent(name)
             if parent.registration is not None:
                 fail(errno.EALREADY, f"{name} is already registered")
-            if not parent.present:
+            appeared = not parent.present
+            properties = self.parent_properties(parent)
+            if appeared and self.mdev_state_events:
                 parent.present = True
                 self._changed()
+                self.uevents.emit("add", parent.spec.devpath, parent.spec.subsystem, **properties)
+            types_delay = self._delays.get("types", 0.0)
+            registration = Registration(types_ready=not types_delay)
+            parent.present = True
+            parent.registration = registration
+            self._changed()
+            if types_delay:
+                self._later(types_delay, self._populate_types, parent, registration)
+            if self.mdev_state_events:
                 self.uevents.emit(
-                    "add",
+                    "change",
                     parent.spec.devpath,
                     parent.spec.subsystem,
-                    **self.parent_properties(parent),
+                    **properties,
+                    MDEV_STATE="registered",
                 )
-            parent.registration = Registration()
-            self._changed()
-            self.uevents.emit(
-                "change",
-                parent.spec.devpath,
-                parent.spec.subsystem,
-                **self.parent_properties(parent),
-                MDEV_STATE="registered",
-            )
+            elif appeared:
+                self.uevents.emit("add", parent.spec.devpath, parent.spec.subsystem, **properties)
+            else:
+                self.uevents.emit(
+                    "bind",
+                    parent.spec.devpath,
+                    parent.spec.subsystem,
+                    **{"DRIVER": parent.spec.driver, **properties},
+                )
+
+    def _later(self, seconds: float, function: Callable[..., None], *args: object) -> None:
+        timer = threading.Timer(seconds, function, args)
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _populate_types(self, parent: Parent, registration: Registration) -> None:
+        with self.lock:
+            if parent.registration is registration and not registration.types_ready:
+                registration.types_ready = True
+                self._changed()
 
     def unregister(self, name: str) -> None:
         """What unloading the parent's driver does: blocks while a VM holds one of its devices."""
@@ -453,13 +498,19 @@ class Kernel:
                     break
             parent.registration = None
             self._changed()
-            self.uevents.emit(
-                "change",
-                parent.spec.devpath,
-                parent.spec.subsystem,
-                **self.parent_properties(parent),
-                MDEV_STATE="unregistered",
-            )
+            if self.mdev_state_events:
+                self.uevents.emit(
+                    "change",
+                    parent.spec.devpath,
+                    parent.spec.subsystem,
+                    **self.parent_properties(parent),
+                    MDEV_STATE="unregistered",
+                )
+            elif not parent.spec.owned_by_driver:
+                # The driver is gone when the core announces the unbind: no DRIVER.
+                unbound = self.parent_properties(parent)
+                unbound.pop("DRIVER", None)
+                self.uevents.emit("unbind", parent.spec.devpath, parent.spec.subsystem, **unbound)
             if parent.spec.owned_by_driver:
                 parent.present = False
                 self._changed()
@@ -545,6 +596,9 @@ class Kernel:
                 self.hold(uuid)
             case control.Release(uuid):
                 self.release(uuid)
+            case control.MdevStateEvents(enabled):
+                with self.lock:
+                    self.mdev_state_events = enabled
             case control.Clear():
                 with self.lock:
                     self._create_faults.clear()
@@ -555,6 +609,8 @@ class Kernel:
     def stop(self) -> None:
         """Unblock every waiting operation: the filesystem is going away."""
         self._stopping.set()
+        for timer in self._timers:
+            timer.cancel()
         with self.lock:
             self.lock.notify_all()
 

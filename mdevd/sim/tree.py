@@ -13,7 +13,9 @@ The hidden `.sim/` directory is the test side: the control file, the uevent log,
 from __future__ import annotations
 
 import errno
+import functools
 import posixpath
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +31,9 @@ MODE_RW = 0o644
 @dataclass(frozen=True, slots=True)
 class Directory:
     entries: tuple[str, ...]
+    #: Nonzero for a directory the kernel creates afresh with its object (a registration's
+    #: mdev_supported_types, a device): its inode number changes with each new object.
+    identity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +60,11 @@ class _Builder:
     def __init__(self) -> None:
         self._children: dict[str, set[str]] = {"": set()}
         self._nodes: dict[str, Node] = {}
+        self._identities: dict[str, int] = {}
 
-    def dir(self, path: str) -> None:
+    def dir(self, path: str, identity: int = 0) -> None:
+        if identity:
+            self._identities[path] = identity
         if path in self._children:
             return
         self._children[path] = set()
@@ -75,17 +83,34 @@ class _Builder:
 
     def link(self, path: str, target: str) -> None:
         """A symlink to `target` (a path from the root), stored relative like sysfs's."""
-        self._leaf(path, Symlink(posixpath.relpath(target, posixpath.dirname(path) or ".")))
+        self._leaf(path, Symlink(_relative(target, posixpath.dirname(path))))
 
     def text(self, path: str, content: str) -> None:
         data = content.encode()
         self.file(path, Attribute(MODE_RO, show=lambda: data))
 
+    def merge(self, other: _Builder) -> None:
+        """Add everything `other` built (a fragment) to this tree."""
+        self._nodes.update(other._nodes)
+        self._identities.update(other._identities)
+        for path, names in other._children.items():
+            mine = self._children.get(path)
+            if mine is None:
+                self._children[path] = set(names)
+            else:
+                mine |= names
+
     def finish(self) -> Tree:
         tree: Tree = dict(self._nodes)
         for path, names in self._children.items():
-            tree[path] = Directory(tuple(sorted(names)))
+            tree[path] = Directory(tuple(sorted(names)), self._identities.get(path, 0))
         return tree
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _relative(target: str, directory: str) -> str:
+    # The same links are made at every rebuild, and relpath was most of a rebuild's time.
+    return posixpath.relpath(target, directory or ".")
 
 
 def _uevent_file(
@@ -126,7 +151,7 @@ def _type_files(
 def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     parent = device.parent
     path = device.devpath
-    builder.dir(path)
+    builder.dir(path, identity=device.serial)
     # Present until the driver has let go, i.e. also while a removal waits for the VM.
     builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
     builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
@@ -230,11 +255,28 @@ def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
         return
     if registration.active:
         builder.link(f"class/mdev_bus/{spec.name}", spec.devpath)
-    builder.dir(f"{spec.devpath}/mdev_supported_types")
-    for type_spec in spec.types:
-        _type_files(builder, kernel, parent, type_spec, registration)
+    builder.dir(f"{spec.devpath}/mdev_supported_types", identity=registration.serial)
+    if registration.types_ready:
+        for type_spec in spec.types:
+            _type_files(builder, kernel, parent, type_spec, registration)
     for device in parent.devices:
-        _device_files(builder, kernel, device)
+        builder.merge(_device_fragment(kernel, device))
+
+
+#: Each device's part of the tree, kept while the device and its being active stay the same:
+#: rebuilding every device's nodes at every change made creating the n-th device cost O(n).
+_fragments: weakref.WeakKeyDictionary[Device, tuple[bool, _Builder]] = weakref.WeakKeyDictionary()
+
+
+def _device_fragment(kernel: Kernel, device: Device) -> _Builder:
+    active = device.state is DeviceState.ACTIVE
+    cached = _fragments.get(device)
+    if cached is not None and cached[0] == active:
+        return cached[1]
+    fragment = _Builder()
+    _device_files(fragment, kernel, device)
+    _fragments[device] = (active, fragment)
+    return fragment
 
 
 def build(kernel: Kernel, control_file: Attribute) -> Tree:

@@ -1,0 +1,271 @@
+"""Watching the definition directories for changes: inotify (through ctypes), debounced.
+
+Each definition directory is watched for files appearing, changing, being renamed or going.
+A directory that does not exist (yet) is waited for by watching its nearest existing ancestor,
+so creating `/run/mdevd/devices.d` later is seen too; a directory that is removed is waited for
+again the same way. Only what the store reads counts: `*.toml` names that are not hidden, so
+the store's own temporary files (`.NAME.XXXX.tmp`) and editors' swap files do not.
+
+Changes come in bursts (an editor's write-rename-chmod, a package installing ten files), so
+`on_change` is called once the directories have been quiet for `debounce` seconds, and at the
+latest `max_delay` seconds after the first change of a burst. What changed is not passed on:
+the caller re-reads everything (the store skips unchanged files) and compares. An inotify queue
+overflow is just another change.
+
+The fd is non-blocking and read from the asyncio loop, like the uevent monitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mdevd.store import DEFINITION_SUFFIX
+
+log = logging.getLogger(__name__)
+
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+
+#: In a definition directory: anything that can change what the store reads. IN_ATTRIB: a
+#: file made unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
+_DIRECTORY_MASK = (
+    IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
+#: In an ancestor of a missing directory: something appearing (or the ancestor going).
+_ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+_SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+
+_EVENT_HEADER = struct.Struct("iIII")
+#: Looks at the directories before giving up on them settling (each look follows a change).
+_ARM_ATTEMPTS = 16  # wd, mask, cookie, len (struct inotify_event)
+
+
+class _Inotify:
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
+        self.fd = self._check(self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
+
+    @staticmethod
+    def _check(result: int, what: str) -> int:
+        if result < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"{what}: {os.strerror(code)}")
+        return result
+
+    def add_watch(self, path: Path, mask: int) -> int:
+        return self._check(
+            self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask),
+            f"inotify_add_watch {path}",
+        )
+
+    def rm_watch(self, wd: int) -> None:
+        self._libc.inotify_rm_watch(self.fd, wd)  # EINVAL when the kernel dropped it: fine
+
+    def read(self) -> list[tuple[int, int, str]]:
+        """Every event queued now, as (wd, mask, name)."""
+        events: list[tuple[int, int, str]] = []
+        while True:
+            try:
+                data = os.read(self.fd, 64 * 1024)
+            except BlockingIOError:
+                return events
+            offset = 0
+            while offset + _EVENT_HEADER.size <= len(data):
+                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
+                offset += _EVENT_HEADER.size
+                raw = data[offset : offset + length].split(b"\0", 1)[0]
+                offset += length
+                events.append((wd, mask, os.fsdecode(raw)))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    path: Path
+    #: It is a definition directory.
+    definitions: bool = False
+    #: Names of children that lead to missing definition directories.
+    towards: frozenset[str] = frozenset()
+
+    @property
+    def mask(self) -> int:
+        return (_DIRECTORY_MASK if self.definitions else 0) | (
+            _ANCESTOR_MASK if self.towards else 0
+        )
+
+    def but_definitions(self) -> _Watch:
+        return replace(self, definitions=True)
+
+    def but_towards(self, name: str) -> _Watch:
+        return replace(self, towards=self.towards | {name})
+
+
+def relevant_name(name: str) -> bool:
+    """Whether a file of this name in a definition directory can change what is loaded."""
+    return name.endswith(DEFINITION_SUFFIX) and not name.startswith(".")
+
+
+class DefinitionsWatcher:
+    """Calls `on_change` (from the loop) after the definition directories changed."""
+
+    def __init__(
+        self,
+        directories: Sequence[Path],
+        on_change: Callable[[], None],
+        *,
+        debounce: float = 0.2,
+        max_delay: float = 2.0,
+    ) -> None:
+        self.directories = tuple(Path(os.path.abspath(d)) for d in directories)
+        self._on_change = on_change
+        self._debounce = debounce
+        self._max_delay = max_delay
+        self._inotify: _Inotify | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: wd -> what it watches: a definition directory, or an ancestor of missing ones.
+        self._watches: dict[int, _Watch] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._burst_started = 0.0
+
+    def open(self) -> None:
+        """Start watching (changes queue until `attach`). Call before the first load, so
+        that no change can fall between the load and the watch."""
+        self._inotify = _Inotify()
+        self._arm()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._inotify is not None, "open() first"
+        self._loop = loop
+        loop.add_reader(self._inotify.fd, self._readable)
+
+    @property
+    def pending(self) -> bool:
+        """A change was seen and `on_change` has not been called for it yet."""
+        return self._timer is not None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._inotify is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._inotify.fd)
+            self._inotify.close()
+            self._inotify = None
+        self._loop = None
+
+    # ---- watches -------------------------------------------------------------------------
+
+    def _wanted(self) -> dict[Path, _Watch]:
+        wanted: dict[Path, _Watch] = {}
+        for directory in self.directories:
+            if directory.is_dir():
+                wanted[directory] = wanted.get(directory, _Watch(directory)).but_definitions()
+                continue
+            ancestor = directory.parent
+            while not ancestor.is_dir() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            step = directory.relative_to(ancestor).parts[0]
+            wanted[ancestor] = wanted.get(ancestor, _Watch(ancestor)).but_towards(step)
+        return wanted
+
+    def _arm(self) -> None:
+        """Watch each existing definition directory, and the nearest existing ancestor of each
+        missing one. Idempotent: called again whenever a watched directory comes or goes.
+
+        A directory can appear between looking for it and watching its parent; its creation
+        is then never reported, so the look is repeated until it no longer changes."""
+        assert self._inotify is not None
+        wanted = self._wanted()
+        for _ in range(_ARM_ATTEMPTS):
+            watches: dict[int, _Watch] = {}
+            for path, watch in wanted.items():
+                try:
+                    wd = self._inotify.add_watch(path, watch.mask)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        continue  # gone since we looked: the next look finds its ancestor
+                    log.warning("cannot watch %s for definition changes: %s", path, exc.strerror)
+                    continue
+                watches[wd] = watch
+            for wd in set(self._watches) - set(watches):
+                self._inotify.rm_watch(wd)
+            self._watches = watches
+            again = self._wanted()
+            if again == wanted:
+                return
+            wanted = again
+        log.warning("definition directories keep changing; watching what was there last")
+
+    # ---- events --------------------------------------------------------------------------
+
+    def _readable(self) -> None:
+        if self._inotify is None:
+            return
+        changed = False
+        rearm = False
+        for wd, mask, name in self._inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                changed = True
+                continue
+            watch = self._watches.get(wd)
+            if watch is None:
+                continue
+            if mask & _SELF_EVENTS:
+                rearm = changed = True
+                continue
+            if watch.definitions and relevant_name(name):
+                changed = True
+            if name in watch.towards:
+                # A missing directory, or a step towards it, appeared; one that arrives whole
+                # (renamed into place) may already hold files.
+                rearm = changed = True
+        if rearm:
+            self._arm()
+        if changed:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        if self._timer is None:
+            self._burst_started = now
+        else:
+            self._timer.cancel()
+        fire_at = min(now + self._debounce, self._burst_started + self._max_delay)
+        self._timer = self._loop.call_at(fire_at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._on_change()

@@ -29,7 +29,9 @@ from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.names import BUS_NAME
 from mdevd.bus.tree import ManagedObjectBus, ObjectTree
+from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
+from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.engine import Engine, EngineSettings
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
@@ -53,7 +55,7 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings, store: DefinitionStore) -> None:
+    def __init__(self, settings: DaemonSettings, store: EngineStore) -> None:
         self.settings = settings
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
         self.engine = Engine(self.kernel, store, EngineSettings(io_timeout=settings.io_timeout))
@@ -176,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("udev", "kernel", "none"),
         help="where kernel events come from (default udev)",
     )
+    compat_setup.add_arguments(parser)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("MDEVD_LOG_LEVEL", "info"),
@@ -206,9 +209,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store_config = config.store
     if args.devices_dir:
-        store = DefinitionStore(args.devices_dir, write_dir=args.devices_dir[0])
+        toml_store = DefinitionStore(args.devices_dir, write_dir=args.devices_dir[0])
     else:
-        store = DefinitionStore.from_config(store_config)
+        toml_store = DefinitionStore.from_config(store_config)
+    compat_config = compat_setup.effective_config(config.mdevctl, args)
     daemon_config = config.daemon
     settings = DaemonSettings(
         sysfs_root=args.sysfs_root or daemon_config.sysfs_root,
@@ -219,7 +223,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        daemon = Daemon(settings, store)
+        compat = compat_setup.build(compat_config)
+        daemon = Daemon(settings, compat.store(toml_store))
         await daemon.start()
         await daemon.run_until_stopped()
 

@@ -180,10 +180,14 @@ class MdevctlTree:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_mdevctl_tree(root: Path = DEFAULT_MDEVCTL_DIR) -> MdevctlTree:
+def read_mdevctl_tree(
+    root: Path = DEFAULT_MDEVCTL_DIR, *, verb: str = "not imported"
+) -> MdevctlTree:
     """Read `root/<parent>/<uuid>` files the way mdevctl's `list --defined` does.
 
-    Raises `ConfigInvalid` if `root` itself cannot be read.
+    `verb` starts each problem's reason: what happens to the file ("not imported" by
+    `import-mdevctl`, "ignored" by the daemon's live mdevctl store). Raises `ConfigInvalid` if
+    `root` itself cannot be read.
     """
     tree = MdevctlTree()
     try:
@@ -214,16 +218,18 @@ def read_mdevctl_tree(root: Path = DEFAULT_MDEVCTL_DIR) -> MdevctlTree:
             continue
         found: list[Definition] = []
         for child in children:
-            problem = _read_child(child, parent_entry.name, found)
+            problem = _read_child(child, parent_entry.name, found, verb)
             if problem is not None:
                 tree.problems.append(problem)
         tree.definitions.extend(sorted(found, key=lambda d: d.uuid))
     return tree
 
 
-def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -> Problem | None:
+def _read_child(
+    child: os.DirEntry[str], parent: str, found: list[Definition], verb: str
+) -> Problem | None:
     if child.is_symlink():
-        return Problem(printable_path(child.path), 0, "not imported: mdevctl ignores symlinks")
+        return Problem(printable_path(child.path), 0, f"{verb}: mdevctl ignores symlinks")
     if not child.is_file(follow_symlinks=False):
         return None
     uuid = mdevctl_uuid(child.name)
@@ -231,7 +237,7 @@ def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -
         return Problem(
             printable_path(child.path),
             0,
-            "not imported: mdevctl ignores it (the name is not a UUID)",
+            f"{verb}: mdevctl ignores it (the name is not a UUID)",
         )
     try:
         with open(child.path, "rb") as f:
@@ -243,13 +249,11 @@ def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return Problem(
-            printable_path(child.path), 0, "not imported: mdevctl rejects it: not UTF-8 text"
-        )
+        return Problem(printable_path(child.path), 0, f"{verb}: mdevctl rejects it: not UTF-8 text")
     try:
         found.append(parse_mdevctl_json(text, uuid, parent, child.path))
     except MdevdError as e:
-        return Problem(printable_path(child.path), 0, f"not imported: {e.message}", uuid=uuid)
+        return Problem(printable_path(child.path), 0, f"{verb}: {e.message}", uuid=uuid)
     return None
 
 

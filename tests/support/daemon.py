@@ -96,8 +96,14 @@ def running_daemon(
     start_timeout: float = 30,
     uevent_source: str = "udev",
     print_log: bool = True,
+    mdevctl_dir: Path | None = None,
+    mdevctl_scripts_dir: Path | None = None,
 ) -> Iterator[DaemonProcess]:
-    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit."""
+    """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit.
+
+    mdevctl's directories default to (absent) ones in the daemon's work directory, so that no
+    test reads or writes the host's /etc/mdevctl.d or runs its callout scripts.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
         devices_dirs = [workdir / "devices.d"]
@@ -127,6 +133,8 @@ def running_daemon(
     ]
     for directory in devices_dirs:
         argv += ["--devices-dir", str(directory)]
+    argv += ["--mdevctl-dir", str(mdevctl_dir or workdir / "mdevctl.d")]
+    argv += ["--mdevctl-scripts-dir", str(mdevctl_scripts_dir or workdir / "mdevctl-scripts.d")]
     argv += list(extra_args)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -320,6 +320,7 @@ class Client:
         autostart: bool | None = None,
         attributes: Sequence[tuple[str, str]] | None = None,
         live: bool | None = None,
+        persist: bool | None = None,
     ) -> None:
         changes: dict[str, Variant] = {}
         if type_id is not None:
@@ -334,7 +335,7 @@ class Client:
             DEVICE_INTERFACE,
             "Update",
             "a{sv}a{sv}",
-            [changes, _options(live=live, auth_interactive=self._auth())],
+            [changes, _options(live=live, persist=persist, auth_interactive=self._auth())],
         )
 
     async def reload(self) -> None:

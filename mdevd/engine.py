@@ -372,6 +372,29 @@ class Engine:
             self._event(state, "updated", REASON_API)
             return state
 
+    async def update_running(self, uuid: str, attributes: Attributes) -> DeviceState:
+        """Write `attributes` to the running device only; its definition, if any, stays.
+
+        mdevctl's `modify --live` without `--defined`.
+        """
+        uuid = validate.uuid(uuid)
+        attributes = _check_attributes(attributes)
+        device = self._active.get(uuid)
+        if device is None:
+            if uuid in self._definitions:
+                raise NotActive(f"device {uuid} is not active")
+            raise NotFound(f"device {uuid} is neither defined nor active")
+        async with self._locks(uuid, device.parent):
+            if uuid not in self._active:
+                raise NotActive(f"device {uuid} is not active")
+            for name, value in attributes:
+                await self._io(self.kernel.write_attribute, uuid, name, value)
+            if uuid not in self._definitions:
+                self._transient_attributes[uuid] = attributes
+            state = self._publish_present(uuid)
+            self._event(state, "updated", REASON_API)
+            return state
+
     async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
 

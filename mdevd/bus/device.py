@@ -24,6 +24,7 @@ from mdevd.bus import options as opts
 from mdevd.bus.errors import dbus_errors
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
 from mdevd.bus.paths import parent_path
+from mdevd.errors import InvalidArgument
 from mdevd.model import DeviceState
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
 _AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
 _DEFINE_OPTIONS = {"autostart": "b", opts.AUTH_INTERACTIVE: "b"}
-_UPDATE_OPTIONS = {"live": "b", opts.AUTH_INTERACTIVE: "b"}
+_UPDATE_OPTIONS = {"live": "b", "persist": "b", opts.AUTH_INTERACTIVE: "b"}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
 
 
@@ -153,11 +154,21 @@ class DeviceInterface(ServiceInterface):
         attributes = (
             opts.attributes(change["attributes"], "Update") if "attributes" in change else None
         )
+        live = bool(values.get("live", False))
+        if not values.get("persist", True):
+            if not live or attributes is None or set(change) != {"attributes"}:
+                raise InvalidArgument(
+                    "Update: persist=false changes only the running device's attributes: "
+                    "it needs live=true and no change but attributes"
+                )
+            await self._tree.authorize("Update", opts.interactive(values))
+            await self._tree.engine.update_running(self.state.uuid, attributes)
+            return
         await self._tree.authorize("Update", opts.interactive(values))
         await self._tree.engine.update(
             self.state.uuid,
             type_id=change.get("type"),
             autostart=change.get("autostart"),
             attributes=attributes,
-            live=bool(values.get("live", False)),
+            live=live,
         )

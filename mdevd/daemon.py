@@ -32,7 +32,7 @@ from mdevd.bus.tree import ManagedObjectBus, ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
 from mdevd.engine import DefinitionStore as EngineStore
-from mdevd.engine import Engine, EngineSettings
+from mdevd.engine import Engine, EngineSettings, OperationHooks
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.store import DefinitionStore
@@ -55,10 +55,14 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings, store: EngineStore) -> None:
+    def __init__(
+        self, settings: DaemonSettings, store: EngineStore, hooks: OperationHooks | None = None
+    ) -> None:
         self.settings = settings
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
-        self.engine = Engine(self.kernel, store, EngineSettings(io_timeout=settings.io_timeout))
+        self.engine = Engine(
+            self.kernel, store, EngineSettings(io_timeout=settings.io_timeout), hooks
+        )
         self.events: UeventSource | None = None
         self.bus: MessageBus | None = None
         self.tree: ObjectTree | None = None
@@ -224,7 +228,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         compat = compat_setup.build(compat_config)
-        daemon = Daemon(settings, compat.store(toml_store))
+        daemon = Daemon(settings, compat.store(toml_store), compat.hooks())
         await daemon.start()
         await daemon.run_until_stopped()
 

@@ -19,6 +19,7 @@ import uuid as uuid_module
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -86,6 +87,41 @@ class Listener(Protocol):
     def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None: ...
 
 
+class OperationHooks(Protocol):
+    """Runs around each operation, whoever asked for it (mdevd.compat.hooks: mdevctl's
+    callouts). `action` is mdevctl's word: start, stop, define, undefine, modify."""
+
+    def transaction(
+        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
+    ) -> AbstractAsyncContextManager[Definition]:
+        """Before the operation: may refuse it (raise). Yields the device's config (with
+        `fill_attributes`, the running device's attributes as the hooks know them); after
+        the operation it learns whether it succeeded (the body raised or not)."""
+        ...
+
+    async def query_attributes(self, device: Definition) -> Attributes | None:
+        """The running device's attributes as the hooks know them; None if they do not."""
+        ...
+
+    async def live_update(self, device: Definition) -> bool:
+        """Apply `device`'s attributes to the running device; False: the engine should."""
+        ...
+
+
+class _NoHooks:
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
+    ) -> AsyncIterator[Definition]:
+        yield device
+
+    async def query_attributes(self, device: Definition) -> Attributes | None:
+        return None
+
+    async def live_update(self, device: Definition) -> bool:
+        return False
+
+
 class _NullListener:
     def device_changed(self, state: DeviceState) -> None:
         pass
@@ -117,11 +153,13 @@ class Engine:
         kernel: Sysfs,
         store: DefinitionStore,
         settings: EngineSettings | None = None,
+        hooks: OperationHooks | None = None,
     ) -> None:
         self.kernel = kernel
         self.store = store
         self.settings = settings or EngineSettings()
         self.listener: Listener = _NullListener()
+        self.hooks: OperationHooks = hooks or _NoHooks()
         self._executor = ThreadPoolExecutor(
             max_workers=self.settings.io_workers, thread_name_prefix="mdevd-io"
         )
@@ -191,6 +229,7 @@ class Engine:
         *,
         uuid: str | None = None,
         attributes: Attributes = (),
+        force: bool = False,
     ) -> DeviceState:
         """Create a transient device now: not persisted, gone when stopped."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
@@ -206,7 +245,9 @@ class Engine:
                 ):
                     return existing  # a retry of a create that already succeeded
                 raise Exists(_conflict_message(uuid, existing))
-            await self._create_in_kernel(uuid, parent, type_id, attributes)
+            config = Definition(uuid, parent, type_id, False, attributes)
+            async with self.hooks.transaction("start", config, force=force):
+                await self._create_in_kernel(uuid, parent, type_id, attributes)
             self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
             self._event(state, "started", REASON_API)
@@ -221,6 +262,7 @@ class Engine:
         attributes: Attributes = (),
         autostart: bool = False,
         start: bool = False,
+        force: bool = False,
     ) -> DeviceState:
         """Persist a definition (durable before the reply); `start` also starts it."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
@@ -242,14 +284,15 @@ class Engine:
                 elif not same_target:
                     raise Exists(_conflict_message(uuid, existing))
             if uuid not in self._definitions:
-                await self._save(wanted)
+                async with self.hooks.transaction("define", wanted, force=force):
+                    await self._save(wanted)
                 state = self._publish_present(uuid)
                 self._event(state, "defined", REASON_API)
             if start and uuid not in self._active:
-                await self._start_locked(uuid, REASON_API)
+                await self._start_locked(uuid, REASON_API, force=force)
             return self._published[uuid]
 
-    async def start_device(self, uuid: str) -> DeviceState:
+    async def start_device(self, uuid: str, *, force: bool = False) -> DeviceState:
         uuid = validate.uuid(uuid)
         definition = self._definitions.get(uuid)
         if definition is None:
@@ -257,9 +300,9 @@ class Engine:
                 raise AlreadyActive(f"device {uuid} is already active")
             raise NotDefined(f"device {uuid} is not defined")
         async with self._locks(uuid, definition.parent):
-            return await self._start_locked(uuid, REASON_API)
+            return await self._start_locked(uuid, REASON_API, force=force)
 
-    async def stop_device(self, uuid: str) -> DeviceState | None:
+    async def stop_device(self, uuid: str, *, force: bool = False) -> DeviceState | None:
         """Remove the device from the kernel; the definition, if any, stays."""
         uuid = validate.uuid(uuid)
         device = self._active.get(uuid)
@@ -272,13 +315,16 @@ class Engine:
             if device is None:
                 raise NotActive(f"device {uuid} is not active")
             state_before = self._published[uuid]
-            self._in_flight.add(uuid)
-            try:
-                await self._io(self.kernel.remove, uuid)
-            except NotActive:
-                pass  # someone else removed it first: the effect the caller wanted
-            finally:
-                self._in_flight.discard(uuid)
+            # What sysfs shows, as mdevctl tells its scripts: type, "manual", no attributes.
+            running = Definition(uuid, device.parent, device.type_id)
+            async with self.hooks.transaction("stop", running, force=force):
+                self._in_flight.add(uuid)
+                try:
+                    await self._io(self.kernel.remove, uuid)
+                except NotActive:
+                    pass  # someone else removed it first: the effect the caller wanted
+                finally:
+                    self._in_flight.discard(uuid)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -288,7 +334,9 @@ class Engine:
                 self.listener.device_removed(uuid)
             return state
 
-    async def define_active(self, uuid: str, *, autostart: bool = False) -> DeviceState:
+    async def define_active(
+        self, uuid: str, *, autostart: bool = False, force: bool = False
+    ) -> DeviceState:
         """Persist a running transient device as it is."""
         uuid = validate.uuid(uuid)
         device = self._active.get(uuid)
@@ -300,12 +348,18 @@ class Engine:
             if uuid in self._definitions:
                 raise Exists(f"device {uuid} is already defined")
             attributes = self._transient_attributes.get(uuid, ())
-            await self._save(Definition(uuid, device.parent, device.type_id, autostart, attributes))
+            config = Definition(uuid, device.parent, device.type_id, autostart, attributes)
+            # The hooks may know the running device's attributes better (mdevctl's `get
+            # attributes`: vfio-ap's are write-only in sysfs, and may have changed since).
+            async with self.hooks.transaction(
+                "define", config, force=force, fill_attributes=True
+            ) as config:
+                await self._save(config)
             state = self._publish_present(uuid)
             self._event(state, "defined", REASON_API)
             return state
 
-    async def undefine(self, uuid: str) -> DeviceState | None:
+    async def undefine(self, uuid: str, *, force: bool = False) -> DeviceState | None:
         """Drop the definition; a running device keeps running (as a transient one)."""
         uuid = validate.uuid(uuid)
         definition = self._definitions.get(uuid)
@@ -318,7 +372,8 @@ class Engine:
             if definition is None:
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
-            await self._io(self.store.remove, uuid)
+            async with self.hooks.transaction("undefine", definition, force=force):
+                await self._io(self.store.remove, uuid)
             del self._definitions[uuid]
             if uuid in self._active:
                 self._transient_attributes[uuid] = definition.attributes
@@ -338,6 +393,7 @@ class Engine:
         autostart: bool | None = None,
         attributes: Attributes | None = None,
         live: bool = False,
+        force: bool = False,
     ) -> DeviceState:
         """Change a definition; with `live`, also write the attributes to the running device."""
         uuid = validate.uuid(uuid)
@@ -364,10 +420,10 @@ class Engine:
                 attributes=definition.attributes if attributes is None else attributes,
             )
             if live and active and attributes is not None:
-                for name, value in attributes:
-                    await self._io(self.kernel.write_attribute, uuid, name, value)
-            if new != definition:
-                await self._save(new)
+                await self._write_live(new)
+            async with self.hooks.transaction("modify", new, force=force):
+                if new != definition:
+                    await self._save(new)
             state = self._publish_present(uuid)
             self._event(state, "updated", REASON_API)
             return state
@@ -387,13 +443,24 @@ class Engine:
         async with self._locks(uuid, device.parent):
             if uuid not in self._active:
                 raise NotActive(f"device {uuid} is not active")
-            for name, value in attributes:
-                await self._io(self.kernel.write_attribute, uuid, name, value)
+            config = replace(self._config(uuid), attributes=attributes)
+            await self._write_live(config)
             if uuid not in self._definitions:
                 self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
             self._event(state, "updated", REASON_API)
             return state
+
+    async def query_attributes(self, uuid: str) -> Attributes:
+        """The running device's attributes: the hooks' answer (mdevctl's `get attributes`),
+        else the ones mdevd wrote."""
+        uuid = validate.uuid(uuid)
+        if uuid not in self._active:
+            if uuid in self._definitions:
+                raise NotActive(f"device {uuid} is not active")
+            raise NotFound(f"device {uuid} is neither defined nor active")
+        answered = await self.hooks.query_attributes(self._config(uuid))
+        return answered if answered is not None else self._published[uuid].attributes
 
     async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
@@ -529,16 +596,17 @@ class Engine:
 
     # ---- internals -------------------------------------------------------------------------
 
-    async def _start_locked(self, uuid: str, reason: str) -> DeviceState:
+    async def _start_locked(self, uuid: str, reason: str, *, force: bool = False) -> DeviceState:
         if uuid in self._active:
             raise AlreadyActive(f"device {uuid} is already active")
         definition = self._definitions.get(uuid)
         if definition is None:
             raise NotDefined(f"device {uuid} is not defined")
         try:
-            await self._create_in_kernel(
-                uuid, definition.parent, definition.type_id, definition.attributes
-            )
+            async with self.hooks.transaction("start", definition, force=force):
+                await self._create_in_kernel(
+                    uuid, definition.parent, definition.type_id, definition.attributes
+                )
         except MdevdError as exc:
             self._last_error[uuid] = f"{exc.name}: {exc.message}"
             state = self._publish_present(uuid)
@@ -595,6 +663,22 @@ class Engine:
             self._in_flight.discard(uuid)
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
+
+    def _config(self, uuid: str) -> Definition:
+        """What the hooks are told about a known device: its definition, else what runs."""
+        definition = self._definitions.get(uuid)
+        if definition is not None:
+            return definition
+        device = self._active[uuid]
+        attributes = self._transient_attributes.get(uuid, ())
+        return Definition(uuid, device.parent, device.type_id, False, attributes)
+
+    async def _write_live(self, config: Definition) -> None:
+        """Apply attributes to a running device: through the hooks when they can, else here."""
+        if await self.hooks.live_update(config):
+            return
+        for name, value in config.attributes:
+            await self._io(self.kernel.write_attribute, config.uuid, name, value)
 
     async def _refresh_parent(self, name: str) -> None:
         try:

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
 _AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
-_DEFINE_OPTIONS = {"autostart": "b", opts.AUTH_INTERACTIVE: "b"}
-_UPDATE_OPTIONS = {"live": "b", "persist": "b", opts.AUTH_INTERACTIVE: "b"}
+_OPERATION_OPTIONS = {opts.FORCE: "b", opts.AUTH_INTERACTIVE: "b"}
+_DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
+_UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
 
 
@@ -119,16 +120,16 @@ class DeviceInterface(ServiceInterface):
     @dbus_method()
     @dbus_errors
     async def Start(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Start")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Start")
         await self._tree.authorize("Start", opts.interactive(values))
-        await self._tree.engine.start_device(self.state.uuid)
+        await self._tree.engine.start_device(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
     async def Stop(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Stop")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Stop")
         await self._tree.authorize("Stop", opts.interactive(values))
-        await self._tree.engine.stop_device(self.state.uuid)
+        await self._tree.engine.stop_device(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
@@ -136,15 +137,17 @@ class DeviceInterface(ServiceInterface):
         values = opts.check_options(options, _DEFINE_OPTIONS, "Define")
         await self._tree.authorize("Define", opts.interactive(values))
         await self._tree.engine.define_active(
-            self.state.uuid, autostart=bool(values.get("autostart", False))
+            self.state.uuid,
+            autostart=bool(values.get("autostart", False)),
+            force=opts.force(values),
         )
 
     @dbus_method()
     @dbus_errors
     async def Undefine(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Undefine")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Undefine")
         await self._tree.authorize("Undefine", opts.interactive(values))
-        await self._tree.engine.undefine(self.state.uuid)
+        await self._tree.engine.undefine(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
@@ -171,4 +174,13 @@ class DeviceInterface(ServiceInterface):
             autostart=change.get("autostart"),
             attributes=attributes,
             live=live,
+            force=opts.force(values),
         )
+
+    @dbus_method()
+    @dbus_errors
+    async def QueryAttributes(self, options: DBusDict) -> DBusAttributes:
+        values = opts.check_options(options, _AUTH_ONLY, "QueryAttributes")
+        await self._tree.authorize("QueryAttributes", opts.interactive(values))
+        attributes = await self._tree.engine.query_attributes(self.state.uuid)
+        return [list(pair) for pair in attributes]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import re
 import sys
@@ -296,6 +297,16 @@ class Session:
                 return None
             raise
 
+    async def running_attributes(self, device: DeviceInfo) -> Attributes:
+        """What the device's callout script says (mdevctl's `get attributes`), through the
+        daemon; the attributes mdevd knows when the caller may not run scripts."""
+        try:
+            return await self.client.query_attributes(device.uuid)
+        except DaemonError as e:
+            if e.short_name.startswith("NotAuthorized") or e.short_name == "NotActive":
+                return device.attributes
+            raise
+
     async def parent(self, name: str) -> ParentInfo:
         """The registered parent `name`, or mdevctl's error (with its case hint)."""
         parents = await self.client.parents()
@@ -326,9 +337,35 @@ class Session:
             raise CommandError(f"No available instances of {type_id} on {parent_name}")
 
 
+_NO_ATTRIBUTE_RE = re.compile(r"has no attribute '(?P<name>.*)'\Z")
+_REJECTED_RE = re.compile(
+    r"attribute '(?P<name>.*)' rejected value '(?P<value>.*)' \((?P<reason>[^()]*)\)\Z", re.S
+)
+#: strerror text -> errno, to print a kernel refusal as Rust's io::Error does.
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in sorted(errno.errorcode, reverse=True)}
+
+
+def _attribute_error(e: DaemonError) -> CommandError | None:
+    """An attribute the kernel refused, as mdevctl words it (`write_attr`)."""
+    missing = _NO_ATTRIBUTE_RE.search(e.message)
+    if missing is not None:
+        return CommandError(f"Invalid attribute '{missing['name']}'")
+    rejected = _REJECTED_RE.search(e.message)
+    if rejected is not None:
+        reason = rejected["reason"]
+        code = _ERRNO_BY_TEXT.get(reason)
+        cause = f"{reason} (os error {code})" if code is not None else reason
+        return CommandError(
+            f"Failed to write {rejected['value']} to attribute {rejected['name']}", cause
+        )
+    return None
+
+
 def _create_error(e: DaemonError, uuid: str, parent: str, type_id: str) -> CommandError:
     """The daemon's answer to a create, in mdevctl's words where mdevctl has them."""
     short = e.short_name
+    if short == "AttributeRejected":
+        return _attribute_error(e) or _daemon_error(e)
     if short == "ParentNotFound":
         return CommandError(f"Unable to find parent device '{parent}'")
     if short == "TypeNotSupported":
@@ -382,7 +419,10 @@ async def _list(session: Session, args: argparse.Namespace) -> None:
         and (args.uuid is None or d.uuid == args.uuid)
         and (args.parent is None or d.parent == args.parent)
     ]
-    listed = [_listed(d) for d in devices]
+    if args.defined:
+        listed = [_listed(d) for d in devices]
+    else:
+        listed = [_listed(d, await session.running_attributes(d)) for d in devices]
     if args.dumpjson:
         sys.stdout.write(output.list_json(listed, uuid_given=args.uuid is not None))
     else:
@@ -404,7 +444,27 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
             raise CommandError("Parent device required to start device via json file")
         uuid = args.uuid or str(uuid_module.uuid4())
         wanted = _from_json(text, uuid, args.parent)
-        await _create_transient(session, wanted, args.force)
+        existing = await session.device(uuid) if args.uuid else None
+        if existing is not None and existing.defined and not existing.active:
+            # mdevctl would start a transient twin of the definition; mdevd has one device
+            # per UUID, so it starts the definition when the file describes just that.
+            if (existing.parent, existing.type_id, existing.attributes) != (
+                wanted.parent,
+                wanted.type_id,
+                wanted.attributes,
+            ):
+                raise CommandError(
+                    f"device {uuid} is defined differently (type {existing.type_id} on "
+                    f"{existing.parent}); mdevd keeps one device per UUID: start it with "
+                    f"`mdevctl start -u {uuid}` or change its definition first"
+                )
+            await session.check_creatable(uuid, existing.parent, existing.type_id)
+            try:
+                await client.start(uuid, force=args.force or None)
+            except DaemonError as e:
+                raise _create_error(e, uuid, existing.parent, existing.type_id) from None
+        else:
+            await _create_transient(session, wanted, args.force)
     else:
         defined = None
         if args.uuid is not None:
@@ -419,7 +479,7 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                 )
             await session.check_creatable(defined.uuid, defined.parent, defined.type_id)
             try:
-                await client.start(defined.uuid)
+                await client.start(defined.uuid, force=args.force or None)
             except DaemonError as e:
                 raise _create_error(e, defined.uuid, defined.parent, defined.type_id) from None
             return
@@ -437,7 +497,11 @@ async def _create_transient(session: Session, wanted: Definition, force: bool) -
     await session.check_creatable(wanted.uuid, wanted.parent, wanted.type_id)
     try:
         await session.client.create_device(
-            wanted.parent, wanted.type_id, uuid=wanted.uuid, attributes=wanted.attributes
+            wanted.parent,
+            wanted.type_id,
+            uuid=wanted.uuid,
+            attributes=wanted.attributes,
+            force=force or None,
         )
     except DaemonError as e:
         raise _create_error(e, wanted.uuid, wanted.parent, wanted.type_id) from None
@@ -445,7 +509,7 @@ async def _create_transient(session: Session, wanted: Definition, force: bool) -
 
 async def _stop(session: Session, args: argparse.Namespace) -> None:
     try:
-        await session.client.stop(args.uuid)
+        await session.client.stop(args.uuid, force=args.force or None)
     except DaemonError as e:
         if e.short_name in ("NotActive", "NotFound"):
             raise CommandError(
@@ -475,6 +539,7 @@ async def _define(session: Session, args: argparse.Namespace) -> None:
             uuid=uuid,
             attributes=wanted.attributes,
             autostart=wanted.autostart,
+            force=args.force or None,
         )
     else:
         existing = await session.device(uuid) if args.uuid else None
@@ -492,9 +557,11 @@ async def _define(session: Session, args: argparse.Namespace) -> None:
         if running is not None and (running.parent, running.type_id) == (parent, type_id):
             # Define the running device as it is: the daemon asks the callouts for its
             # attributes (mdevctl's `get attributes`).
-            await client.define(uuid, autostart=args.auto)
+            await client.define(uuid, autostart=args.auto, force=args.force or None)
         else:
-            await client.define_device(parent, type_id, uuid=uuid, autostart=args.auto)
+            await client.define_device(
+                parent, type_id, uuid=uuid, autostart=args.auto, force=args.force or None
+            )
     if args.uuid is None:
         print(uuid)
 
@@ -503,7 +570,7 @@ async def _undefine(session: Session, args: argparse.Namespace) -> None:
     device = await session.device(args.uuid)
     if device is None or not device.defined or args.parent not in (None, device.parent):
         raise CommandError("No devices match the specified uuid")
-    await session.client.undefine(args.uuid)
+    await session.client.undefine(args.uuid, force=args.force or None)
 
 
 def _not_defined(uuid: str, parent: str | None) -> CommandError:
@@ -525,7 +592,11 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
             if not device.defined:
                 raise _not_defined(args.uuid, device.parent)
             await client.update(
-                args.uuid, autostart=wanted.autostart, attributes=wanted.attributes, live=True
+                args.uuid,
+                autostart=wanted.autostart,
+                attributes=wanted.attributes,
+                live=True,
+                force=args.force or None,
             )
         else:
             await client.update(args.uuid, attributes=wanted.attributes, live=True, persist=False)
@@ -541,6 +612,7 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
             type_id=wanted.type_id,
             autostart=wanted.autostart,
             attributes=wanted.attributes,
+            force=args.force or None,
         )
         return
     attributes = list(device.attributes)
@@ -562,6 +634,7 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
         type_id=args.mdev_type,
         autostart=autostart,
         attributes=attributes if tuple(attributes) != device.attributes else None,
+        force=args.force or None,
     )
 
 

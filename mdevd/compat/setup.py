@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mdevd import atomic
+from mdevd.compat.callouts import CalloutRunner
 from mdevd.compat.directory import MdevctlDirectory
+from mdevd.compat.hooks import CalloutHooks
 from mdevd.compat.store import CompatStore
 from mdevd.config import MdevctlConfig
 from mdevd.errors import ConfigInvalid
@@ -80,6 +82,15 @@ class CompatParts:
 
     def store(self, toml: DefinitionStore) -> CompatStore:
         return CompatStore(toml, self.directory)
+
+    def hooks(self) -> CalloutHooks | None:
+        """mdevctl's callouts around every operation, unless `callouts` is off."""
+        if not self.config.callouts:
+            return None
+        runner = CalloutRunner(
+            self.callout_dirs(), self.notifier_dirs(), timeout=self.config.callout_timeout
+        )
+        return CalloutHooks(runner)
 
 
 def build(config: MdevctlConfig) -> CompatParts:

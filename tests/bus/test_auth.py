@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 #: The contract, in the shared notes beside the repository.
 CONTRACT = REPO.parent / "shared" / "notes" / "dbus-api.md"
-MANAGE = {"CreateDevice", "Start", "Stop"}
+MANAGE = {"CreateDevice", "Start", "Stop", "QueryAttributes"}
 CONFIGURE = {"DefineDevice", "Define", "Undefine", "Update", "Reload"}
 READS = {"GetDevice"}
 

@@ -37,6 +37,7 @@ METHODS = {
         "Define": ("a{sv}", ""),
         "Undefine": ("a{sv}", ""),
         "Update": ("a{sv}a{sv}", ""),
+        "QueryAttributes": ("a{sv}", "a(ss)"),
     },
 }
 PROPERTIES = {

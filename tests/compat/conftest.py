@@ -59,8 +59,9 @@ class CompatDirs:
         _write_executable(path, text)
         return path
 
-    def notifier(self, name: str, text: str) -> Path:
-        path = self.scripts / "notifiers" / name
+    def notifier(self, name: str, text: str, where: str = "lib") -> Path:
+        base = self.scripts if where == "lib" else self.mdevctl / "scripts.d"
+        path = base / "notifiers" / name
         _write_executable(path, text)
         return path
 

@@ -372,8 +372,10 @@ def _create_error(e: DaemonError, uuid: str, parent: str, type_id: str) -> Comma
         return CommandError(f"Parent {parent} does not support mdev type {type_id}")
     if short == "NoInstancesAvailable":
         return CommandError(f"No available instances of {type_id} on {parent}")
-    if short in ("Exists", "AlreadyActive"):
+    if short == "AlreadyActive":
         return CommandError("Device already exists")
+    # Exists here is not a running twin (`check_creatable` answered that in mdevctl's
+    # words) but mdevd's one device per UUID: a definition elsewhere. Its message says so.
     return _daemon_error(e)
 
 

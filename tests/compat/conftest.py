@@ -226,3 +226,24 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20, what: str = "c
             return value
         time.sleep(0.02)
     raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+class ClientThread:
+    """One client connection on a loop of its own, for synchronous tests to call through."""
+
+    def __init__(self, address: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.client: Client = self._wait(Client.connect(address))
+
+    def _wait(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(120)
+
+    def call(self, method: str, *args: object, **kwargs: object) -> Any:
+        return self._wait(getattr(self.client, method)(*args, **kwargs))
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self.client.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

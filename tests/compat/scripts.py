@@ -210,3 +210,53 @@ def versioned(log: Path, type_id: str, *, live: bool = True) -> str:
     return _VERSIONED.format(
         python=sys.executable, log=str(log), type_id=type_id, actions=actions, events=events
     )
+
+
+# ---- stand-ins for mdevctl's own test callouts (testdata/callouts/*.sh, not vendored) -------
+
+#: The UUID mdevctl's versioned test scripts claim, and the one they support live changes for.
+UUID_VERSIONED = "11111111-1111-0000-0000-000000000000"
+UUID_LIVE = "11111111-1111-1111-0000-000000000000"
+
+_GOLDEN = r"""#!{python}
+# {name}: what mdevctl's testdata/callouts/{name}.sh does, as its tests show.
+import json, os, sys
+NAME, STATE = {name!r}, {state!r}
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+event, action, uuid = args["-e"], args["-a"], args["-u"]
+stdin = sys.stdin.read()
+versioned = NAME.startswith(("ver-", "live-", "modify-active"))
+if NAME.startswith("ver-") and uuid != {versioned_uuid!r}:
+    sys.exit(2)
+if event == "get" and action == "capabilities":
+    if versioned:
+        events = ["pre", "post", "notify", "get"]
+        if uuid == {live_uuid!r}:
+            events.append("live")
+        actions = ["start", "stop", "define", "undefine", "modify", "attributes", "capabilities"]
+        print(json.dumps({{"supports": {{"version": 2, "actions": actions, "events": events}}}}))
+    sys.exit(0)
+if NAME == "rc1" or (NAME == "ver-rc1" and event != "get"):
+    sys.exit(1)
+if event == "live":
+    if NAME == "live-rc1":
+        sys.exit(1)
+    with open(os.path.join(STATE, uuid), "w") as f:
+        f.write(json.dumps(json.loads(stdin)["attrs"]))
+if event == "get" and action == "attributes":
+    if NAME == "good-json":
+        print('[{{"attribute0": "VALUE"}}]')
+    elif NAME == "bad-json":
+        print('[{{"attribute0": "VALUE"')
+    elif NAME == "modify-active":
+        path = os.path.join(STATE, uuid)
+        print(open(path).read() if os.path.exists(path) else "[]")
+"""
+
+
+def golden(name: str, state: Path) -> str:
+    """rc0, rc1, good-json, bad-json, ver-rc0, ver-rc1, live-rc0, live-rc1, modify-active."""
+    return _GOLDEN.format(
+        python=sys.executable, name=name, state=str(state), versioned_uuid=UUID_VERSIONED,
+        live_uuid=UUID_LIVE,
+    )  # fmt: skip

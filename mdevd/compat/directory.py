@@ -10,7 +10,8 @@ copies of its TOML definitions (see `mdevd.compat.store`): with it, a copy whose
 definition was deleted is removed instead of being mistaken for an mdevctl definition. mdevctl
 skips it (it is a file, not a parent directory).
 
-Synchronous and not locked: `mdevd.compat.store` serializes its callers.
+Synchronous and not locked: `mdevd.compat.store` serializes its callers. Files unchanged since
+the last read (inode, size, times) are not parsed again.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class MirrorEntry:
 class MdevctlDirectory:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._cache: mdevctl_format.ReadCache = {}
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -70,7 +72,7 @@ class MdevctlDirectory:
         """
         if not self.root.exists():
             return MdevctlTree()
-        tree = mdevctl_format.read_mdevctl_tree(self.root, verb="ignored")
+        tree = mdevctl_format.read_mdevctl_tree(self.root, verb="ignored", cache=self._cache)
         tree.problems = [p for p in tree.problems if not atomic.is_temp_name(Path(p.file).name)]
         return tree
 

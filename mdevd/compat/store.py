@@ -99,9 +99,10 @@ class CompatStore:
             else:
                 self._refuse_over_broken(view, wanted)
                 saved = self._save_in_mdevctl(wanted, None)
-            if self.mdevctl is not None:
-                self._sync_mirror(self._read(), changed_through_mdevd=uuid)
-            in_effect = self._read().result.definitions.get(uuid)
+            view = self._read()
+            if self.mdevctl is not None and self._sync_mirror(view, changed_through_mdevd=uuid):
+                view = self._read()
+            in_effect = view.result.definitions.get(uuid)
         if in_effect is None or not definitions.same_device(in_effect, wanted):
             where = saved.source_file
             raise Failed(f"device {uuid}: written to {where}, but another definition is in effect")

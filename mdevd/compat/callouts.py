@@ -17,7 +17,8 @@ The protocol (mdevctl's `src/callouts.rs` is the caller side; s390-tools' `ap-ch
 - Notifier scripts (`.../notifiers`) all run after an operation with event `notify`.
 
 Every run is an asyncio subprocess with a timeout (the process group is killed when it
-passes); nothing blocks the event loop. Transactions and their locking are `mdevd.compat.hooks`.
+passes); directories are listed in a worker thread: nothing blocks the event loop.
+Transactions and their locking are `mdevd.compat.hooks`.
 """
 
 from __future__ import annotations
@@ -178,9 +179,13 @@ class CalloutRunner:
                         found.append(path)
         return found
 
+    async def callout_scripts(self) -> list[Path]:
+        """The callout scripts in the order they are asked (listed off the event loop)."""
+        return await asyncio.to_thread(self.scripts_in, self.callout_dirs)
+
     async def versioned_script(self, device: Definition) -> Capabilities | None:
         """The version 2 script that handles `device`'s parent and type, if one does."""
-        key = _signature(self.callout_dirs)
+        key = await asyncio.to_thread(_signature, self.callout_dirs)
         if key != self._versioned_key:
             self._versioned.clear()
             self._versioned_key = key
@@ -189,7 +194,7 @@ class CalloutRunner:
             return self._versioned[target]
         found: Capabilities | None = None
         stdin = json.dumps(PROVIDES, separators=(",", ":")).encode()
-        for path in self.scripts_in(self.callout_dirs):
+        for path in await self.callout_scripts():
             run = await self.run(path, device, Event.GET, Action.CAPABILITIES, State.NONE, stdin)
             if run is None or run.returncode is None or run.returncode == EXIT_NOT_MINE:
                 continue
@@ -268,7 +273,7 @@ class CalloutRunner:
             if not versioned.supports(event, action):
                 return versioned
             return await self.run(versioned.path, device, event, action, state, stdin)
-        for path in self.scripts_in(self.callout_dirs):
+        for path in await self.callout_scripts():
             run = await self.run(path, device, event, action, state, stdin)
             if run is None or (run.returncode is None and not run.timed_out):
                 continue
@@ -280,7 +285,7 @@ class CalloutRunner:
     async def notify(self, device: Definition, action: Action, state: State) -> None:
         """Run every notifier script; their answers are only logged."""
         stdin = config_json(device).encode()
-        for path in self.scripts_in(self.notifier_dirs):
+        for path in await asyncio.to_thread(self.scripts_in, self.notifier_dirs):
             run = await self.run(path, device, Event.NOTIFY, action, state, stdin)
             if run is not None and run.returncode not in (0, EXIT_NOT_MINE):
                 log.debug("device %s: notifier %s answered %s", device.uuid, path, run.returncode)

@@ -14,8 +14,9 @@ autostart), is one transaction per mdevctl's protocol:
 - Once `pre` has passed, `post` always runs after the operation, also when it failed, so a
   script's lock (ap-check's `/run/lock/s390apconfig.lock`, owned by the daemon's PID) is
   always released.
-- One transaction per device type at a time: ap-check's lock is not re-entrant, and a second
-  `pre` of the same type while the first holds it would wait ~100 s and fail. `get
+- One transaction per device type at a time (while callout scripts are installed): ap-check's
+  lock is not re-entrant, and a second `pre` of the same type while the first holds it would
+  wait ~100 s and fail. `get
   attributes` runs under the same per-type lock (ap-check takes its lock for it too).
 - Defining a running device first asks `get attributes` (mdevctl 1.2's order, so `pre` sees
   the attributes); the answer becomes the definition's attributes.
@@ -138,6 +139,18 @@ class CalloutHooks:
         """pre -> (yield the device's config) -> post; see the module documentation."""
         act = Action(action)
         state = State.NONE
+        if not await self.runner.callout_scripts():
+            # Nothing to ask: no per-type serialization either (different parents proceed in
+            # parallel, as the engine promises), only the notifiers are told.
+            try:
+                yield device
+                state = State.SUCCESS
+            except BaseException:
+                state = State.FAILURE
+                raise
+            finally:
+                self._notify(device, act, state)
+            return
         try:
             async with self._type_locks[device.type_id]:
                 if fill_attributes:

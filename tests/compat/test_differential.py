@@ -133,7 +133,12 @@ SESSION: list[Command] = [
 
 
 def _normalized(text: str) -> str:
-    return _GENERATED.sub("<generated>", text)
+    """Generated UUIDs replaced; a listing that shows one is compared as a set of lines
+    (a random UUID sorts anywhere among the others)."""
+    replaced = _GENERATED.sub("<generated>", text)
+    if replaced != text and "\n" in replaced.strip():
+        return "\n".join(sorted(replaced.splitlines()))
+    return replaced
 
 
 def _files(root: Path) -> dict[str, str]:

@@ -204,10 +204,17 @@ class Golden:
                 script.unlink()
         for child in self.state.iterdir():
             child.unlink()
+        registered = []
         for parent in ("0000:00:02.0", "0000:00:03.0", "0000:2b:00.0", "0.0.26ab"):
             if not (self.stack.sim.root / "class/mdev_bus" / parent).exists():
                 with contextlib.suppress(OSError):  # not a parent of this group's scenario
                     self.stack.sim.control.register(parent)
+                    registered.append(parent)
+        if registered:
+            wait_until(
+                lambda: set(registered) <= {p.name for p in self.call("parents")},
+                what=f"mdevd seeing {registered} again",
+            )
         for device in self.call("devices"):
             if device.active:
                 self.call("stop", device.uuid)
@@ -241,6 +248,12 @@ class Golden:
             self.stack.dirs.callout(f"{name}.sh", scripts.golden(name, self.state))
         for parent in case.unregistered:
             self.stack.sim.control.unregister(parent)
+        if case.unregistered:
+            gone = set(case.unregistered)
+            wait_until(
+                lambda: not gone & {p.name for p in self.call("parents")},
+                what=f"mdevd seeing {sorted(gone)} go",
+            )
 
     def _active_check(self, uuid: str) -> Callable[[], bool]:
         return lambda: any(d.uuid == uuid and d.active for d in self.call("devices"))

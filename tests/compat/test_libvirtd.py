@@ -49,7 +49,8 @@ class Events:
     def __init__(self, daemon: libvirtd.Libvirtd) -> None:
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [libvirtd.VIRSH or "virsh", "-c", daemon.uri, "nodedev-event", "--event", "lifecycle", "--loop"],
+            [libvirtd.VIRSH or "virsh", "-c", daemon.uri, "nodedev-event", "--event", "lifecycle",
+             "--loop"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)

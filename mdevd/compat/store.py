@@ -15,7 +15,8 @@ holds, so libvirt's file monitor, ap-check and zdev see mdevd's definitions:
 - a new definition (D-Bus, the `mdevctl` front end) is written there, `<root>/<parent>/<uuid>`,
   in mdevctl's exact format; a definition read from there is changed or removed in place;
 - every TOML definition is mirrored there as a copy, recorded in the directory's mirror record
-  with a digest of what was written. A copy still equal to what mdevd wrote follows its TOML
+  with a digest of what was written. A copy still equal to what mdevd wrote (or a file found
+  identical to the TOML definition, which is then recorded as its copy) follows its TOML
   definition (rewritten when the TOML changes, removed when it goes). A copy someone else
   changed is theirs: while the TOML definition exists it is a reported conflict (the TOML
   wins, the file is not overwritten), and once the TOML definition is gone it is an mdevctl

@@ -11,6 +11,9 @@
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
+# Holds `mdevctl`, a link to mdevd-mdevctl: put this directory first in libvirtd's PATH (and
+# nobody else's) to have libvirt use mdevd without replacing the real mdevctl package.
+LIBEXECDIR ?= $(PREFIX)/libexec
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 SYSCONFDIR ?= /etc
@@ -44,12 +47,14 @@ install:
 	done
 	$(PYTHON) -m compileall -q -d "$(PYTHONDIR)/mdevd" "$(D)$(PYTHONDIR)/mdevd"
 	$(INSTALL) -d -m 0755 "$(D)$(BINDIR)"
-	@for tool in mdevd:mdevd.main mdevdctl:mdevd.ctl; do \
+	@for tool in mdevd:mdevd.main mdevdctl:mdevd.ctl mdevd-mdevctl:mdevd.compat.frontend; do \
 		name=$${tool%%:*}; module=$${tool#*:}; \
 		sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@PYTHONDIR@|$(PYTHONDIR)|' -e "s|@MODULE@|$$module|" \
 			tools/launcher.in > "$(D)$(BINDIR)/$$name.tmp" && \
 		chmod 0755 "$(D)$(BINDIR)/$$name.tmp" && mv "$(D)$(BINDIR)/$$name.tmp" "$(D)$(BINDIR)/$$name" || exit 1; \
 	done
+	$(INSTALL) -d -m 0755 "$(D)$(LIBEXECDIR)/mdevd"
+	ln -sf "$(BINDIR)/mdevd-mdevctl" "$(D)$(LIBEXECDIR)/mdevd/mdevctl"
 	$(INSTALL) -d -m 0755 "$(D)$(UNITDIR)"
 	sed -e 's|^ExecStart=/usr/bin/mdevd|ExecStart=$(BINDIR)/mdevd|' systemd/mdevd.service \
 		> "$(D)$(UNITDIR)/mdevd.service.tmp"
@@ -75,7 +80,8 @@ install:
 
 uninstall:
 	rm -rf "$(D)$(PYTHONDIR)/mdevd"
-	rm -f "$(D)$(BINDIR)/mdevd" "$(D)$(BINDIR)/mdevdctl" "$(D)$(UNITDIR)/mdevd.service" \
+	rm -f "$(D)$(BINDIR)/mdevd" "$(D)$(BINDIR)/mdevdctl" "$(D)$(BINDIR)/mdevd-mdevctl" \
+		"$(D)$(LIBEXECDIR)/mdevd/mdevctl" "$(D)$(UNITDIR)/mdevd.service" \
 		"$(D)$(DBUS_POLICYDIR)/org.mdevd.Mdevd1.conf" \
 		"$(D)$(DBUS_SERVICEDIR)/org.mdevd.Mdevd1.service" \
 		"$(D)$(POLKIT_ACTIONDIR)/org.mdevd.Mdevd1.policy" \

@@ -261,8 +261,11 @@ class Client:
         *,
         uuid: str | None = None,
         attributes: Sequence[tuple[str, str]] = (),
+        force: bool | None = None,
     ) -> str:
-        options = _options(uuid=uuid, attributes=attributes or None, auth_interactive=self._auth())
+        options = _options(
+            uuid=uuid, attributes=attributes or None, force=force, auth_interactive=self._auth()
+        )
         (path,) = await self.call(
             MANAGER_PATH, MANAGER_INTERFACE, "CreateDevice", "ssa{sv}", [parent, type_id, options]
         )
@@ -277,12 +280,14 @@ class Client:
         attributes: Sequence[tuple[str, str]] = (),
         autostart: bool | None = None,
         start: bool | None = None,
+        force: bool | None = None,
     ) -> str:
         options = _options(
             uuid=uuid,
             attributes=attributes or None,
             autostart=autostart,
             start=start,
+            force=force,
             auth_interactive=self._auth(),
         )
         (path,) = await self.call(
@@ -300,17 +305,32 @@ class Client:
             [_options(**options, auth_interactive=self._auth())],
         )
 
-    async def start(self, uuid: str) -> None:
-        await self._device_call(uuid, "Start")
+    async def start(self, uuid: str, *, force: bool | None = None) -> None:
+        await self._device_call(uuid, "Start", force=force)
 
-    async def stop(self, uuid: str) -> None:
-        await self._device_call(uuid, "Stop")
+    async def stop(self, uuid: str, *, force: bool | None = None) -> None:
+        await self._device_call(uuid, "Stop", force=force)
 
-    async def define(self, uuid: str, *, autostart: bool | None = None) -> None:
-        await self._device_call(uuid, "Define", autostart=autostart)
+    async def define(
+        self, uuid: str, *, autostart: bool | None = None, force: bool | None = None
+    ) -> None:
+        await self._device_call(uuid, "Define", autostart=autostart, force=force)
 
-    async def undefine(self, uuid: str) -> None:
-        await self._device_call(uuid, "Undefine")
+    async def undefine(self, uuid: str, *, force: bool | None = None) -> None:
+        await self._device_call(uuid, "Undefine", force=force)
+
+    async def query_attributes(self, uuid: str) -> tuple[tuple[str, str], ...]:
+        """The running device's attributes as its callout script reports them (mdevctl's
+        `get attributes`), else as mdevd wrote them."""
+        path = await self.get_device(uuid)
+        (pairs,) = await self.call(
+            path,
+            DEVICE_INTERFACE,
+            "QueryAttributes",
+            "a{sv}",
+            [_options(auth_interactive=self._auth())],
+        )
+        return tuple((str(name), str(value)) for name, value in pairs)
 
     async def update(
         self,
@@ -320,6 +340,8 @@ class Client:
         autostart: bool | None = None,
         attributes: Sequence[tuple[str, str]] | None = None,
         live: bool | None = None,
+        persist: bool | None = None,
+        force: bool | None = None,
     ) -> None:
         changes: dict[str, Variant] = {}
         if type_id is not None:
@@ -334,7 +356,10 @@ class Client:
             DEVICE_INTERFACE,
             "Update",
             "a{sv}a{sv}",
-            [changes, _options(live=live, auth_interactive=self._auth())],
+            [
+                changes,
+                _options(live=live, persist=persist, force=force, auth_interactive=self._auth()),
+            ],
         )
 
     async def reload(self) -> None:

@@ -74,11 +74,28 @@ _MINIMUM: dict[tuple[str, str], float] = {
 
 
 @dataclass(frozen=True, slots=True)
+class MdevctlConfig:
+    """`[mdevctl]`: compatibility with mdevctl and the tools built on it (see mdevd.compat)."""
+
+    #: "auto": on when `config_dir` exists at startup; "on" (created if missing); "off".
+    compatibility: Literal["auto", "on", "off"] = "auto"
+    #: mdevctl's definitions (`<parent>/<uuid>`) and its admin scripts (`scripts.d/`).
+    config_dir: Path = Path("/etc/mdevctl.d")
+    #: mdevctl's packaged scripts: `callouts/` and `notifiers/`, run before `config_dir`'s.
+    scripts_dir: Path = Path("/usr/lib/mdevctl/scripts.d")
+    #: Run callout and notifier scripts around every operation.
+    callouts: bool = True
+    #: Seconds one script run may take before it is killed (ap-check waits ~100 s for its lock).
+    callout_timeout: float = 150.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file: one field per section."""
 
     store: StoreConfig = field(default_factory=StoreConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    mdevctl: MdevctlConfig = field(default_factory=MdevctlConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,10 @@ from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.names import BUS_NAME
 from mdevd.bus.tree import ManagedObjectBus, ObjectTree
+from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
-from mdevd.engine import AUTOSTART_RETRY_DELAYS, Engine, EngineSettings
+from mdevd.engine import AUTOSTART_RETRY_DELAYS, Engine, EngineSettings, OperationHooks
+from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
@@ -63,7 +65,9 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, settings: DaemonSettings, store: DefinitionStore) -> None:
+    def __init__(
+        self, settings: DaemonSettings, store: EngineStore, hooks: OperationHooks | None = None
+    ) -> None:
         self.settings = settings
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
         self.store = store
@@ -74,6 +78,7 @@ class Daemon:
                 io_timeout=settings.io_timeout,
                 autostart_retry_delays=settings.autostart_retry_delays,
             ),
+            hooks,
         )
         self.events: UeventSource | None = None
         self.watcher: DefinitionsWatcher | None = None
@@ -100,7 +105,9 @@ class Daemon:
             )
             self.events.open()
         if self.settings.watch_definitions:
-            self.watcher = DefinitionsWatcher(self.store.dirs, self.engine.request_reload)
+            self.watcher = DefinitionsWatcher(
+                self.settings.devices_dirs, self.engine.request_reload
+            )
             self.watcher.open()
         await self.engine.start()
         sendfix.install()
@@ -234,6 +241,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("udev", "kernel", "none"),
         help="where kernel events come from (default udev)",
     )
+    compat_setup.add_arguments(parser)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("MDEVD_LOG_LEVEL") or None,
@@ -258,11 +266,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     set_level(args.log_level or config.daemon.log_level)
     store_config = config.store
     if args.devices_dir:
-        store = DefinitionStore(args.devices_dir, write_dir=args.devices_dir[0])
+        toml_store = DefinitionStore(args.devices_dir, write_dir=args.devices_dir[0])
     else:
-        store = DefinitionStore.from_config(store_config)
+        toml_store = DefinitionStore.from_config(store_config)
+    compat_config = compat_setup.effective_config(config.mdevctl, args)
     daemon_config = config.daemon
     settings = DaemonSettings(
+        devices_dirs=toml_store.dirs,
         sysfs_root=args.sysfs_root or daemon_config.sysfs_root,
         dev_root=args.dev_root or daemon_config.dev_root,
         uevent_source=args.uevent_source or daemon_config.uevent_source,
@@ -277,7 +287,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
 
     async def main() -> int:
-        daemon = Daemon(settings, store)
+        compat = compat_setup.build(compat_config)
+        daemon = Daemon(settings, compat.store(toml_store), compat.hooks())
         try:
             await daemon.start()
         except BaseException as exc:

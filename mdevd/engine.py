@@ -27,6 +27,7 @@ import uuid as uuid_module
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -95,6 +96,41 @@ class Listener(Protocol):
     def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None: ...
 
 
+class OperationHooks(Protocol):
+    """Runs around each operation, whoever asked for it (mdevd.compat.hooks: mdevctl's
+    callouts). `action` is mdevctl's word: start, stop, define, undefine, modify."""
+
+    def transaction(
+        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
+    ) -> AbstractAsyncContextManager[Definition]:
+        """Before the operation: may refuse it (raise). Yields the device's config (with
+        `fill_attributes`, the running device's attributes as the hooks know them); after
+        the operation it learns whether it succeeded (the body raised or not)."""
+        ...
+
+    async def query_attributes(self, device: Definition) -> Attributes | None:
+        """The running device's attributes as the hooks know them; None if they do not."""
+        ...
+
+    async def live_update(self, device: Definition) -> bool:
+        """Apply `device`'s attributes to the running device; False: the engine should."""
+        ...
+
+
+class _NoHooks:
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
+    ) -> AsyncIterator[Definition]:
+        yield device
+
+    async def query_attributes(self, device: Definition) -> Attributes | None:
+        return None
+
+    async def live_update(self, device: Definition) -> bool:
+        return False
+
+
 class _NullListener:
     def device_changed(self, state: DeviceState) -> None:
         pass
@@ -156,11 +192,13 @@ class Engine:
         kernel: Sysfs,
         store: DefinitionStore,
         settings: EngineSettings | None = None,
+        hooks: OperationHooks | None = None,
     ) -> None:
         self.kernel = kernel
         self.store = store
         self.settings = settings or EngineSettings()
         self.listener: Listener = _NullListener()
+        self.hooks: OperationHooks = hooks or _NoHooks()
         self._executor = ThreadPoolExecutor(
             max_workers=self.settings.io_workers, thread_name_prefix="mdevd-io"
         )
@@ -266,6 +304,7 @@ class Engine:
         *,
         uuid: str | None = None,
         attributes: Attributes = (),
+        force: bool = False,
     ) -> DeviceState:
         """Create a transient device now: not persisted, gone when stopped."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
@@ -281,8 +320,10 @@ class Engine:
                 ):
                     return existing  # a retry of a create that already succeeded
                 raise Exists(_conflict_message(uuid, existing))
+            config = Definition(uuid, parent, type_id, False, attributes)
             try:
-                await self._create_in_kernel(uuid, parent, type_id, attributes)
+                async with self.hooks.transaction("start", config, force=force):
+                    await self._create_in_kernel(uuid, parent, type_id, attributes)
             except MdevdError as exc:
                 if uuid in self._active:  # its rollback failed: it exists after all
                     self._start_failed(uuid, exc, REASON_API)
@@ -301,6 +342,7 @@ class Engine:
         attributes: Attributes = (),
         autostart: bool = False,
         start: bool = False,
+        force: bool = False,
     ) -> DeviceState:
         """Persist a definition (durable before the reply); `start` also starts it."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
@@ -322,14 +364,15 @@ class Engine:
                 elif not same_target:
                     raise Exists(_conflict_message(uuid, existing))
             if uuid not in self._definitions:
-                await self._save(wanted)
+                async with self.hooks.transaction("define", wanted, force=force):
+                    await self._save(wanted)
                 state = self._publish_present(uuid)
                 self._event(state, "defined", REASON_API)
             if start and uuid not in self._active:
-                await self._start_locked(uuid, REASON_API)
+                await self._start_locked(uuid, REASON_API, force=force)
             return self._published[uuid]
 
-    async def start_device(self, uuid: str) -> DeviceState:
+    async def start_device(self, uuid: str, *, force: bool = False) -> DeviceState:
         uuid = validate.uuid(uuid)
         definition = self._definitions.get(uuid)
         if definition is None:
@@ -337,9 +380,9 @@ class Engine:
                 raise AlreadyActive(f"device {uuid} is already active")
             raise NotDefined(f"device {uuid} is not defined")
         async with self._locks(uuid, definition.parent):
-            return await self._start_locked(uuid, REASON_API)
+            return await self._start_locked(uuid, REASON_API, force=force)
 
-    async def stop_device(self, uuid: str) -> DeviceState | None:
+    async def stop_device(self, uuid: str, *, force: bool = False) -> DeviceState | None:
         """Remove the device from the kernel; the definition, if any, stays."""
         uuid = validate.uuid(uuid)
         device = self._active.get(uuid)
@@ -352,15 +395,18 @@ class Engine:
             if device is None:
                 raise NotActive(f"device {uuid} is not active")
             state_before = self._published[uuid]
-            self._begin_operation(uuid)
-            removed: tuple[str, ...] = ()
-            try:
-                await self._io(self.kernel.remove, uuid)
-                removed = _REMOVE_EVENTS
-            except NotActive:
-                pass  # someone else removed it first: the effect the caller wanted
-            finally:
-                self._end_operation(uuid, removed)
+            # What sysfs shows, as mdevctl tells its scripts: type, "manual", no attributes.
+            running = Definition(uuid, device.parent, device.type_id)
+            async with self.hooks.transaction("stop", running, force=force):
+                self._begin_operation(uuid)
+                removed: tuple[str, ...] = ()
+                try:
+                    await self._io(self.kernel.remove, uuid)
+                    removed = _REMOVE_EVENTS
+                except NotActive:
+                    pass  # someone else removed it first: the effect the caller wanted
+                finally:
+                    self._end_operation(uuid, removed)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
             await self._refresh_parent(device.parent)
@@ -370,7 +416,9 @@ class Engine:
                 self.listener.device_removed(uuid)
             return state
 
-    async def define_active(self, uuid: str, *, autostart: bool = False) -> DeviceState:
+    async def define_active(
+        self, uuid: str, *, autostart: bool = False, force: bool = False
+    ) -> DeviceState:
         """Persist a running transient device as it is."""
         uuid = validate.uuid(uuid)
         device = self._active.get(uuid)
@@ -382,12 +430,18 @@ class Engine:
             if uuid in self._definitions:
                 raise Exists(f"device {uuid} is already defined")
             attributes = self._transient_attributes.get(uuid, ())
-            await self._save(Definition(uuid, device.parent, device.type_id, autostart, attributes))
+            config = Definition(uuid, device.parent, device.type_id, autostart, attributes)
+            # The hooks may know the running device's attributes better (mdevctl's `get
+            # attributes`: vfio-ap's are write-only in sysfs, and may have changed since).
+            async with self.hooks.transaction(
+                "define", config, force=force, fill_attributes=True
+            ) as config:
+                await self._save(config)
             state = self._publish_present(uuid)
             self._event(state, "defined", REASON_API)
             return state
 
-    async def undefine(self, uuid: str) -> DeviceState | None:
+    async def undefine(self, uuid: str, *, force: bool = False) -> DeviceState | None:
         """Drop the definition; a running device keeps running (as a transient one)."""
         uuid = validate.uuid(uuid)
         definition = self._definitions.get(uuid)
@@ -401,7 +455,8 @@ class Engine:
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
             async with self._config_lock:
-                await self._io(self.store.remove, uuid)
+                async with self.hooks.transaction("undefine", definition, force=force):
+                    await self._io(self.store.remove, uuid)
                 del self._definitions[uuid]
             if uuid in self._active:
                 self._transient_attributes[uuid] = definition.attributes
@@ -421,6 +476,7 @@ class Engine:
         autostart: bool | None = None,
         attributes: Attributes | None = None,
         live: bool = False,
+        force: bool = False,
     ) -> DeviceState:
         """Change a definition; with `live`, also write the attributes to the running device."""
         uuid = validate.uuid(uuid)
@@ -449,13 +505,47 @@ class Engine:
                 attributes=definition.attributes if attributes is None else attributes,
             )
             if live and attributes is not None:
-                for name, value in attributes:
-                    await self._io(self.kernel.write_attribute, uuid, name, value)
-            if new != definition:
-                await self._save(new)
+                await self._write_live(new)
+            async with self.hooks.transaction("modify", new, force=force):
+                if new != definition:
+                    await self._save(new)
             state = self._publish_present(uuid)
             self._event(state, "updated", REASON_API)
             return state
+
+    async def update_running(self, uuid: str, attributes: Attributes) -> DeviceState:
+        """Write `attributes` to the running device only; its definition, if any, stays.
+
+        mdevctl's `modify --live` without `--defined`.
+        """
+        uuid = validate.uuid(uuid)
+        attributes = _check_attributes(attributes)
+        device = self._active.get(uuid)
+        if device is None:
+            if uuid in self._definitions:
+                raise NotActive(f"device {uuid} is not active")
+            raise NotFound(f"device {uuid} is neither defined nor active")
+        async with self._locks(uuid, device.parent):
+            if uuid not in self._active:
+                raise NotActive(f"device {uuid} is not active")
+            config = replace(self._config(uuid), attributes=attributes)
+            await self._write_live(config)
+            if uuid not in self._definitions:
+                self._transient_attributes[uuid] = attributes
+            state = self._publish_present(uuid)
+            self._event(state, "updated", REASON_API)
+            return state
+
+    async def query_attributes(self, uuid: str) -> Attributes:
+        """The running device's attributes: the hooks' answer (mdevctl's `get attributes`),
+        else the ones mdevd wrote."""
+        uuid = validate.uuid(uuid)
+        if uuid not in self._active:
+            if uuid in self._definitions:
+                raise NotActive(f"device {uuid} is not active")
+            raise NotFound(f"device {uuid} is neither defined nor active")
+        answered = await self.hooks.query_attributes(self._config(uuid))
+        return answered if answered is not None else self._published[uuid].attributes
 
     async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
@@ -843,24 +933,27 @@ class Engine:
         retry_in: float | None = None,
         adopt_existing: bool = False,
         refresh_parent: bool = True,
+        force: bool = False,
     ) -> DeviceState:
         """Start a defined device; a failure is a `start-failed` event and LastError, and is
         raised. With `retry_in`, a transient failure's event says when the retry comes. With
         `adopt_existing`, a device another tool created meanwhile under this UUID is taken as
-        started (autostart wanted it running; it is not fought)."""
+        started (autostart wanted it running; it is not fought). `force` overrides a callout's
+        veto."""
         if uuid in self._active:
             raise AlreadyActive(f"device {uuid} is already active")
         definition = self._definitions.get(uuid)
         if definition is None:
             raise NotDefined(f"device {uuid} is not defined")
         try:
-            await self._create_in_kernel(
-                uuid,
-                definition.parent,
-                definition.type_id,
-                definition.attributes,
-                refresh_parent=refresh_parent,
-            )
+            async with self.hooks.transaction("start", definition, force=force):
+                await self._create_in_kernel(
+                    uuid,
+                    definition.parent,
+                    definition.type_id,
+                    definition.attributes,
+                    refresh_parent=refresh_parent,
+                )
         except MdevdError as exc:
             if adopt_existing and isinstance(exc, Exists):
                 device = await self._io(self.kernel.read_device, uuid)
@@ -1021,6 +1114,22 @@ class Engine:
         if not expected:
             del self._expected_events[uuid]
         return True
+
+    def _config(self, uuid: str) -> Definition:
+        """What the hooks are told about a known device: its definition, else what runs."""
+        definition = self._definitions.get(uuid)
+        if definition is not None:
+            return definition
+        device = self._active[uuid]
+        attributes = self._transient_attributes.get(uuid, ())
+        return Definition(uuid, device.parent, device.type_id, False, attributes)
+
+    async def _write_live(self, config: Definition) -> None:
+        """Apply attributes to a running device: through the hooks when they can, else here."""
+        if await self.hooks.live_update(config):
+            return
+        for name, value in config.attributes:
+            await self._io(self.kernel.write_attribute, config.uuid, name, value)
 
     async def _refresh_parent(self, name: str) -> None:
         try:

@@ -110,6 +110,12 @@ class ReadOnly(MdevdError):
     name = "ReadOnly"
 
 
+class Vetoed(MdevdError):
+    """A callout script (mdevctl's protocol, e.g. s390's ap-check) refused the operation."""
+
+    name = "Vetoed"
+
+
 #: Every error suffix of the contract, in the order `dbus-api.md` lists them.
 CONTRACT_ERROR_NAMES: tuple[str, ...] = (
     "Failed",
@@ -130,4 +136,5 @@ CONTRACT_ERROR_NAMES: tuple[str, ...] = (
     "Timeout",
     "ConfigInvalid",
     "ReadOnly",
+    "Vetoed",
 )

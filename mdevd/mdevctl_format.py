@@ -180,12 +180,25 @@ class MdevctlTree:
     problems: list[Problem] = field(default_factory=list)
 
 
-def read_mdevctl_tree(root: Path = DEFAULT_MDEVCTL_DIR) -> MdevctlTree:
+#: A file's (inode, size, mtime, ctime) and what reading it gave.
+ReadCache = dict[str, tuple[tuple[int, int, int, int], "Definition | Problem | None"]]
+
+
+def read_mdevctl_tree(
+    root: Path = DEFAULT_MDEVCTL_DIR,
+    *,
+    verb: str = "not imported",
+    cache: ReadCache | None = None,
+) -> MdevctlTree:
     """Read `root/<parent>/<uuid>` files the way mdevctl's `list --defined` does.
 
+    `verb` starts each problem's reason: what happens to the file ("not imported" by
+    `import-mdevctl`, "ignored" by the daemon's live mdevctl store). With `cache` (kept by the
+    caller between reads), a file whose inode, size and times are unchanged is not read again.
     Raises `ConfigInvalid` if `root` itself cannot be read.
     """
     tree = MdevctlTree()
+    seen: set[str] = set()
     try:
         parents = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
@@ -214,16 +227,40 @@ def read_mdevctl_tree(root: Path = DEFAULT_MDEVCTL_DIR) -> MdevctlTree:
             continue
         found: list[Definition] = []
         for child in children:
-            problem = _read_child(child, parent_entry.name, found)
-            if problem is not None:
-                tree.problems.append(problem)
+            result = _read_cached(child, parent_entry.name, verb, cache, seen)
+            if isinstance(result, Definition):
+                found.append(result)
+            elif result is not None:
+                tree.problems.append(result)
         tree.definitions.extend(sorted(found, key=lambda d: d.uuid))
+    if cache is not None:
+        for stale in set(cache) - seen:
+            del cache[stale]
     return tree
 
 
-def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -> Problem | None:
+def _read_cached(
+    child: os.DirEntry[str], parent: str, verb: str, cache: ReadCache | None, seen: set[str]
+) -> Definition | Problem | None:
+    if cache is None or child.is_symlink() or not child.is_file(follow_symlinks=False):
+        return _read_child(child, parent, verb)
+    try:
+        st = child.stat(follow_symlinks=False)
+    except OSError:
+        return _read_child(child, parent, verb)
+    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    seen.add(child.path)
+    cached = cache.get(child.path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    result = _read_child(child, parent, verb)
+    cache[child.path] = (signature, result)
+    return result
+
+
+def _read_child(child: os.DirEntry[str], parent: str, verb: str) -> Definition | Problem | None:
     if child.is_symlink():
-        return Problem(printable_path(child.path), 0, "not imported: mdevctl ignores symlinks")
+        return Problem(printable_path(child.path), 0, f"{verb}: mdevctl ignores symlinks")
     if not child.is_file(follow_symlinks=False):
         return None
     uuid = mdevctl_uuid(child.name)
@@ -231,7 +268,7 @@ def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -
         return Problem(
             printable_path(child.path),
             0,
-            "not imported: mdevctl ignores it (the name is not a UUID)",
+            f"{verb}: mdevctl ignores it (the name is not a UUID)",
         )
     try:
         with open(child.path, "rb") as f:
@@ -243,14 +280,11 @@ def _read_child(child: os.DirEntry[str], parent: str, found: list[Definition]) -
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return Problem(
-            printable_path(child.path), 0, "not imported: mdevctl rejects it: not UTF-8 text"
-        )
+        return Problem(printable_path(child.path), 0, f"{verb}: mdevctl rejects it: not UTF-8 text")
     try:
-        found.append(parse_mdevctl_json(text, uuid, parent, child.path))
+        return parse_mdevctl_json(text, uuid, parent, child.path)
     except MdevdError as e:
-        return Problem(printable_path(child.path), 0, f"not imported: {e.message}", uuid=uuid)
-    return None
+        return Problem(printable_path(child.path), 0, f"{verb}: {e.message}", uuid=uuid)
 
 
 # --- importing ----------------------------------------------------------------------------

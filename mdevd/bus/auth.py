@@ -52,6 +52,8 @@ METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "Define": ACTION_CONFIGURE_DEVICES,
         "Undefine": ACTION_CONFIGURE_DEVICES,
         "Update": ACTION_CONFIGURE_DEVICES,
+        # Runs the device's callout script (as root), so not for everyone.
+        "QueryAttributes": ACTION_MANAGE_DEVICES,
     }
 )
 

@@ -26,6 +26,7 @@ from mdevd.bus.errors import dbus_errors
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
 from mdevd.bus.paths import parent_path
+from mdevd.errors import InvalidArgument
 from mdevd.model import DeviceState
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
 DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
 _AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
-_DEFINE_OPTIONS = {"autostart": "b", opts.AUTH_INTERACTIVE: "b"}
-_UPDATE_OPTIONS = {"live": "b", opts.AUTH_INTERACTIVE: "b"}
+_OPERATION_OPTIONS = {opts.FORCE: "b", opts.AUTH_INTERACTIVE: "b"}
+_DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
+_UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
 
 
@@ -120,16 +122,16 @@ class DeviceInterface(ServiceInterface):
     @dbus_method()
     @dbus_errors
     async def Start(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Start")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Start")
         await self._tree.authorize("Start", opts.interactive(values))
-        await self._tree.engine.start_device(self.state.uuid)
+        await self._tree.engine.start_device(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
     async def Stop(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Stop")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Stop")
         await self._tree.authorize("Stop", opts.interactive(values))
-        await self._tree.engine.stop_device(self.state.uuid)
+        await self._tree.engine.stop_device(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
@@ -137,15 +139,17 @@ class DeviceInterface(ServiceInterface):
         values = opts.check_options(options, _DEFINE_OPTIONS, "Define")
         await self._tree.authorize("Define", opts.interactive(values))
         await self._tree.engine.define_active(
-            self.state.uuid, autostart=bool(values.get("autostart", False))
+            self.state.uuid,
+            autostart=bool(values.get("autostart", False)),
+            force=opts.force(values),
         )
 
     @dbus_method()
     @dbus_errors
     async def Undefine(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _AUTH_ONLY, "Undefine")
+        values = opts.check_options(options, _OPERATION_OPTIONS, "Undefine")
         await self._tree.authorize("Undefine", opts.interactive(values))
-        await self._tree.engine.undefine(self.state.uuid)
+        await self._tree.engine.undefine(self.state.uuid, force=opts.force(values))
 
     @dbus_method()
     @dbus_errors
@@ -156,14 +160,33 @@ class DeviceInterface(ServiceInterface):
         attributes = (
             opts.attributes(change["attributes"], "Update") if "attributes" in change else None
         )
+        live = bool(values.get("live", False))
+        if not values.get("persist", True):
+            if not live or attributes is None or set(change) != {"attributes"}:
+                raise InvalidArgument(
+                    "Update: persist=false changes only the running device's attributes: "
+                    "it needs live=true and no change but attributes"
+                )
+            await self._tree.authorize("Update", opts.interactive(values))
+            await self._tree.engine.update_running(self.state.uuid, attributes)
+            return
         await self._tree.authorize("Update", opts.interactive(values))
         await self._tree.engine.update(
             self.state.uuid,
             type_id=type_id,
             autostart=change.get("autostart"),
             attributes=attributes,
-            live=bool(values.get("live", False)),
+            live=live,
+            force=opts.force(values),
         )
 
+    @dbus_method()
+    @dbus_errors
+    async def QueryAttributes(self, options: DBusDict) -> DBusAttributes:
+        values = opts.check_options(options, _AUTH_ONLY, "QueryAttributes")
+        await self._tree.authorize("QueryAttributes", opts.interactive(values))
+        attributes = await self._tree.engine.query_attributes(self.state.uuid)
+        return [list(pair) for pair in attributes]
 
-describe(DeviceInterface, const_properties={"UUID"})
+
+describe(DeviceInterface, out_args={"QueryAttributes": ["attributes"]}, const_properties={"UUID"})

@@ -24,9 +24,22 @@ DBusStrList = Annotated[list[str], DBusSignature("as")]
 DBusDeviceEvent = Annotated[tuple[str, str, str, dict[str, Variant]], DBusSignature("ossa{sv}")]
 
 #: Capability words clients test instead of probing (the contract's `Features`).
-FEATURES = ("define", "update-live", "auth.interactive", "mdevctl-import")
+FEATURES = (
+    "define",
+    "update-live",
+    "auth.interactive",
+    "mdevctl-import",
+    "force",
+    "update-persist",
+    "query-attributes",
+)
 
-_CREATE_OPTIONS = {"uuid": "s", "attributes": "a(ss)", opts.AUTH_INTERACTIVE: "b"}
+_CREATE_OPTIONS = {
+    "uuid": "s",
+    "attributes": "a(ss)",
+    opts.FORCE: "b",
+    opts.AUTH_INTERACTIVE: "b",
+}
 _DEFINE_OPTIONS = {**_CREATE_OPTIONS, "autostart": "b", "start": "b"}
 _RELOAD_OPTIONS = {opts.AUTH_INTERACTIVE: "b"}
 
@@ -59,7 +72,7 @@ class ManagerInterface(ServiceInterface):
         attributes = opts.attributes(values.get("attributes", []), "CreateDevice")
         await self._tree.authorize("CreateDevice", opts.interactive(values))
         state = await self._tree.engine.create_device(
-            parent, type, uuid=uuid, attributes=attributes
+            parent, type, uuid=uuid, attributes=attributes, force=opts.force(values)
         )
         return device_path(state.uuid)
 
@@ -81,6 +94,7 @@ class ManagerInterface(ServiceInterface):
             attributes=attributes,
             autostart=bool(values.get("autostart", False)),
             start=bool(values.get("start", False)),
+            force=opts.force(values),
         )
         return device_path(state.uuid)
 

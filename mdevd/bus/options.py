@@ -22,6 +22,8 @@ from mdevd.model import Attributes
 MAX_ATTRIBUTES = 256
 
 AUTH_INTERACTIVE = "auth.interactive"
+#: Go ahead even if a callout script's `pre` vetoes (mdevctl's `--force`).
+FORCE = "force"
 
 #: How much of a caller's string an error message quotes.
 SHOWN_LENGTH = 64
@@ -74,6 +76,10 @@ def attributes(value: Any, method: str) -> Attributes:
 
 def interactive(values: Mapping[str, Any]) -> bool:
     return bool(values.get(AUTH_INTERACTIVE, False))
+
+
+def force(values: Mapping[str, Any]) -> bool:
+    return bool(values.get(FORCE, False))
 
 
 def attributes_variant(pairs: Attributes) -> Variant:

@@ -68,10 +68,11 @@ def test_an_unknown_manager_option_is_invalid_argument(
 def test_an_unknown_device_option_is_invalid_argument(client: BusClient, member: str) -> None:
     uuid = new_uuid()
     client.create_device("mtty", "mtty-1", uuid=uuid)
+    # "forse": a typo of `force`, which became an option of every device method.
     error = _error(
-        lambda: client.device_async(uuid, member, "a{sv}", {"force": Variant("b", True)}).result()
+        lambda: client.device_async(uuid, member, "a{sv}", {"forse": Variant("b", True)}).result()
     )
-    assert (error.short_name, "force" in error.message) == ("InvalidArgument", True)
+    assert (error.short_name, "forse" in error.message) == ("InvalidArgument", True)
     client.stop(uuid)
 
 

@@ -99,12 +99,16 @@ def running_daemon(
     env: Mapping[str, str] | None = None,
     config_text: str = "# defaults; the command line sets the directories\n",
     program: Sequence[str] = ("-m", "mdevd"),
+    mdevctl_dir: Path | None = None,
+    mdevctl_scripts_dir: Path | None = None,
 ) -> Iterator[DaemonProcess]:
     """Start `mdevd` and wait until it owns its name (its readiness); stop it on exit.
 
     `env` adds to (or overrides) the daemon's environment, e.g. a test's `NOTIFY_SOCKET`.
     `devices_dirs=()` passes no `--devices-dir`, so `config_text` (the daemon's mdevd.toml)
     decides where definitions live. `program` replaces `-m mdevd` (a test's own entry point).
+    mdevctl's directories default to (absent) ones in the daemon's work directory, so that no
+    test reads or writes the host's /etc/mdevctl.d or runs its callout scripts.
     """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
@@ -136,6 +140,8 @@ def running_daemon(
     ]
     for directory in devices_dirs:
         argv += ["--devices-dir", str(directory)]
+    argv += ["--mdevctl-dir", str(mdevctl_dir or workdir / "mdevctl.d")]
+    argv += ["--mdevctl-scripts-dir", str(mdevctl_scripts_dir or workdir / "mdevctl-scripts.d")]
     argv += list(extra_args)
     with log_path.open("wb") as log:
         process = subprocess.Popen(

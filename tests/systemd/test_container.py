@@ -73,10 +73,19 @@ def test_started_means_ready_and_the_sandboxed_daemon_can_do_its_work(
     }
     assert device(container, DEVICE_A)["active"] is True  # autostart ran before READY=1
 
-    # Writes sysfs and /etc/mdevd, opens the vfio group, removes: all through the sandbox.
+    # Writes sysfs and its definition, opens the vfio group, removes: all through the sandbox.
+    # The definition is in /etc/mdevd/devices.d, or, where mdevctl's directory exists (the
+    # host's mdevctl package made one), there in mdevctl compatibility mode.
     container.run("mdevdctl", "define", "mtty", "mtty-2", "-u", DEVICE_B, "--start")
     assert in_kernel(sim, DEVICE_B)
-    assert "mtty-2" in container.run("cat", f"/etc/mdevd/devices.d/{DEVICE_B}.toml").stdout
+    config_file = str(device(container, DEVICE_B)["config_file"])
+    expected = (
+        f"/etc/mdevctl.d/mtty/{DEVICE_B}"
+        if Path("/etc/mdevctl.d").is_dir()
+        else f"/etc/mdevd/devices.d/{DEVICE_B}.toml"
+    )
+    assert config_file == expected
+    assert "mtty-2" in container.run("cat", config_file).stdout
     container.run("mdevdctl", "stop", DEVICE_B)
     assert not in_kernel(sim, DEVICE_B)
     container.wait("Ready: 2 defined, 1 active", ["systemctl", "show", "-p", "StatusText", "mdevd"])

@@ -87,6 +87,7 @@ def test_every_file_is_installed_with_its_mode(tree: Path) -> None:
     files = {
         "usr/bin/mdevd": 0o755,
         "usr/bin/mdevdctl": 0o755,
+        "usr/bin/mdevd-mdevctl": 0o755,
         f"{unit_dir.lstrip('/')}/mdevd.service": 0o644,
         "usr/share/dbus-1/system.d/org.mdevd.Mdevd1.conf": 0o644,
         f"{services.lstrip('/')}/org.mdevd.Mdevd1.service": 0o644,
@@ -97,7 +98,9 @@ def test_every_file_is_installed_with_its_mode(tree: Path) -> None:
         **{f"{str(site).lstrip('/')}/{p}": 0o644 for p in package_files()},
     }
     files["usr/share/polkit-1/actions/org.mdevd.Mdevd1.policy"] = 0o644
-    directories = {"etc/mdevd/devices.d": 0o755}
+    # libvirtd's PATH can start here: `mdevctl` is mdevd's front end, the real one untouched.
+    files["usr/libexec/mdevd/mdevctl"] = 0o777
+    directories = {"etc/mdevd/devices.d": 0o755, "usr/libexec/mdevd": 0o755}
     found = installed(tree)
     installed_files = {p: m for p, m in found.items() if not (tree / p).is_dir()}
     assert installed_files == files
@@ -229,3 +232,9 @@ def test_man_page_and_completion_know_every_option_and_command(program: str, pag
 
 def _mentions(text: str, word: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def test_the_mdevctl_front_end_link_points_at_the_installed_program(tree: Path) -> None:
+    link = tree / "usr/libexec/mdevd/mdevctl"
+    assert os.readlink(link) == "/usr/bin/mdevd-mdevctl"
+    assert "mdevd.compat.frontend" in (tree / "usr/bin/mdevd-mdevctl").read_text()

@@ -1,0 +1,161 @@
+"""mdevctl's definitions directory: `<root>/<parent>/<uuid>` files in mdevctl's JSON format.
+
+Reading follows mdevctl's own acceptance rules (`mdevd.mdevctl_format`); every write is atomic
+(temporary file, fsync, rename, fsync of the directory), so libvirt's file monitor, ap-check
+and zdev never read a half-written file. Temporary files are hidden (`.<uuid>.XXXXXXXX.tmp`):
+mdevctl, ap-check and zdev skip names that are not UUIDs.
+
+The directory also holds `.mdevd-mirrors.json`, the record of the files mdevd wrote there as
+copies of its TOML definitions (see `mdevd.compat.store`): with it, a copy whose TOML
+definition was deleted is removed instead of being mistaken for an mdevctl definition. mdevctl
+skips it (it is a file, not a parent directory).
+
+Synchronous and not locked: `mdevd.compat.store` serializes its callers. Files unchanged since
+the last read (inode, size, times) are not parsed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdevd import atomic, mdevctl_format, validate
+from mdevd.definitions import Problem
+from mdevd.errors import Failed, MdevdError
+from mdevd.mdevctl_format import MdevctlTree
+from mdevd.model import Definition
+
+MIRROR_RECORD_NAME = ".mdevd-mirrors.json"
+
+#: (device, inode, size, mtime): what `changed_by_others` compares.
+FileSignature = tuple[int, int, int, int]
+
+
+def content_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorEntry:
+    """A file mdevd wrote as a copy of a TOML definition, and what it wrote."""
+
+    path: str  # relative to the root: "<parent>/<file name>"
+    digest: str
+
+
+class MdevctlDirectory:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: mdevctl_format.ReadCache = {}
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def read(self) -> MdevctlTree:
+        """Every definition mdevctl would list (and mdevd accepts), and why others are not.
+
+        An absent directory holds nothing. Our own temporary files are not reported.
+        """
+        if not self.root.exists():
+            return MdevctlTree()
+        tree = mdevctl_format.read_mdevctl_tree(self.root, verb="ignored", cache=self._cache)
+        tree.problems = [p for p in tree.problems if not atomic.is_temp_name(Path(p.file).name)]
+        return tree
+
+    def digest_of(self, path: Path) -> str | None:
+        try:
+            with open(path, "rb") as f:
+                return content_digest(f.read())
+        except OSError:
+            return None
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def path_for(self, definition: Definition) -> Path:
+        parent = validate.parent_name(definition.parent)
+        return self.root / parent / validate.uuid(definition.uuid)
+
+    def write(self, definition: Definition, path: Path | None = None) -> tuple[Path, str]:
+        """Write `definition` as mdevctl does (`to_string_pretty`, no trailing newline) to
+        `path` (default `<root>/<parent>/<uuid>`); return the path and the content's digest."""
+        target = self.path_for(definition) if path is None else path
+        data = mdevctl_format.to_mdevctl_json(definition).encode()
+        try:
+            atomic.ensure_directory(target.parent)
+            atomic.write_atomic(target, data)
+        except OSError as e:
+            raise Failed(f"{target}: cannot write: {e.strerror}") from None
+        return target, content_digest(data)
+
+    def remove(self, path: Path) -> None:
+        try:
+            atomic.remove_durably(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise Failed(f"{path}: cannot remove: {e.strerror}") from None
+
+    # ---- the mirror record -------------------------------------------------------------
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / MIRROR_RECORD_NAME
+
+    def load_record(self) -> tuple[dict[str, MirrorEntry], list[Problem]]:
+        """The mirror record by UUID; an unreadable record is reported and treated as empty
+        (its copies then count as mdevctl definitions: nothing is lost)."""
+        try:
+            data = self.record_path.read_bytes()
+        except FileNotFoundError:
+            return {}, []
+        except OSError as e:
+            return {}, [Problem(str(self.record_path), 0, f"cannot read: {e.strerror}")]
+        try:
+            raw = json.loads(data)
+            entries = {
+                validate.uuid(uuid): MirrorEntry(str(entry["path"]), str(entry["digest"]))
+                for uuid, entry in raw.items()
+            }
+        except (ValueError, TypeError, KeyError, AttributeError, MdevdError) as e:
+            message = f"not a mirror record mdevd can read ({e}); its files count as mdevctl's"
+            return {}, [Problem(str(self.record_path), 0, message)]
+        return entries, []
+
+    def save_record(self, entries: dict[str, MirrorEntry]) -> None:
+        if not entries:
+            with contextlib.suppress(FileNotFoundError):
+                self.remove(self.record_path)
+            return
+        document = {
+            uuid: {"path": entry.path, "digest": entry.digest}
+            for uuid, entry in sorted(entries.items())
+        }
+        try:
+            atomic.ensure_directory(self.root)
+            atomic.write_atomic(self.record_path, (json.dumps(document, indent=2) + "\n").encode())
+        except OSError as e:
+            raise Failed(f"{self.record_path}: cannot write: {e.strerror}") from None
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def contains(self, path: str | Path) -> bool:
+        try:
+            Path(path).relative_to(self.root)
+        except ValueError:
+            return False
+        return True

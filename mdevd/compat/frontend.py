@@ -1,0 +1,666 @@
+"""`mdevctl` for mdevd: mdevctl's command line, carried out by the daemon over D-Bus.
+
+Installed where an admin puts it first in PATH (for libvirt: first in libvirtd's PATH), it
+stands in for mdevctl 1.2/1.3 without touching sysfs or /etc/mdevctl.d itself: every read is
+the daemon's object tree, every change a method call, so the daemon's locks, transactions,
+authorization, callouts and signals apply to libvirt's calls as to everyone else's.
+
+The contract kept is mdevctl's, as the real binary shows it (Debian's 1.2.0 is the
+reference, 1.3's options are accepted too): the subcommands and options, `--opt=value` and
+`--opt value`, the text and `--dumpjson` listings byte for byte, a generated UUID printed on
+stdout, the exit status (0 success, 1 failure as `Error: ...` on stderr, 2 usage error) and the
+error texts callers show or parse ("Error: Device already exists"). Where mdevd deliberately
+differs (one definition per UUID, a corrupt file does not fail everything), mdevd's own
+message is printed after `Error: `. docs/mdevctl-compat.md lists the differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import re
+import sys
+import uuid as uuid_module
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from mdevd import __version__, mdevctl_format
+from mdevd.client import Client, ClientError, DaemonError, DeviceInfo, ParentInfo
+from mdevd.compat import output
+from mdevd.compat.output import Listed
+from mdevd.errors import MdevdError
+from mdevd.model import Attributes, Definition
+
+#: The mdevctl version whose command line this reproduces.
+MDEVCTL_VERSION = "1.3.0"
+#: Callouts may take minutes (ap-check waits for its lock); the daemon bounds them itself.
+CALL_TIMEOUT = 600.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_VETO_RE = re.compile(
+    r"vetoed by callout script (?P<path>/.*?) \(exit status (?P<code>-?\d+)\)(?:: (?P<err>.*))?\Z",
+    re.S,
+)
+
+
+class UsageError(Exception):
+    """A command line clap would refuse: exit 2, like mdevctl."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class CommandError(Exception):
+    """What mdevctl prints as `Error: MESSAGE` (and `Caused by:` CAUSE): exit 1."""
+
+    def __init__(self, message: str, cause: str = "", before: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+        #: Printed on stderr before the error (a callout script's own stderr).
+        self.before = before
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as Rust's io::Error prints it."""
+    return f"{e.strerror} (os error {e.errno})"
+
+
+# ---- the command line ----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage().strip().removeprefix("usage: "))
+
+
+def _uuid(text: str) -> str:
+    canonical = mdevctl_format.mdevctl_uuid(text)
+    if canonical is None:
+        raise argparse.ArgumentTypeError(f"Invalid value {text!r} for '--uuid <UUID>'")
+    return canonical
+
+
+def _index(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"Invalid value {text!r} for '--index <INDEX>'")
+    return int(text)
+
+
+def build_parser(prog: str = "mdevctl") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="A mediated device management utility for Linux (mdevctl "
+        f"{MDEVCTL_VERSION}'s command line, carried out by mdevd {__version__})",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=f"mdevctl {MDEVCTL_VERSION} (mdevd {__version__})",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<SUBCOMMAND>", parser_class=_Parser)
+    force_help = "Force command execution even if a device-specific callout script fails"
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+
+    p = command("define", "Define a persistent mediated device")
+    p.add_argument("-u", "--uuid", type=_uuid, help="Assign UUID to the device")
+    p.add_argument("-a", "--auto", action="store_true", help="Automatically start device")
+    p.add_argument("-p", "--parent", help="Specify the parent of the device")
+    p.add_argument("-t", "--type", dest="mdev_type", help="Specify the mdev type of the device")
+    p.add_argument("--jsonfile", type=Path, help="Specify device details in JSON format")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
+
+    p = command("undefine", "Undefine a persistent mediated device")
+    p.add_argument("-u", "--uuid", type=_uuid, required=True, help="UUID of the device")
+    p.add_argument("-p", "--parent", help="Parent of the device to be undefined")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
+
+    p = command("modify", "Modify the definition of a mediated device")
+    p.add_argument("-u", "--uuid", type=_uuid, required=True, help="UUID of the mdev to modify")
+    p.add_argument("-p", "--parent", help="Parent of the mdev to modify")
+    p.add_argument("-t", "--type", dest="mdev_type", help="Modify the mdev type for this device")
+    p.add_argument("--addattr", metavar="attr_name", help="Add a new attribute")
+    p.add_argument("--delattr", action="store_true", help="Delete an attribute")
+    p.add_argument("-i", "--index", type=_index, help="Index of the attribute to modify")
+    p.add_argument("--value", metavar="attr_value", help="Value for the attribute")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-a", "--auto", action="store_true", help="Start automatically")
+    group.add_argument("-m", "--manual", action="store_true", help="Start manually")
+    p.add_argument(
+        "-l",
+        "--live",
+        action="store_true",
+        help="Modify the running device (only, unless used together with --defined)",
+    )
+    p.add_argument("-d", "--defined", action="store_true", help="Modify the stored definition")
+    p.add_argument("--jsonfile", type=Path, help="Specify device details in JSON format")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
+
+    p = command("start", "Start a mediated device")
+    p.add_argument("-u", "--uuid", type=_uuid, help="UUID of the device to start")
+    p.add_argument("-p", "--parent", help="Parent of the device to start")
+    p.add_argument("-t", "--type", dest="mdev_type", help="Mdev type of the device to start")
+    p.add_argument("--jsonfile", type=Path, help="Details of the device, in JSON format")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
+
+    p = command("stop", "Stop a mediated device")
+    p.add_argument("-u", "--uuid", type=_uuid, required=True, help="UUID of the device to stop")
+    p.add_argument("-f", "--force", action="store_true", help=force_help)
+
+    p = command("list", "List mediated devices")
+    _list_options(p)
+
+    p = command("types", "List available mediated device types")
+    p.add_argument("-p", "--parent", help="Show supported types for the specified parent")
+    p.add_argument("--dumpjson", action="store_true", help="Output in JSON format")
+
+    p = sub.add_parser("start-parent-mdevs", allow_abbrev=False)  # hidden, as in mdevctl
+    p.add_argument("parent")
+    return parser
+
+
+def _list_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--defined", action="store_true", help="Show defined devices")
+    p.add_argument("--dumpjson", action="store_true", help="Output device list in json format")
+    p.add_argument("-v", "--verbose", action="store_true", help="Print the attributes too")
+    p.add_argument("-u", "--uuid", type=_uuid, help="List devices matching the specified UUID")
+    p.add_argument("-p", "--parent", help="List devices of the specified parent device")
+
+
+def _split_short_equals(argv: Sequence[str]) -> list[str]:
+    """clap takes `-u=VALUE`; argparse would keep the `=`."""
+    return [
+        part
+        for arg in argv
+        for part in ((arg[:2], arg[3:]) if re.fullmatch(r"-[uptai]=.*", arg) else (arg,))
+    ]
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """The conflicts and requirements clap enforces (usage errors, exit 2)."""
+    command = args.command
+
+    def refuse(message: str) -> NoReturn:
+        raise UsageError(message, f"mdevctl {command} [OPTIONS]")
+
+    if command in ("define", "start") and args.uuid is None and args.parent is None:
+        refuse(
+            "The following required arguments were not provided:\n    --uuid <UUID>\n"
+            "    --parent <PARENT>"
+        )
+    if command in ("define", "start") and args.jsonfile is not None:
+        if args.mdev_type is not None:
+            refuse("The argument '--type <type>' cannot be used with '--jsonfile <JSONFILE>'")
+        if command == "define" and args.auto:
+            refuse("The argument '--auto' cannot be used with '--jsonfile <JSONFILE>'")
+    if command == "modify":
+        if args.addattr is not None and args.value is None:
+            refuse("The following required arguments were not provided:\n    --value <attr_value>")
+        if args.value is not None and args.delattr:
+            refuse("The argument '--value <attr_value>' cannot be used with '--delattr'")
+        if args.live and args.jsonfile is None:
+            refuse("The following required arguments were not provided:\n    --jsonfile <JSONFILE>")
+        if args.live and (args.mdev_type or args.index is not None or args.value is not None):
+            refuse("The argument '--live' cannot be used with '--type', '--index' or '--value'")
+        if args.jsonfile is not None and (args.mdev_type or args.index is not None or args.value):
+            refuse("The argument '--jsonfile' cannot be used with '--type', '--index' or '--value'")
+
+
+# ---- running it ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    prog = os.path.basename(sys.argv[0]) if argv is None else "mdevctl"
+    if prog.endswith("lsmdev"):  # mdevctl's `lsmdev` link: `list` with its options
+        arguments = ["list", *arguments]
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_split_short_equals(arguments))
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        _check_combinations(args)
+    except UsageError as e:
+        sys.stderr.write(
+            f"error: {e.message}\n\nUSAGE:\n    {e.usage}\n\nFor more information try --help\n"
+        )
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_run(args))
+    except CommandError as e:
+        sys.stderr.write(e.before)
+        text = f"Error: {e.message}\n"
+        if e.cause:
+            text += f"\nCaused by:\n    {e.cause}\n"
+        sys.stderr.write(text)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace) -> int:
+    try:
+        client = await Client.connect(timeout=CALL_TIMEOUT)
+    except ClientError as e:
+        raise CommandError(f"cannot reach mdevd: {e}") from None
+    try:
+        handler = _COMMANDS[args.command]
+        await handler(Session(client), args)
+    except DaemonError as e:
+        raise _daemon_error(e) from None
+    except ClientError as e:
+        raise CommandError(f"mdevd did not answer: {e}") from None
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def _daemon_error(e: DaemonError) -> CommandError:
+    """A daemon error as mdevctl would print its cause."""
+    if e.short_name == "Vetoed":
+        match = _VETO_RE.search(e.message)
+        if match is not None:
+            path = match["path"]
+            script_stderr = (match["err"] or "").rstrip("\n")
+            before = f"{os.path.basename(path)}: {script_stderr}\n" if script_stderr else ""
+            return CommandError(
+                f'callout script "{path}" failed with return code {match["code"]}', before=before
+            )
+    return CommandError(e.message)
+
+
+@dataclass
+class Session:
+    """The daemon's view, fetched once per command, and the calls commands make."""
+
+    client: Client
+
+    async def device(self, uuid: str) -> DeviceInfo | None:
+        try:
+            return await self.client.device(uuid)
+        except DaemonError as e:
+            if e.short_name == "NotFound":
+                return None
+            raise
+
+    async def running_attributes(self, device: DeviceInfo) -> Attributes:
+        """What the device's callout script says (mdevctl's `get attributes`), through the
+        daemon; the attributes mdevd knows when the caller may not run scripts."""
+        try:
+            return await self.client.query_attributes(device.uuid)
+        except DaemonError as e:
+            if e.short_name.startswith("NotAuthorized") or e.short_name == "NotActive":
+                return device.attributes
+            raise
+
+    async def parent(self, name: str) -> ParentInfo:
+        """The registered parent `name`, or mdevctl's error (with its case hint)."""
+        parents = await self.client.parents()
+        for parent in parents:
+            if parent.name == name:
+                return parent
+        for parent in parents:
+            if parent.name.lower() == name.lower():
+                raise CommandError(
+                    f"Unable to find parent device '{name}'. Did you mean '{parent.name}'?"
+                )
+        raise CommandError(f"Unable to find parent device '{name}'")
+
+    async def check_creatable(self, uuid: str, parent_name: str, type_id: str) -> None:
+        """mdevctl's checks before writing `create`, in its order and with its words."""
+        existing = await self.device(uuid)
+        if existing is not None and existing.active:
+            if existing.parent != parent_name:
+                raise CommandError("Device exists under different parent")
+            if existing.type_id != type_id:
+                raise CommandError("Device exists with different type")
+            raise CommandError("Device already exists")
+        parent = await self.parent(parent_name)
+        if type_id not in parent.types:
+            raise CommandError(f"Parent {parent_name} does not support mdev type {type_id}")
+        # No look at available_instances: the kernel's answer to the create is the truth
+        # (NoInstancesAvailable, in mdevctl's words below), a count read earlier is not.
+
+
+_NO_ATTRIBUTE_RE = re.compile(r"has no attribute '(?P<name>.*)'\Z")
+_REJECTED_RE = re.compile(
+    r"attribute '(?P<name>.*)' rejected value '(?P<value>.*)' \((?P<reason>[^()]*)\)\Z", re.S
+)
+#: strerror text -> errno, to print a kernel refusal as Rust's io::Error does.
+_ERRNO_BY_TEXT = {os.strerror(code): code for code in sorted(errno.errorcode, reverse=True)}
+
+
+def _attribute_error(e: DaemonError) -> CommandError | None:
+    """An attribute the kernel refused, as mdevctl words it (`write_attr`)."""
+    missing = _NO_ATTRIBUTE_RE.search(e.message)
+    if missing is not None:
+        return CommandError(f"Invalid attribute '{missing['name']}'")
+    rejected = _REJECTED_RE.search(e.message)
+    if rejected is not None:
+        reason = rejected["reason"]
+        code = _ERRNO_BY_TEXT.get(reason)
+        cause = f"{reason} (os error {code})" if code is not None else reason
+        return CommandError(
+            f"Failed to write {rejected['value']} to attribute {rejected['name']}", cause
+        )
+    return None
+
+
+def _create_error(e: DaemonError, uuid: str, parent: str, type_id: str) -> CommandError:
+    """The daemon's answer to a create, in mdevctl's words where mdevctl has them."""
+    short = e.short_name
+    if short == "AttributeRejected":
+        return _attribute_error(e) or _daemon_error(e)
+    if short == "ParentNotFound":
+        return CommandError(f"Unable to find parent device '{parent}'")
+    if short == "TypeNotSupported":
+        return CommandError(f"Parent {parent} does not support mdev type {type_id}")
+    if short == "NoInstancesAvailable":
+        return CommandError(f"No available instances of {type_id} on {parent}")
+    if short == "AlreadyActive":
+        return CommandError("Device already exists")
+    # Exists here is not a running twin (`check_creatable` answered that in mdevctl's
+    # words) but mdevd's one device per UUID: a definition elsewhere. Its message says so.
+    return _daemon_error(e)
+
+
+def _read_jsonfile(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise CommandError(f'Unable to read jsonfile "{path}"', _os_error(e)) from None
+    except UnicodeDecodeError:
+        raise CommandError(
+            f'Unable to read jsonfile "{path}"', "stream did not contain valid UTF-8"
+        ) from None
+
+
+def _from_json(text: str, uuid: str, parent: str) -> Definition:
+    try:
+        return mdevctl_format.parse_mdevctl_json(text, uuid, parent)
+    except MdevdError as e:
+        raise CommandError(e.message.removeprefix("mdevctl rejects it: ")) from None
+
+
+def _listed(device: DeviceInfo, attributes: Attributes | None = None) -> Listed:
+    return Listed(
+        uuid=device.uuid,
+        parent=device.parent,
+        type_id=device.type_id,
+        autostart=device.autostart,
+        attributes=device.attributes if attributes is None else attributes,
+        active=device.active,
+        defined=device.defined,
+    )
+
+
+# ---- the commands --------------------------------------------------------------------------
+
+
+async def _list(session: Session, args: argparse.Namespace) -> None:
+    devices = [
+        d
+        for d in await session.client.devices()
+        if (d.defined if args.defined else d.active)
+        and (args.uuid is None or d.uuid == args.uuid)
+        and (args.parent is None or d.parent == args.parent)
+    ]
+    if args.defined:
+        listed = [_listed(d) for d in devices]
+    else:
+        listed = [_listed(d, await session.running_attributes(d)) for d in devices]
+    if args.dumpjson:
+        sys.stdout.write(output.list_json(listed, uuid_given=args.uuid is not None))
+    else:
+        sys.stdout.write(output.list_text(listed, defined=args.defined, verbose=args.verbose))
+
+
+async def _types(session: Session, args: argparse.Namespace) -> None:
+    parents = [
+        p for p in await session.client.parents() if args.parent is None or p.name == args.parent
+    ]
+    sys.stdout.write(output.types_json(parents) if args.dumpjson else output.types_text(parents))
+
+
+async def _start(session: Session, args: argparse.Namespace) -> None:
+    client = session.client
+    if args.jsonfile is not None:
+        text = _read_jsonfile(args.jsonfile)
+        if args.parent is None:
+            raise CommandError("Parent device required to start device via json file")
+        uuid = args.uuid or str(uuid_module.uuid4())
+        wanted = _from_json(text, uuid, args.parent)
+        existing = await session.device(uuid) if args.uuid else None
+        if existing is not None and existing.defined and not existing.active:
+            # mdevctl would start a transient twin of the definition; mdevd has one device
+            # per UUID, so it starts the definition when the file describes just that.
+            if (existing.parent, existing.type_id, existing.attributes) != (
+                wanted.parent,
+                wanted.type_id,
+                wanted.attributes,
+            ):
+                raise CommandError(
+                    f"device {uuid} is defined differently (type {existing.type_id} on "
+                    f"{existing.parent}); mdevd keeps one device per UUID: start it with "
+                    f"`mdevctl start -u {uuid}` or change its definition first"
+                )
+            await session.check_creatable(uuid, existing.parent, existing.type_id)
+            try:
+                await client.start(uuid, force=args.force or None)
+            except DaemonError as e:
+                raise _create_error(e, uuid, existing.parent, existing.type_id) from None
+        else:
+            await _create_transient(session, wanted, args.force)
+    else:
+        defined = None
+        if args.uuid is not None:
+            device = await session.device(args.uuid)
+            if device is not None and device.defined and args.parent in (None, device.parent):
+                defined = device
+        if defined is not None:
+            if args.mdev_type is not None and args.mdev_type != defined.type_id:
+                raise CommandError(
+                    f"Device {defined.uuid} already exists on parent {defined.parent} "
+                    f"with type {defined.type_id}"
+                )
+            await session.check_creatable(defined.uuid, defined.parent, defined.type_id)
+            try:
+                await client.start(defined.uuid, force=args.force or None)
+            except DaemonError as e:
+                raise _create_error(e, defined.uuid, defined.parent, defined.type_id) from None
+            return
+        if args.mdev_type is not None and args.parent is None:
+            raise CommandError("can't provide type without parent")
+        if args.mdev_type is None or args.parent is None:
+            raise CommandError("Device is insufficiently specified")
+        uuid = args.uuid or str(uuid_module.uuid4())
+        await _create_transient(session, Definition(uuid, args.parent, args.mdev_type), args.force)
+    if args.uuid is None:
+        print(uuid)
+
+
+async def _create_transient(session: Session, wanted: Definition, force: bool) -> None:
+    await session.check_creatable(wanted.uuid, wanted.parent, wanted.type_id)
+    try:
+        await session.client.create_device(
+            wanted.parent,
+            wanted.type_id,
+            uuid=wanted.uuid,
+            attributes=wanted.attributes,
+            force=force or None,
+        )
+    except DaemonError as e:
+        raise _create_error(e, wanted.uuid, wanted.parent, wanted.type_id) from None
+
+
+async def _stop(session: Session, args: argparse.Namespace) -> None:
+    try:
+        await session.client.stop(args.uuid, force=args.force or None)
+    except DaemonError as e:
+        if e.short_name in ("NotActive", "NotFound"):
+            raise CommandError(
+                f"Error removing device {args.uuid}", "No such file or directory (os error 2)"
+            ) from None
+        if e.short_name == "Vetoed":
+            raise _daemon_error(e) from None
+        raise CommandError(f"Error removing device {args.uuid}", e.message) from None
+
+
+async def _define(session: Session, args: argparse.Namespace) -> None:
+    client = session.client
+    uuid = args.uuid or str(uuid_module.uuid4())
+    if args.jsonfile is not None:
+        text = _read_jsonfile(args.jsonfile)
+        if args.parent is None:
+            raise CommandError(f'Parent device required to define device via "{args.jsonfile}"')
+        existing = await session.device(uuid)
+        if existing is not None and existing.defined and existing.parent == args.parent:
+            raise CommandError(
+                f"Cowardly refusing to overwrite existing config for {args.parent}/{uuid}"
+            )
+        wanted = _from_json(text, uuid, args.parent)
+        await client.define_device(
+            wanted.parent,
+            wanted.type_id,
+            uuid=uuid,
+            attributes=wanted.attributes,
+            autostart=wanted.autostart,
+            force=args.force or None,
+        )
+    else:
+        existing = await session.device(uuid) if args.uuid else None
+        running = existing if existing is not None and existing.active else None
+        if args.uuid and args.parent is None and (running is None or args.mdev_type):
+            raise CommandError("No parent specified")
+        parent = args.parent or (running.parent if running else None)
+        type_id = args.mdev_type or (running.type_id if running else None)
+        if parent is None:
+            raise CommandError("No parent specified")
+        if type_id is None:
+            raise CommandError("No type specified")
+        if existing is not None and existing.defined and existing.parent == parent:
+            raise CommandError(f"Device {uuid} on {parent} already defined")
+        if running is not None and (running.parent, running.type_id) == (parent, type_id):
+            # Define the running device as it is: the daemon asks the callouts for its
+            # attributes (mdevctl's `get attributes`).
+            await client.define(uuid, autostart=args.auto, force=args.force or None)
+        else:
+            await client.define_device(
+                parent, type_id, uuid=uuid, autostart=args.auto, force=args.force or None
+            )
+    if args.uuid is None:
+        print(uuid)
+
+
+async def _undefine(session: Session, args: argparse.Namespace) -> None:
+    device = await session.device(args.uuid)
+    if device is None or not device.defined or args.parent not in (None, device.parent):
+        raise CommandError("No devices match the specified uuid")
+    await session.client.undefine(args.uuid, force=args.force or None)
+
+
+def _not_defined(uuid: str, parent: str | None) -> CommandError:
+    where = f"{parent}/{uuid}" if parent else uuid
+    return CommandError(f"Mediated device {where} is not defined")
+
+
+async def _modify(session: Session, args: argparse.Namespace) -> None:
+    client = session.client
+    device = await session.device(args.uuid)
+    if args.live:
+        if device is None or not device.active or args.parent not in (None, device.parent):
+            where = f"{args.parent}/{args.uuid}" if args.parent else args.uuid
+            raise CommandError(f"Mediated device {where} is not active")
+        wanted = _from_json(_read_jsonfile(args.jsonfile), args.uuid, device.parent)
+        if wanted.type_id != device.type_id:
+            raise CommandError("'type' cannot be changed on active mdev")
+        if args.defined:
+            if not device.defined:
+                raise _not_defined(args.uuid, device.parent)
+            await client.update(
+                args.uuid,
+                autostart=wanted.autostart,
+                attributes=wanted.attributes,
+                live=True,
+                force=args.force or None,
+            )
+        else:
+            await client.update(args.uuid, attributes=wanted.attributes, live=True, persist=False)
+        return
+    if device is None or not device.defined or args.parent not in (None, device.parent):
+        raise _not_defined(args.uuid, args.parent)
+    if args.jsonfile is not None:
+        if args.parent is None:
+            raise CommandError("Parent device required to modify device via json file")
+        wanted = _from_json(_read_jsonfile(args.jsonfile), args.uuid, args.parent)
+        await client.update(
+            args.uuid,
+            type_id=wanted.type_id,
+            autostart=wanted.autostart,
+            attributes=wanted.attributes,
+            force=args.force or None,
+        )
+        return
+    attributes = list(device.attributes)
+    if args.addattr is not None:
+        index = len(attributes) if args.index is None else args.index
+        if index > len(attributes):
+            raise CommandError(f"Attribute index {index} is invalid")
+        attributes.insert(index, (args.addattr, args.value))
+    elif args.delattr:
+        if args.index is not None:
+            if args.index >= len(attributes):
+                raise CommandError(f"Attribute index {args.index} is invalid")
+            del attributes[args.index]
+        elif attributes:
+            attributes.pop()
+    autostart = True if args.auto else False if args.manual else None
+    await client.update(
+        args.uuid,
+        type_id=args.mdev_type,
+        autostart=autostart,
+        attributes=attributes if tuple(attributes) != device.attributes else None,
+        force=args.force or None,
+    )
+
+
+async def _start_parent_mdevs(session: Session, args: argparse.Namespace) -> None:
+    """Start the parent's autostart devices (the daemon does this by itself when a parent
+    registers; the udev rule that calls this is harmless beside it)."""
+    for device in await session.client.devices():
+        if device.parent != args.parent or not device.defined or not device.autostart:
+            continue
+        if device.active:
+            continue
+        try:
+            await session.client.start(device.uuid)
+        except DaemonError as e:
+            if e.short_name != "AlreadyActive":
+                sys.stderr.write(f"{e.message}\n")
+
+
+_COMMANDS = {
+    "list": _list,
+    "types": _types,
+    "start": _start,
+    "stop": _stop,
+    "define": _define,
+    "undefine": _undefine,
+    "modify": _modify,
+    "start-parent-mdevs": _start_parent_mdevs,
+}

@@ -1,0 +1,146 @@
+"""The daemon keeps mdevctl's directory as a live store (part 1 of issue 10).
+
+The real daemon runs on a private bus and the emulated kernel, with mdevctl's directory
+relocated; what it writes there is compared with what Debian's real mdevctl writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from mdevd.client import Client
+from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory
+from tests.compat.reference import REAL_MDEVCTL, run_reference
+
+pytestmark = pytest.mark.timeout(180, method="thread")
+
+U1 = "976d8cc2-4bfc-43b9-b9f9-f4af2de91ab9"
+U2 = "59e8b599-afdd-4766-a59e-415ef4f5a492"
+
+
+def _call(stack: Stack, method: str, *args: object, **kwargs: object) -> object:
+    async def run() -> object:
+        client = await Client.connect(stack.address)
+        try:
+            return await getattr(client, method)(*args, **kwargs)
+        finally:
+            client.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.skipif(REAL_MDEVCTL is None, reason="mdevctl is not installed")
+def test_a_definition_made_over_dbus_is_the_file_mdevctl_would_write(
+    start_stack: StackFactory,
+) -> None:
+    stack = start_stack()
+    attrs = (("assign_adapter", "5"), ("assign_domain", "0x4"))
+    _call(
+        stack,
+        "define_device",
+        "matrix",
+        "vfio_ap-passthrough",
+        uuid=U1,
+        autostart=True,
+        attributes=attrs,
+    )
+    ours = stack.file("matrix", U1).read_bytes()
+
+    reference = Path(tempfile.mkdtemp(dir="/tmp"))
+    done = run_reference(
+        stack.sim.root,
+        reference,
+        [
+            ["mdevctl", "define", "-u", U1, "-p", "matrix", "-t", "vfio_ap-passthrough", "-a"],
+            ["mdevctl", "modify", "-u", U1, "--addattr=assign_adapter", "--value=5"],
+            ["mdevctl", "modify", "-u", U1, "--addattr=assign_domain", "--value=0x4"],
+        ],
+    )
+    assert [r.returncode for r in done] == [0, 0, 0], done
+    assert ours == (reference / "matrix" / U1).read_bytes()
+    device = _call(stack, "device", U1)
+    assert device.config_file == str(stack.file("matrix", U1))  # type: ignore[attr-defined]
+
+
+def test_mdevctl_definitions_are_the_daemons_at_startup(
+    dirs: CompatDirs, start_stack: StackFactory
+) -> None:
+    (dirs.mdevctl / "mtty").mkdir()
+    (dirs.mdevctl / "mtty" / U1).write_text(
+        json.dumps({"mdev_type": "mtty-2", "start": "auto", "attrs": []})
+    )
+    stack = start_stack()
+    device = _call(stack, "device", U1)
+    assert device.defined and device.autostart and device.active  # type: ignore[attr-defined]
+    assert device.config_file == str(dirs.mdevctl / "mtty" / U1)  # type: ignore[attr-defined]
+
+
+def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
+    start_stack: StackFactory,
+) -> None:
+    stack = start_stack()
+    with EventRecorder(stack.address) as recorder:
+        _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
+        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "defined")
+        _call(stack, "update", U1, autostart=True)
+        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "updated")
+        path = stack.file("mtty", U1)
+        assert json.loads(path.read_text())["start"] == "auto"
+
+        # mdevd's own writes, re-read: nothing happened.
+        before = len(recorder.events)
+        _call(stack, "reload")
+        _call(stack, "reload")
+        assert [(e.uuid, e.event) for e in recorder.events[before:]] == []
+
+        # Someone else's edit (the real mdevctl, an admin): picked up as a config change.
+        path.write_text(json.dumps({"mdev_type": "mtty-2", "start": "auto"}))
+        _call(stack, "reload")
+        recorder.wait_for(
+            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
+        )
+        assert _call(stack, "device", U1).type_id == "mtty-2"  # type: ignore[attr-defined]
+
+        # A new file dropped in by another tool is a new definition.
+        (stack.dirs.mdevctl / "mtty" / U2).write_text(
+            json.dumps({"mdev_type": "mtty-1", "start": "manual", "attrs": []})
+        )
+        _call(stack, "reload")
+        recorder.wait_for(lambda e: e.uuid == U2 and e.event == "defined")
+
+        _call(stack, "undefine", U1)
+        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "undefined")
+        assert not path.exists()
+
+
+def test_toml_definitions_are_mirrored_for_mdevctls_readers(
+    dirs: CompatDirs, start_stack: StackFactory
+) -> None:
+    (dirs.devices / "gpu.toml").write_text(
+        f'[[device]]\nuuid = "{U1}"\nparent = "0000:65:00.0"\ntype = "nvidia-558"\n'
+    )
+    stack = start_stack()
+    mirror = stack.file("0000:65:00.0", U1)
+    assert json.loads(mirror.read_text()) == {
+        "mdev_type": "nvidia-558",
+        "start": "manual",
+        "attrs": [],
+    }
+    _call(stack, "update", U1, autostart=True)
+    assert "autostart = true" in (dirs.devices / "gpu.toml").read_text()
+    assert json.loads(mirror.read_text())["start"] == "auto"
+    _call(stack, "undefine", U1)
+    assert not mirror.exists()
+    assert not (dirs.devices / "gpu.toml").exists()
+
+
+def test_compatibility_off_leaves_mdevctls_directory_alone(start_stack: StackFactory) -> None:
+    stack = start_stack(daemon_args=("--mdevctl-compat", "off"))
+    _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
+    assert not stack.file("mtty", U1).exists()
+    assert (stack.dirs.devices / f"{U1}.toml").exists()

@@ -34,9 +34,6 @@ from enum import StrEnum
 from typing import Any
 
 import tomli_w
-import tomlkit
-import tomlkit.exceptions
-import tomlkit.items
 
 from mdevd import validate
 from mdevd.errors import ConfigInvalid, InvalidArgument
@@ -454,6 +451,8 @@ def _located(parsed: ParsedFile, source: str, uuid: str) -> Definition:
 
 
 def _edited_table_text(chunk: str, definition: Definition) -> str:
+    import tomlkit.items  # see replace_in_text
+
     document = tomlkit.parse(chunk)
     table = document["device"][0]
     assert isinstance(table, tomlkit.items.Table)
@@ -505,6 +504,10 @@ def _parsed_for_edit(text: str, source: str) -> ParsedFile:
 
 def replace_in_text(text: str, source: str, definition: Definition) -> str:
     """`text` with the table of `definition.uuid` changed to `definition`, all else kept."""
+    # Imported here, not at the top: tomlkit costs ~60 ms to import and only in-place edits
+    # of hand-written files need it; every command and the daemon's start-up would pay it.
+    import tomlkit.exceptions
+
     before = _parsed_for_edit(text, source)
     old = _located(before, source, definition.uuid)
     lines, start, end = _entry_span(text, source, old.source_line)

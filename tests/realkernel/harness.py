@@ -27,6 +27,7 @@ from __future__ import annotations
 import compileall
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from tests.realkernel.prepare import DEFAULT_CACHE_ROOT, PreparedKernel, prepare
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 GUEST_INIT = HERE / "guest" / "init"
+SYSTEMD = Path("/lib/systemd/systemd")
 #: Where the shared folder is in the guest.
 GUEST_SHARED = Path("/run/realkernel")
 
@@ -92,6 +94,36 @@ def _read(path: Path) -> str:
         return ""
 
 
+#: The unit a systemd guest boots into (`systemd.unit=`): the command, then power off. Only
+#: the journal, udevd and the system bus come up before it, not all of sysinit.target and
+#: basic.target (half a minute more under emulation).
+COMMAND_UNIT = f"""[Unit]
+Description=The real-kernel harness's command
+DefaultDependencies=no
+Wants=systemd-journald.socket systemd-udevd.service dbus.socket
+After=systemd-journald.socket systemd-udevd.service dbus.socket
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+WorkingDirectory=/
+Environment=HOME=/root LANG=C.UTF-8 REALKERNEL_SHARED={GUEST_SHARED}
+ExecStart=/bin/sh {GUEST_SHARED}/.command
+ExecStopPost=/bin/sh -c 'echo "$EXIT_STATUS" >{GUEST_SHARED}/exit-status'
+StandardOutput=file:{GUEST_SHARED}/output.log
+StandardError=inherit
+TimeoutStartSec=infinity
+"""
+#: Kernel arguments of a systemd guest: boot into the command's unit, and skip the coldplug of
+#: every device (a minute under emulation; the harness's users load their drivers later).
+SYSTEMD_ARGS = (
+    "systemd.unit=realkernel-command.service",
+    "systemd.mask=systemd-udev-trigger.service",
+    "systemd.show_status=false",
+)
+
+
 def _command_script(command: Sequence[str] | str, env: Mapping[str, str], cwd: str) -> str:
     """The shell script the guest init runs: the command, in `cwd`, with `env` added."""
     program = command if isinstance(command, str) else shlex.join(command)
@@ -119,7 +151,14 @@ class RealKernel:
         return cls(prepare(cache_root))
 
     def qemu_argv(
-        self, run_dir: Path, shared_dir: Path, *, memory_mb: int, cpus: int, init: Path
+        self,
+        run_dir: Path,
+        shared_dir: Path,
+        *,
+        memory_mb: int,
+        cpus: int,
+        systemd: bool,
+        kernel_args: Sequence[str],
     ) -> list[str]:
         accelerator = choose_accelerator()
         cmdline = [
@@ -128,7 +167,9 @@ class RealKernel:
             "quiet",
             "random.trust_cpu=on",
             f"rk_modules={self.prepared.modules_dir}",
-            f"rk_init={init}",
+            f"rk_init={SYSTEMD if systemd else GUEST_INIT}",
+            *(SYSTEMD_ARGS if systemd else ()),
+            *kernel_args,
         ]
         virtfs = "local,security_model=none,multidevs=remap"
         return [
@@ -172,13 +213,17 @@ class RealKernel:
         run_dir: Path | None = None,
         memory_mb: int = 2048,
         cpus: int = 2,
-        init: Path = GUEST_INIT,
+        systemd: bool = False,
+        kernel_args: Sequence[str] = (),
     ) -> GuestResult:
         """Boot, run `command` (argv, or a shell command line) as root in the guest, power off.
 
         `run_dir` (a new directory under /tmp by default) receives `console.log`, `qemu.log`
         and `shared/`, the guest's /run/realkernel. The guest gets `cpus` and `memory_mb`.
-        After `timeout` seconds qemu is killed and `timed_out` is set.
+        With `systemd`, PID 1 is the host's systemd, booting into a unit that runs the command
+        once basic.target, udevd and the bus socket are up (`COMMAND_UNIT`, `SYSTEMD_ARGS`);
+        else it is `guest/init`, a shell, and nothing else runs. `kernel_args` are added to
+        the kernel command line. After `timeout` seconds qemu is killed and `timed_out` is set.
         """
         if run_dir is None:
             run_dir = Path(tempfile.mkdtemp(prefix="mdevd-realkernel-", dir="/tmp"))
@@ -187,8 +232,20 @@ class RealKernel:
         for stale in ("exit-status", "output.log"):
             (shared_dir / stale).unlink(missing_ok=True)
         (shared_dir / ".command").write_text(_command_script(command, env or {}, str(cwd)))
+        units = shared_dir / ".units"
+        shutil.rmtree(units, ignore_errors=True)
+        if systemd:
+            units.mkdir()
+            (units / "realkernel-command.service").write_text(COMMAND_UNIT)
         _compile_checkout()
-        argv = self.qemu_argv(run_dir, shared_dir, memory_mb=memory_mb, cpus=cpus, init=init)
+        argv = self.qemu_argv(
+            run_dir,
+            shared_dir,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            systemd=systemd,
+            kernel_args=kernel_args,
+        )
         started = time.monotonic()
         timed_out = False
         with (run_dir / "qemu.log").open("wb") as qemu_log:

@@ -304,6 +304,14 @@ def _build_initramfs(kernel_dir: Path, release: str) -> Path:
     return destination
 
 
+def _prune(cache_root: Path, keep: Path) -> None:
+    """Drop kernels `linux-image-amd64` no longer depends on, and scratch left by a killed run
+    (called under the lock, so no preparation is using them)."""
+    for entry in cache_root.iterdir():
+        if entry.is_dir() and entry != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextmanager
 def _locked(cache_root: Path) -> Iterator[None]:
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -332,6 +340,7 @@ def prepare(cache_root: Path = DEFAULT_CACHE_ROOT) -> PreparedKernel:
                 scratch.rename(directory)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+            _prune(cache_root, keep=directory)
         started = time.monotonic()
         initramfs = _build_initramfs(directory, release)
         if timings:

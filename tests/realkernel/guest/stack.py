@@ -117,6 +117,23 @@ def _project_files(pattern: str) -> list[Path]:
     return sorted(found)
 
 
+def install_bus_policy() -> None:
+    """The project's bus policy where a package puts it (the bus reads it at start or reload)."""
+    policy_dir = Path("/etc/dbus-1/system.d")
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    for policy in _project_files("org.mdevd.*.conf"):
+        shutil.copy(policy, policy_dir / policy.name)
+
+
+def install_polkit_files() -> None:
+    """The project's polkit actions and rules, if it has any, where polkitd reads them."""
+    for action in _project_files("*.policy"):
+        shutil.copy(action, Path("/usr/share/polkit-1/actions") / action.name)
+    for rule in _project_files("*.rules"):
+        if "polkit" in rule.parent.as_posix():  # not udev's rules
+            shutil.copy(rule, Path("/usr/share/polkit-1/rules.d") / rule.name)
+
+
 class Mdevd:
     """The daemon from the checkout, as root, with its production defaults."""
 
@@ -198,20 +215,14 @@ class GuestStack:
 
     def start_system_bus(self) -> None:
         """Debian's system bus, with the project's policy installed like a package does."""
-        policy_dir = Path("/etc/dbus-1/system.d")
-        policy_dir.mkdir(parents=True, exist_ok=True)
-        for policy in _project_files("org.mdevd.*.conf"):
-            shutil.copy(policy, policy_dir / policy.name)
+        install_bus_policy()
         Path("/run/dbus").mkdir(parents=True, exist_ok=True)
         self._spawn("dbus-daemon", ["dbus-daemon", "--system", "--nofork", "--nopidfile"])
         wait_for(lambda: Path("/run/dbus/system_bus_socket").exists(), 30, "the system bus socket")
 
     def start_polkitd(self) -> None:
         """polkitd, with the project's polkit actions (and rules) installed if it has any."""
-        for action in _project_files("org.mdevd*.policy"):
-            shutil.copy(action, Path("/usr/share/polkit-1/actions") / action.name)
-        for rule in _project_files("*mdevd*.rules"):
-            shutil.copy(rule, Path("/usr/share/polkit-1/rules.d") / rule.name)
+        install_polkit_files()
         self._spawn("polkitd", [str(POLKITD), "--no-debug"])
         wait_for(lambda: name_has_owner(POLKIT_NAME), 30, "polkitd")
 

@@ -305,8 +305,11 @@ def _build_initramfs(kernel_dir: Path, release: str) -> Path:
 
 
 def _prune(cache_root: Path, keep: Path) -> None:
-    """Drop kernels `linux-image-amd64` no longer depends on, and scratch left by a killed run
-    (called under the lock, so no preparation is using them)."""
+    """Drop kernels `linux-image-amd64` no longer depends on, and scratch left by a killed run.
+
+    Called under the lock, so no preparation is using them; a guest still running on an older
+    kernel would lose its modules, which takes a kernel update in the middle of a test run.
+    """
     for entry in cache_root.iterdir():
         if entry.is_dir() and entry != keep:
             shutil.rmtree(entry, ignore_errors=True)

@@ -31,7 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 SHARED = Path(os.environ.get("REALKERNEL_SHARED", "/run/realkernel"))
 LOGS = SHARED / "logs"
-SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 BUS_NAME = "org.mdevd.Mdevd1"
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 DEVICES_DIR = Path("/etc/mdevd/devices.d")

@@ -22,6 +22,7 @@ from tests.realkernel.guest.stack import (
     LOGS,
     REPO,
     SHARED,
+    StackError,
     install_bus_policy,
     install_polkit_files,
     name_has_owner,
@@ -83,7 +84,7 @@ def main() -> int:
         try:
             wait_for(autostarted, 60, "the autostart device")
             came = True
-        except RuntimeError:
+        except StackError:
             came = False
         r.check("modprobe mtty: autostart through systemd's udevd", came, sysfs.devices())
         journal = run(["journalctl", "--no-pager", "-u", UNIT, "-o", "cat"], check=False).stdout

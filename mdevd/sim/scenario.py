@@ -42,6 +42,10 @@ A scenario is a TOML file (the shipped ones live in `config/sim/`)::
                                    #   assign_control_domain, unassign_control_domain, and the
                                    #   readable matrix and control_domains)
 
+    [parent.type.readonly]         # optional: read-only files of each device of this type
+    "vendor/resolution" = "640x480"  # the sample drivers' `vendor` group; `{uuid}` in a value
+                                     #   becomes the device's UUID; shown with a newline
+
     [[parent.type.attribute]]      # optional: a write-only device attribute of this type
     name = "example"
     accept = "[0-9]+"              # a value (one trailing newline stripped) must match in full,
@@ -97,6 +101,8 @@ class TypeSpec:
     max_instances: int | None = None
     attributes: tuple[AttributeSpec, ...] = ()
     vfio_ap: VfioApSpec | None = None
+    #: Read-only device files (path under the device, value with `{uuid}`), in file order.
+    readonly: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +209,10 @@ class _Table:
 
 
 _REQUIRED = object()
+#: What the mdev core and the driver core put in every device directory.
+RESERVED_DEVICE_FILES = frozenset(
+    {"driver", "iommu_group", "mdev_type", "power", "remove", "subsystem", "uevent", "vfio-dev"}
+)
 
 
 def _name(check: Any, value: str, where: str) -> str:
@@ -260,6 +270,13 @@ def _type(data: object, where: str, pools: Mapping[str, int], parent_limited: bo
         _attribute(item, f"{where}: attribute {index + 1}")
         for index, item in enumerate(table.tables("attribute"))
     )
+    readonly = tuple(
+        (_readonly_path(path, where), value)
+        for path, value in sorted(table.table("readonly").items())
+    )
+    for path, value in readonly:
+        if not isinstance(value, str):
+            raise ScenarioError(f'{where}: readonly {path!r} must be "text"')
     spec = TypeSpec(
         type_id=type_id,
         name=table.text("name", type_id),
@@ -270,6 +287,7 @@ def _type(data: object, where: str, pools: Mapping[str, int], parent_limited: bo
         max_instances=max_instances,
         attributes=attributes,
         vfio_ap=vfio_ap,
+        readonly=readonly,
     )
     table.finish()
     if pool is None and max_instances is None and not parent_limited:
@@ -279,7 +297,22 @@ def _type(data: object, where: str, pools: Mapping[str, int], parent_limited: bo
     names = [a.name for a in attributes]
     if len(set(names)) != len(names):
         raise ScenarioError(f"{where}: an attribute is declared twice")
+    clashes = set(names) & {path.split("/")[0] for path, _ in readonly}
+    if clashes:
+        raise ScenarioError(f"{where}: {sorted(clashes)} is both an attribute and read-only")
     return spec
+
+
+def _readonly_path(path: str, where: str) -> str:
+    """`name` or `group/name`, each part a plain attribute name."""
+    parts = path.split("/")
+    if len(parts) > 2 or parts[0] in RESERVED_DEVICE_FILES:
+        raise ScenarioError(
+            f"{where}: readonly {path!r} must be NAME or GROUP/NAME, not a file the core makes"
+        )
+    for part in parts:
+        _name(validate.attribute_name, part, f"{where}: readonly {path!r}")
+    return path
 
 
 def _parent(data: object, where: str) -> ParentSpec:

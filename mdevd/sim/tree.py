@@ -113,6 +113,32 @@ def _relative(target: str, directory: str) -> str:
     return posixpath.relpath(target, directory or ".")
 
 
+#: The driver core's runtime-PM files (`power/`) of a device no driver manages power for, as
+#: Linux 6.1 shows them: 0644 ones are writable there, here they refuse writes (EACCES).
+_POWER_FILES = (
+    ("async", MODE_RW, b"disabled\n"),
+    ("autosuspend_delay_ms", MODE_RW, None),  # EIO: runtime PM does not use autosuspend
+    ("control", MODE_RW, b"auto\n"),
+    ("runtime_active_kids", MODE_RO, b"0\n"),
+    ("runtime_active_time", MODE_RO, b"0\n"),
+    ("runtime_enabled", MODE_RO, b"disabled\n"),
+    ("runtime_status", MODE_RO, b"unsupported\n"),
+    ("runtime_suspended_time", MODE_RO, b"0\n"),
+    ("runtime_usage", MODE_RO, b"0\n"),
+)
+
+
+def _no_autosuspend() -> bytes:
+    fail(errno.EIO, "autosuspend is not used")
+
+
+def _power_files(builder: _Builder, devpath: str) -> None:
+    """`power/`, which the driver core gives every device and takes first when it goes."""
+    for name, mode, content in _POWER_FILES:
+        show = _no_autosuspend if content is None else (lambda data=content: data)
+        builder.file(f"{devpath}/power/{name}", Attribute(mode, show=show))
+
+
 def _uevent_file(
     kernel: Kernel, devpath: str, subsystem: str, properties: Callable[[], dict[str, str]]
 ) -> Attribute:
@@ -156,6 +182,7 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
     builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
     builder.dir(f"{device.vfio_dev_devpath}")
+    _power_files(builder, device.vfio_dev_devpath)
     builder.link(f"{device.vfio_dev_devpath}/subsystem", "class/vfio-dev")
     builder.link(f"{device.vfio_dev_devpath}/device", path)
     builder.file(
@@ -168,6 +195,7 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     group_path = device.vfio_group_devpath
     major, minor = kernel.scenario.vfio_major, device.vfio_minor
     builder.text(f"{group_path}/dev", f"{major}:{minor}\n")
+    _power_files(builder, group_path)
     builder.link(f"{group_path}/subsystem", "class/vfio")
     group_props = {
         "MAJOR": str(major),
@@ -201,7 +229,10 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
         kernel.remove_device(device, data)
 
     builder.file(f"{path}/remove", Attribute(MODE_WO, store=remove))
+    _power_files(builder, path)
     spec = device.mdev_type
+    for name, value in spec.readonly:
+        builder.text(f"{path}/{name}", value.replace("{uuid}", device.uuid) + "\n")
     for attribute in spec.attributes:
         builder.file(f"{path}/{attribute.name}", _attribute_file(kernel, device, attribute.name))
     if spec.vfio_ap is not None:
@@ -239,6 +270,7 @@ def _attribute_file(kernel: Kernel, device: Device, name: str) -> Attribute:
 def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
     spec = parent.spec
     builder.dir(spec.devpath)
+    _power_files(builder, spec.devpath)
     builder.link(f"{spec.devpath}/subsystem", spec.subsystem_path)
     builder.file(
         f"{spec.devpath}/uevent",

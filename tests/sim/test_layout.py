@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,79 @@ def test_pools_are_shared_across_types(sim: RunningSim) -> None:
 def test_unknown_paths_are_enoent(sim: RunningSim) -> None:
     assert write_errno(type_dir(sim.root, "mtty", "mtty-3") / "create", UUID_A) == errno.ENOENT
     assert not (sim.root / "class/mdev_bus/nope").exists()
+
+
+# What the driver core gives every device, and the sample drivers' `vendor` groups, as the real
+# kernel showed them (tests/realkernel/test_fidelity.py compares the whole probe).
+POWER = {
+    "async": (0o644, "disabled\n"),
+    "autosuspend_delay_ms": (0o644, None),  # reading is EIO
+    "control": (0o644, "auto\n"),
+    "runtime_active_kids": (0o444, "0\n"),
+    "runtime_active_time": (0o444, "0\n"),
+    "runtime_enabled": (0o444, "disabled\n"),
+    "runtime_status": (0o444, "unsupported\n"),
+    "runtime_suspended_time": (0o444, "0\n"),
+    "runtime_usage": (0o444, "0\n"),
+}
+
+
+def _assert_power_directory(directory: Path) -> None:
+    power = directory / "power"
+    assert sorted(os.listdir(power)) == sorted(POWER)
+    for name, (mode, content) in POWER.items():
+        assert stat.S_IMODE(os.stat(power / name).st_mode) == mode, name
+        if content is None:
+            with pytest.raises(OSError) as unreadable:
+                (power / name).read_text()
+            assert unreadable.value.errno == errno.EIO
+        else:
+            assert (power / name).read_text() == content, name
+
+
+def test_every_device_has_a_power_directory(sim: RunningSim) -> None:
+    create(sim.root, "mtty", "mtty-2", UUID_A)
+    device = sim.root / "bus/mdev/devices" / UUID_A
+    group = os.path.basename(os.readlink(device / "iommu_group"))
+    for directory in (
+        sim.root / "class/mdev_bus/mtty",
+        sim.root / "class/mdev_bus/mdpy",
+        device,
+        next((device / "vfio-dev").iterdir()),
+        sim.root / "class/vfio" / group,
+    ):
+        _assert_power_directory(directory)
+
+
+@pytest.mark.parametrize(
+    ("parent", "type_id", "name", "content"),
+    [
+        ("mtty", "mtty-1", "sample_mdev_dev", f"This is MDEV {UUID_A}\n"),
+        ("mtty", "mtty-2", "sample_mdev_dev", f"This is MDEV {UUID_A}\n"),
+        ("mdpy", "mdpy-vga", "resolution", "640x480\n"),
+        ("mdpy", "mdpy-hd", "resolution", "1920x1080\n"),
+        ("mbochs", "mbochs-small", "memory", "4 MB\n"),
+        ("mbochs", "mbochs-large", "memory", "64 MB\n"),
+    ],
+)
+def test_sample_drivers_read_only_vendor_attributes(
+    sim: RunningSim, parent: str, type_id: str, name: str, content: str
+) -> None:
+    create(sim.root, parent, type_id, UUID_A)
+    vendor = sim.root / "bus/mdev/devices" / UUID_A / "vendor"
+    assert os.listdir(vendor) == [name]
+    assert (vendor / name).read_text() == content
+    assert stat.S_IMODE(os.stat(vendor / name).st_mode) == 0o444
+    assert write_errno(vendor / name, "1") == errno.EACCES
+
+
+def test_mbochs_describes_its_types_by_memory_only(sim: RunningSim) -> None:
+    descriptions = {
+        t: (type_dir(sim.root, "mbochs", t) / "description").read_text()
+        for t in ("mbochs-small", "mbochs-medium", "mbochs-large")
+    }
+    assert descriptions == {
+        "mbochs-small": "virtual display, 4 MB video memory\n",
+        "mbochs-medium": "virtual display, 16 MB video memory\n",
+        "mbochs-large": "virtual display, 64 MB video memory\n",
+    }

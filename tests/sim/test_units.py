@@ -75,6 +75,11 @@ def test_defaults() -> None:
         (('id = "mtty-1"', 'id = "mtty/1"'), "'/'"),
         (('name = "mtty"', "name = 5"), "wrong type"),
         (("[[parent.type]]", 'registered = "yes"\n[[parent.type]]'), "wrong type"),
+        (('pool = "ports"', 'pool = "ports"\nreadonly = { "a/b/c" = "x" }'), "GROUP/NAME"),
+        (('pool = "ports"', 'pool = "ports"\nreadonly = { "remove" = "x" }'), "core makes"),
+        (('pool = "ports"', 'pool = "ports"\nreadonly = { "power/x" = "x" }'), "core makes"),
+        (('pool = "ports"', 'pool = "ports"\nreadonly = { "a/.." = "x" }'), "readonly"),
+        (('pool = "ports"', 'pool = "ports"\nreadonly = { "x" = 1 }'), "must be"),
     ],
 )
 def test_scenario_errors_name_the_problem(change: tuple[str, str], message: str) -> None:

@@ -11,6 +11,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 _entered = False
+#: The network namespace the process started in, kept open across the unshare (see below).
+_host_netns_fd: int | None = None
 
 
 def in_private_netns() -> bool:
@@ -26,13 +28,16 @@ def enter_private_namespaces() -> None:
 
     Must run while the process has a single thread: unshare() changes only the calling thread.
     """
-    global _entered
+    global _entered, _host_netns_fd
     if _entered:
         return
     if os.geteuid() != 0:
         raise RuntimeError(
             "the test suite runs as root (it mounts FUSE filesystems and namespaces)"
         )
+    # Kept so that the few steps that need a package registry (the real-kernel harness's
+    # one-time preparation) can still reach the network from inside the test run.
+    _host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
@@ -41,3 +46,13 @@ def enter_private_namespaces() -> None:
         err = ctypes.get_errno()
         raise OSError(err, f"making / a private mount: {os.strerror(err)}")
     _entered = True
+
+
+def host_network_argv() -> list[str]:
+    """The argv prefix that runs a command in the network namespace this process started in.
+
+    Empty when the process never left it. `nsenter` joins the namespace through the kept fd.
+    """
+    if _host_netns_fd is None:
+        return []
+    return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{_host_netns_fd}", "--"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         help="run only these groups (repeatable)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write results")
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        help="create/remove cycles for the memory row (default 10000; 100000 takes ~20 min)",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else rows.Settings()
+    if args.cycles is not None:
+        settings = dataclasses.replace(settings, cycles=max(1, args.cycles))
     wanted = set(args.only or ("query", "start", "define", "autostart", "daemon", "events"))
     report = Report(machine=machine_description())
     print(report.machine_line())

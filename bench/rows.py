@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from bench.harness import MDEVCTL_DIR, PARENT, TYPE, Bench, bench_uuid
+from bench.harness import MDEVCTL_DIR, PARENT, TYPE, Bench, BindWatcher, bench_uuid
 from bench.report import Report, Row, Stats
 from mdevd.bus.names import BUS_NAME, OBJECT_MANAGER_INTERFACE, ROOT_PATH
 from mdevd.client import Client, Event
@@ -37,7 +37,9 @@ class Settings:
     parallel: int = 16
     autostart_sizes: tuple[int, ...] = (1, 16, 256)
     daemon_devices: int = 10_000
-    cycles: int = 100_000
+    #: 100,000 (what the memory question asks) takes ~20 min on the emulated kernel: run it
+    #: with `--cycles 100000`; the default keeps the whole run within a few minutes.
+    cycles: int = 10_000
     events: int = 200
 
 
@@ -345,30 +347,34 @@ async def autostart(bench: Bench, report: Report, settings: Settings) -> None:
 async def _autostart_row(
     bench: Bench, report: Report, settings: Settings, wanted: set[str]
 ) -> None:
-    def all_present() -> bool:
-        return bench.active_uuids() >= wanted
+    watcher = BindWatcher()
 
     def unregister() -> None:
         bench.sim.control.unregister(PARENT)
         bench.wait_until(lambda: not bench.active_uuids())
 
-    async def mdevctl() -> float:
-        bench.stop_daemon()
+    def registration_to_binds(then: Callable[[], object] = lambda: None) -> float:
+        watcher.drain()
         started = time.perf_counter()
         bench.sim.control.register(PARENT)
-        # What Debian's udev rule runs for the parent's registration event.
-        subprocess.run(["mdevctl", "start-parent-mdevs", PARENT], check=True, capture_output=True)
-        bench.wait_until(all_present)
-        elapsed = time.perf_counter() - started
+        then()
+        return watcher.wait_for_binds(wanted) - started
+
+    async def mdevctl() -> float:
+        bench.stop_daemon()
+        # What Debian's udev rule runs for the parent's registration event (started at once:
+        # udevd's own delay before running a rule is not counted).
+        elapsed = registration_to_binds(
+            lambda: subprocess.run(
+                ["mdevctl", "start-parent-mdevs", PARENT], check=True, capture_output=True
+            )
+        )
         unregister()
         return elapsed
 
     async def mdevd() -> float:
         bench.start_daemon()
-        started = time.perf_counter()
-        bench.sim.control.register(PARENT)
-        bench.wait_until(all_present)
-        elapsed = time.perf_counter() - started
+        elapsed = registration_to_binds()
         bench.stop_daemon()
         unregister()
         return elapsed
@@ -377,11 +383,11 @@ async def _autostart_row(
     report.add(
         Row(
             "autostart",
-            f"registration to {len(wanted)} devices present",
+            f"registration to {len(wanted)} devices bound",
             "s",
             stats[1],
             stats[0],
-            note="mdevctl: start-parent-mdevs run at once (no udev latency)",
+            note="until the last device's bind uevent; mdevctl: start-parent-mdevs run at once",
         )
     )
 

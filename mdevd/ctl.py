@@ -339,9 +339,13 @@ def _fail(code: int, message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    # `mdevdctl list | head -1`: end quietly when the reader goes away, as other tools do,
-    # instead of with a BrokenPipeError traceback (Python ignores SIGPIPE by default).
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if argv is None:
+        # `mdevdctl list | head -1`: end quietly when the reader goes away, as other tools do,
+        # instead of with a BrokenPipeError traceback (Python ignores SIGPIPE by default).
+        # Only as the program: called with arguments from a longer-lived process (a test, a
+        # manager), the process's signal handling is not ours to change; with SIGPIPE at its
+        # default, any write to a closed socket would kill that process.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -69,12 +69,16 @@ def test_help_everywhere(daemon: DaemonProcess, capsys: pytest.CaptureFixture[st
     assert "usage: mdevdctl" in top and "Exit status" in top
     assert ok(daemon, "monitor", "--help").startswith("usage: mdevdctl monitor")
     # Every command's help, from the same code in this process (a program start each is slow).
+    sigpipe = signal.getsignal(signal.SIGPIPE)
     for command in COMMANDS:
         assert command in top
         with pytest.raises(SystemExit) as exited:
             ctl.main([command, "--help"])
         assert exited.value.code == EXIT_OK
         assert capsys.readouterr().out.startswith(f"usage: mdevdctl {command}"), command
+    # Called as a function, it leaves the calling process's SIGPIPE alone (at its default, a
+    # write to a closed socket would kill the test run itself).
+    assert signal.getsignal(signal.SIGPIPE) == sigpipe
 
 
 def test_usage_errors_exit_2(daemon: DaemonProcess) -> None:

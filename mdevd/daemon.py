@@ -53,7 +53,6 @@ class DaemonSettings:
     dev_root: Path = Path("/dev")
     #: Definition directories, highest precedence first; the first is where the API writes.
     devices_dirs: tuple[Path, ...] = field(default_factory=tuple)
-    read_only_dirs: tuple[Path, ...] = field(default_factory=tuple)
     #: `udev` (after udevd's processing, production), `kernel` (no udevd) or `none`.
     uevent_source: str = "udev"
     bus_address: str | None = None

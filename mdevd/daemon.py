@@ -81,7 +81,7 @@ class Daemon:
         )
         self.events: UeventSource | None = None
         self.watcher: DefinitionsWatcher | None = None
-        self.bus: MessageBus | None = None
+        self.bus: ManagedObjectBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
         #: 0 after a requested stop; 1 when the bus went away (the service manager restarts).
@@ -114,8 +114,8 @@ class Daemon:
             bus = ManagedObjectBus(bus_address=self.settings.bus_address)
         else:
             bus = ManagedObjectBus(bus_type=BusType.SYSTEM)
-        connected = await bus.connect()
-        self.bus = connected
+        await bus.connect()
+        self.bus = connected = bus
         callers = CallerTracker(connected)
         callers.install()
         authorizer = Authorizer(connected, callers)
@@ -194,8 +194,14 @@ class Daemon:
         assert self.bus is not None
         disconnected = loop.create_task(self._wait_for_disconnect(self.bus))
         stopping = loop.create_task(self._stop.wait())
-        done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        done, waiting = await asyncio.wait(
+            {disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in waiting:
+            task.cancel()
         if disconnected in done:
+            # The connection's end (EOFError, a reset) is retrieved here, not left to asyncio.
+            log.debug("the bus connection ended: %r", disconnected.exception())
             log.error("disconnected from the bus: stopping")
             self.exit_status = 1
         self.notifier.stopping()
@@ -215,8 +221,14 @@ class Daemon:
             self.events.close()
         if self.watcher is not None:
             self.watcher.close()
-        if self.bus is not None and self.bus.connected:
-            self.bus.disconnect()
+        if self.bus is not None:
+            # Calls being carried out finish first: the engine must not close under them, and
+            # while the bus is there their callers get the replies.
+            still_running = await self.bus.calls_finished(self.settings.io_timeout)
+            if still_running:
+                log.warning("stopping with %d calls still being carried out", still_running)
+            if self.bus.connected:
+                self.bus.disconnect()
         self.engine.close()
         self.notifier.close()
 

@@ -92,6 +92,7 @@ class Daemon:
         self._status: StatusFollower | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._explicit_reload = asyncio.Lock()
 
     async def start(self) -> None:
         if self.watchdog is not None:
@@ -119,7 +120,9 @@ class Daemon:
         callers = CallerTracker(connected)
         callers.install()
         authorizer = Authorizer(connected, callers)
-        self.tree = ObjectTree(connected, self.engine, authorizer.authorize_caller)
+        self.tree = ObjectTree(
+            connected, self.engine, authorizer.authorize_caller, reload=self.reload
+        )
         self.tree.export_all()
         self._status = StatusFollower(self.tree, self.describe, self.notifier)
         self.engine.attach(self._status)
@@ -165,26 +168,33 @@ class Daemon:
     async def _reload_until_current(self) -> None:
         while True:
             self._reload_again = False
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # the daemon keeps serving what it had; the next reload retries
+                log.exception("reloading definitions failed")
             if not self._reload_again:
                 return
 
     async def reload(self) -> None:
-        """Re-read the definitions, telling the service manager (`RELOADING=1` ... `READY=1`)."""
-        log.info("reloading definitions")
-        if self._status is not None:
-            self._status.paused = True
-        self.notifier.reloading()
-        try:
-            await self.engine.reload()  # the store logs each problem it finds
-        except Exception:  # the daemon keeps serving what it had; the next reload retries
-            log.exception("reloading definitions failed")
-        else:
-            log.info("reloaded definitions: %s", self.describe())
-        finally:
+        """An explicit reload (SIGHUP, D-Bus `Reload`): re-read the definitions, telling the
+        service manager (`RELOADING=1` ... `READY=1`); raises what the engine raised.
+
+        Explicit reloads run one after the other, so each `RELOADING=1` has its `READY=1`
+        before the next. The watcher's automatic reloads go to the engine directly: they are
+        not the service manager's business.
+        """
+        async with self._explicit_reload:
+            log.info("reloading definitions")
             if self._status is not None:
-                self._status.paused = False
-            self.notifier.ready(f"Ready: {self.describe()}")
+                self._status.paused = True
+            self.notifier.reloading()
+            try:
+                await self.engine.reload()  # the store logs each problem it finds
+                log.info("reloaded definitions: %s", self.describe())
+            finally:
+                if self._status is not None:
+                    self._status.paused = False
+                self.notifier.ready(f"Ready: {self.describe()}")
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()

@@ -29,6 +29,8 @@ from mdevd.model import DeviceState, Parent
 
 #: `authorize(method, interactive)`: returns when allowed, raises a NotAuthorized* otherwise.
 Authorize = Callable[[str, bool], Awaitable[None]]
+#: `reload()`: an explicit reload of the definitions (the daemon's tells the service manager).
+Reload = Callable[[], Awaitable[object]]
 
 _SIGNATURES = {
     "Version": "s",
@@ -134,10 +136,13 @@ class ObjectTree:
         engine: Engine,
         authorize: Authorize,
         features: Sequence[str] = FEATURES,
+        *,
+        reload: Reload | None = None,
     ) -> None:
         self.bus = bus
         self.engine = engine
         self.authorize = authorize
+        self.reload: Reload = reload or engine.reload
         self.features = tuple(features)
         self.manager = ManagerInterface(self)
         self._devices: dict[str, DeviceInterface] = {}

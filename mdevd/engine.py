@@ -504,6 +504,8 @@ class Engine:
                 autostart=definition.autostart if autostart is None else autostart,
                 attributes=definition.attributes if attributes is None else attributes,
             )
+            if new == definition and not live:
+                return self._published[uuid]  # nothing to change: no write, no hooks, no event
             if live and attributes is not None:
                 await self._write_live(new)
             async with self.hooks.transaction("modify", new, force=force):

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dbus_fast import BusType, Message, RequestNameReply
@@ -61,13 +62,24 @@ class DaemonSettings:
     autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
     #: Reload when the definition directories change (inotify).
     watch_definitions: bool = True
+    #: mdevctl's directory in compatibility mode (watched like the definition directories).
+    mdevctl_dir: Path | None = None
 
 
 class Daemon:
     def __init__(
-        self, settings: DaemonSettings, store: EngineStore, hooks: OperationHooks | None = None
+        self,
+        settings: DaemonSettings,
+        store: EngineStore,
+        hooks: OperationHooks | None = None,
+        *,
+        changed_by_others: Callable[[Path], bool] | None = None,
     ) -> None:
+        """`changed_by_others(path)`: whether a file in mdevctl's directory was changed by
+        someone else (`CompatStore.changed_by_others`), so mdevd's own writes there are not
+        taken for changes to reload."""
         self.settings = settings
+        self._changed_by_others = changed_by_others
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
         self.store = store
         self.engine = Engine(
@@ -106,7 +118,10 @@ class Daemon:
             self.events.open()
         if self.settings.watch_definitions:
             self.watcher = DefinitionsWatcher(
-                self.settings.devices_dirs, self.engine.request_reload
+                self.settings.devices_dirs,
+                self.engine.request_reload,
+                mdevctl_dir=self.settings.mdevctl_dir,
+                changed_by_others=self._changed_by_others,
             )
             self.watcher.open()
         await self.engine.start()
@@ -309,7 +324,14 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         compat = compat_setup.build(compat_config)
-        daemon = Daemon(settings, compat.store(toml_store), compat.hooks())
+        store = compat.store(toml_store)
+        mdevctl_dir = compat.directory.root if compat.directory is not None else None
+        daemon = Daemon(
+            replace(settings, mdevctl_dir=mdevctl_dir),
+            store,
+            compat.hooks(),
+            changed_by_others=store.changed_by_others,
+        )
         try:
             await daemon.start()
         except BaseException as exc:

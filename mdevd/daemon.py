@@ -7,9 +7,10 @@ exported, and the bus name is requested last, so a client that sees the name see
 tree. SIGHUP reloads definitions; SIGTERM and SIGINT stop the daemon and leave every device
 running (a VM may be using it).
 
-The service manager hears about each step (mdevd.service): `READY=1` once the name is owned,
-`STATUS=` with the device counts, `RELOADING=1`/`READY=1` around a reload, `STOPPING=1`, and
-watchdog keep-alives from the event loop when `WatchdogSec=` asks for them.
+The service manager hears about each step (mdevd.service): `READY=1` once the name is owned
+(after the startup autostart: a long one asks for more time with `EXTEND_TIMEOUT_USEC=` while
+it progresses), `STATUS=` with the device counts, `RELOADING=1`/`READY=1` around a reload,
+`STOPPING=1`, and watchdog keep-alives from the event loop when `WatchdogSec=` asks for them.
 """
 
 from __future__ import annotations
@@ -40,7 +41,15 @@ from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
-from mdevd.service import Notifier, StatusFollower, Watchdog, device_status, watchdog_interval
+from mdevd.service import (
+    AutostartProgress,
+    Notifier,
+    StartupExtender,
+    StatusFollower,
+    Watchdog,
+    device_status,
+    watchdog_interval,
+)
 from mdevd.store import DefinitionStore
 from mdevd.udev import RECEIVE_BUFFER_BYTES, Uevent, UeventSource
 from mdevd.watch import DefinitionsWatcher
@@ -64,6 +73,9 @@ class DaemonSettings:
     watch_definitions: bool = True
     #: mdevctl's directory in compatibility mode (watched like the definition directories).
     mdevctl_dir: Path | None = None
+    #: Seconds without an autostart attempt ending after which a long startup stops asking the
+    #: service manager for more time: longer than one attempt can take.
+    startup_stall_limit: float = 120.0
 
 
 class Daemon:
@@ -124,7 +136,19 @@ class Daemon:
                 changed_by_others=self._changed_by_others,
             )
             self.watcher.open()
-        await self.engine.start()
+        # Autostart runs before READY=1; a long one asks for more time while it progresses.
+        progress = AutostartProgress(lambda: extender.progressed())
+        extender = StartupExtender(
+            self.notifier,
+            lambda: self._autostart_status(progress.attempted),
+            stall_limit=self.settings.startup_stall_limit,
+        )
+        self.engine.attach(progress)
+        extender.start()
+        try:
+            await self.engine.start()
+        finally:
+            await extender.stop()
         sendfix.install()
         if self.settings.bus_address:
             bus = ManagedObjectBus(bus_address=self.settings.bus_address)
@@ -154,6 +178,18 @@ class Daemon:
         status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
         self.notifier.ready(f"Ready: {status}")
+
+    def _autostart_status(self, attempted: set[str]) -> str:
+        parents = self.engine.parents()
+        waiting = sum(
+            1
+            for state in self.engine.devices().values()
+            if state.autostart
+            and not state.active
+            and state.parent in parents
+            and state.uuid not in attempted
+        )
+        return f"Starting: autostart, {len(attempted)} devices tried, {waiting} to go"
 
     def describe(self) -> str:
         """The device counts, as `systemctl status` shows them."""
@@ -320,6 +356,10 @@ def run_from_args(args: argparse.Namespace) -> int:
             for attempt in range(daemon_config.autostart_retries)
         ),
         watch_definitions=daemon_config.watch_definitions,
+        # One autostart attempt: create, attribute writes, a rollback (each bounded by
+        # io_timeout), and the callouts before and after it (each bounded by theirs).
+        startup_stall_limit=4 * daemon_config.io_timeout
+        + (2 * compat_config.callout_timeout if compat_config.callouts else 0.0),
     )
 
     async def main() -> int:

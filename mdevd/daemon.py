@@ -7,9 +7,10 @@ exported, and the bus name is requested last, so a client that sees the name see
 tree. SIGHUP reloads definitions; SIGTERM and SIGINT stop the daemon and leave every device
 running (a VM may be using it).
 
-The service manager hears about each step (mdevd.service): `READY=1` once the name is owned,
-`STATUS=` with the device counts, `RELOADING=1`/`READY=1` around a reload, `STOPPING=1`, and
-watchdog keep-alives from the event loop when `WatchdogSec=` asks for them.
+The service manager hears about each step (mdevd.service): `READY=1` once the name is owned
+(after the startup autostart: a long one asks for more time with `EXTEND_TIMEOUT_USEC=` while
+it progresses), `STATUS=` with the device counts, `RELOADING=1`/`READY=1` around a reload,
+`STOPPING=1`, and watchdog keep-alives from the event loop when `WatchdogSec=` asks for them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dbus_fast import BusType, Message, RequestNameReply
@@ -39,7 +41,15 @@ from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
-from mdevd.service import Notifier, StatusFollower, Watchdog, device_status, watchdog_interval
+from mdevd.service import (
+    AutostartProgress,
+    Notifier,
+    StartupExtender,
+    StatusFollower,
+    Watchdog,
+    device_status,
+    watchdog_interval,
+)
 from mdevd.store import DefinitionStore
 from mdevd.udev import RECEIVE_BUFFER_BYTES, Uevent, UeventSource
 from mdevd.watch import DefinitionsWatcher
@@ -53,7 +63,6 @@ class DaemonSettings:
     dev_root: Path = Path("/dev")
     #: Definition directories, highest precedence first; the first is where the API writes.
     devices_dirs: tuple[Path, ...] = field(default_factory=tuple)
-    read_only_dirs: tuple[Path, ...] = field(default_factory=tuple)
     #: `udev` (after udevd's processing, production), `kernel` (no udevd) or `none`.
     uevent_source: str = "udev"
     bus_address: str | None = None
@@ -62,13 +71,27 @@ class DaemonSettings:
     autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
     #: Reload when the definition directories change (inotify).
     watch_definitions: bool = True
+    #: mdevctl's directory in compatibility mode (watched like the definition directories).
+    mdevctl_dir: Path | None = None
+    #: Seconds without an autostart attempt ending after which a long startup stops asking the
+    #: service manager for more time: longer than one attempt can take.
+    startup_stall_limit: float = 120.0
 
 
 class Daemon:
     def __init__(
-        self, settings: DaemonSettings, store: EngineStore, hooks: OperationHooks | None = None
+        self,
+        settings: DaemonSettings,
+        store: EngineStore,
+        hooks: OperationHooks | None = None,
+        *,
+        changed_by_others: Callable[[Path], bool] | None = None,
     ) -> None:
+        """`changed_by_others(path)`: whether a file in mdevctl's directory was changed by
+        someone else (`CompatStore.changed_by_others`), so mdevd's own writes there are not
+        taken for changes to reload."""
         self.settings = settings
+        self._changed_by_others = changed_by_others
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
         self.store = store
         self.engine = Engine(
@@ -82,7 +105,7 @@ class Daemon:
         )
         self.events: UeventSource | None = None
         self.watcher: DefinitionsWatcher | None = None
-        self.bus: MessageBus | None = None
+        self.bus: ManagedObjectBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
         #: 0 after a requested stop; 1 when the bus went away (the service manager restarts).
@@ -93,6 +116,7 @@ class Daemon:
         self._status: StatusFollower | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._reload_again = False
+        self._explicit_reload = asyncio.Lock()
 
     async def start(self) -> None:
         if self.watchdog is not None:
@@ -106,21 +130,38 @@ class Daemon:
             self.events.open()
         if self.settings.watch_definitions:
             self.watcher = DefinitionsWatcher(
-                self.settings.devices_dirs, self.engine.request_reload
+                self.settings.devices_dirs,
+                self.engine.request_reload,
+                mdevctl_dir=self.settings.mdevctl_dir,
+                changed_by_others=self._changed_by_others,
             )
             self.watcher.open()
-        await self.engine.start()
+        # Autostart runs before READY=1; a long one asks for more time while it progresses.
+        progress = AutostartProgress(lambda: extender.progressed())
+        extender = StartupExtender(
+            self.notifier,
+            lambda: self._autostart_status(progress.attempted),
+            stall_limit=self.settings.startup_stall_limit,
+        )
+        self.engine.attach(progress)
+        extender.start()
+        try:
+            await self.engine.start()
+        finally:
+            await extender.stop()
         sendfix.install()
         if self.settings.bus_address:
             bus = ManagedObjectBus(bus_address=self.settings.bus_address)
         else:
             bus = ManagedObjectBus(bus_type=BusType.SYSTEM)
-        connected = await bus.connect()
-        self.bus = connected
+        await bus.connect()
+        self.bus = connected = bus
         callers = CallerTracker(connected)
         callers.install()
         authorizer = Authorizer(connected, callers)
-        self.tree = ObjectTree(connected, self.engine, authorizer.authorize_caller)
+        self.tree = ObjectTree(
+            connected, self.engine, authorizer.authorize_caller, reload=self.reload
+        )
         self.tree.export_all()
         self._status = StatusFollower(self.tree, self.describe, self.notifier)
         self.engine.attach(self._status)
@@ -137,6 +178,18 @@ class Daemon:
         status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
         self.notifier.ready(f"Ready: {status}")
+
+    def _autostart_status(self, attempted: set[str]) -> str:
+        parents = self.engine.parents()
+        waiting = sum(
+            1
+            for state in self.engine.devices().values()
+            if state.autostart
+            and not state.active
+            and state.parent in parents
+            and state.uuid not in attempted
+        )
+        return f"Starting: autostart, {len(attempted)} devices tried, {waiting} to go"
 
     def describe(self) -> str:
         """The device counts, as `systemctl status` shows them."""
@@ -166,26 +219,33 @@ class Daemon:
     async def _reload_until_current(self) -> None:
         while True:
             self._reload_again = False
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # the daemon keeps serving what it had; the next reload retries
+                log.exception("reloading definitions failed")
             if not self._reload_again:
                 return
 
     async def reload(self) -> None:
-        """Re-read the definitions, telling the service manager (`RELOADING=1` ... `READY=1`)."""
-        log.info("reloading definitions")
-        if self._status is not None:
-            self._status.paused = True
-        self.notifier.reloading()
-        try:
-            await self.engine.reload()  # the store logs each problem it finds
-        except Exception:  # the daemon keeps serving what it had; the next reload retries
-            log.exception("reloading definitions failed")
-        else:
-            log.info("reloaded definitions: %s", self.describe())
-        finally:
+        """An explicit reload (SIGHUP, D-Bus `Reload`): re-read the definitions, telling the
+        service manager (`RELOADING=1` ... `READY=1`); raises what the engine raised.
+
+        Explicit reloads run one after the other, so each `RELOADING=1` has its `READY=1`
+        before the next. The watcher's automatic reloads go to the engine directly: they are
+        not the service manager's business.
+        """
+        async with self._explicit_reload:
+            log.info("reloading definitions")
             if self._status is not None:
-                self._status.paused = False
-            self.notifier.ready(f"Ready: {self.describe()}")
+                self._status.paused = True
+            self.notifier.reloading()
+            try:
+                await self.engine.reload()  # the store logs each problem it finds
+                log.info("reloaded definitions: %s", self.describe())
+            finally:
+                if self._status is not None:
+                    self._status.paused = False
+                self.notifier.ready(f"Ready: {self.describe()}")
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,8 +255,14 @@ class Daemon:
         assert self.bus is not None
         disconnected = loop.create_task(self._wait_for_disconnect(self.bus))
         stopping = loop.create_task(self._stop.wait())
-        done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        done, waiting = await asyncio.wait(
+            {disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in waiting:
+            task.cancel()
         if disconnected in done:
+            # The connection's end (EOFError, a reset) is retrieved here, not left to asyncio.
+            log.debug("the bus connection ended: %r", disconnected.exception())
             log.error("disconnected from the bus: stopping")
             self.exit_status = 1
         self.notifier.stopping()
@@ -216,8 +282,14 @@ class Daemon:
             self.events.close()
         if self.watcher is not None:
             self.watcher.close()
-        if self.bus is not None and self.bus.connected:
-            self.bus.disconnect()
+        if self.bus is not None:
+            # Calls being carried out finish first: the engine must not close under them, and
+            # while the bus is there their callers get the replies.
+            still_running = await self.bus.calls_finished(self.settings.io_timeout)
+            if still_running:
+                log.warning("stopping with %d calls still being carried out", still_running)
+            if self.bus.connected:
+                self.bus.disconnect()
         self.engine.close()
         self.notifier.close()
 
@@ -284,11 +356,22 @@ def run_from_args(args: argparse.Namespace) -> int:
             for attempt in range(daemon_config.autostart_retries)
         ),
         watch_definitions=daemon_config.watch_definitions,
+        # One autostart attempt: create, attribute writes, a rollback (each bounded by
+        # io_timeout), and the callouts before and after it (each bounded by theirs).
+        startup_stall_limit=4 * daemon_config.io_timeout
+        + (2 * compat_config.callout_timeout if compat_config.callouts else 0.0),
     )
 
     async def main() -> int:
         compat = compat_setup.build(compat_config)
-        daemon = Daemon(settings, compat.store(toml_store), compat.hooks())
+        store = compat.store(toml_store)
+        mdevctl_dir = compat.directory.root if compat.directory is not None else None
+        daemon = Daemon(
+            replace(settings, mdevctl_dir=mdevctl_dir),
+            store,
+            compat.hooks(),
+            changed_by_others=store.changed_by_others,
+        )
         try:
             await daemon.start()
         except BaseException as exc:

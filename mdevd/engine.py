@@ -217,6 +217,11 @@ class Engine:
         self._in_flight: set[str] = set()
         self._touched: set[str] = set()
         self._touched_parents: set[str] = set()
+        # Reads of a parent run in worker threads and can finish out of order (one a uevent
+        # asked for, started before an operation's effect, after the operation's own): each
+        # is numbered as it starts, and one that started before the read last applied is stale.
+        self._parent_reads_started = 0
+        self._parent_read_applied: dict[str, int] = {}
         # mdev uevents that arrived while an operation on their device ran, and those an
         # operation made the kernel send that have not arrived yet (they need no reading back).
         self._early_events: dict[str, list[str]] = {}
@@ -504,6 +509,8 @@ class Engine:
                 autostart=definition.autostart if autostart is None else autostart,
                 attributes=definition.attributes if attributes is None else attributes,
             )
+            if new == definition and not live:
+                return self._published[uuid]  # nothing to change: no write, no hooks, no event
             if live and attributes is not None:
                 await self._write_live(new)
             async with self.hooks.transaction("modify", new, force=force):
@@ -719,7 +726,11 @@ class Engine:
         then autostart the devices of parents that registered since the last look."""
         self._touched.clear()
         self._touched_parents.clear()
+        started = self._start_parent_read()
         snapshot = await self._io(self._snapshot_kernel)
+        for name in set(self._parents) | set(snapshot.parents):
+            if name not in self._touched_parents:
+                self._parent_read_applied[name] = started
         # What an operation changed while the snapshot was being read is newer than it.
         parents = {
             name: parent
@@ -1131,11 +1142,19 @@ class Engine:
         for name, value in config.attributes:
             await self._io(self.kernel.write_attribute, config.uuid, name, value)
 
+    def _start_parent_read(self) -> int:
+        self._parent_reads_started += 1
+        return self._parent_reads_started
+
     async def _refresh_parent(self, name: str) -> None:
+        started = self._start_parent_read()
         try:
             parent: Parent | None = await self._io(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
+        if self._parent_read_applied.get(name, 0) > started:
+            return  # a read that started later is in: this one may show the parent before it
+        self._parent_read_applied[name] = started
         self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:

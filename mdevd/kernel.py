@@ -264,20 +264,27 @@ class Sysfs:
         return device
 
     def _create_error(self, parent: str, type_id: str, uuid: str, exc: OSError) -> Exception:
+        """The error for a failed create. "Full" has no single errno (ENOSPC where the driver
+        counts, EUSERS where the core does, EPERM from vfio-ap's probe...): any failure but a
+        taken UUID or a parent going away counts as full when the type then shows no instance
+        left; with instances left, the driver's own error stands."""
         what = f"device {uuid}"
         code = exc.errno
+        name = errno.errorcode.get(code, str(code)) if code is not None else "?"
         if code == errno.EEXIST:
             return Exists(f"{what}: a device with this UUID already exists")
-        if code in (errno.ENOSPC, errno.EUSERS):
-            try:
-                left = f" (available_instances {self.available_instances(parent, type_id)})"
-            except Exception:  # the message is a courtesy; the condition is already known
-                left = ""
-            return NoInstancesAvailable(
-                f"{what}: no instances of type {type_id} left on parent {parent}{left}"
-            )
         if code == errno.ENODEV:
             return ParentNotFound(f"{what}: parent {parent} is going away")
+        try:
+            left: int | None = self.available_instances(parent, type_id)
+        except Exception:  # the verdict is the errno's alone then
+            left = None
+        if left == 0 or code in (errno.ENOSPC, errno.EUSERS):
+            shown = f"available_instances {left}; " if left is not None else ""
+            return NoInstancesAvailable(
+                f"{what}: no instances of type {type_id} left on parent {parent}"
+                f" ({shown}the kernel answered {name})"
+            )
         if code == errno.EINVAL:
             return InvalidUUID(f"{what}: the kernel rejected the UUID")
         if code == errno.EBUSY:

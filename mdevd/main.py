@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 from mdevd import __version__, daemon, mdevctl_format
+from mdevd.compat import setup as compat_setup
+from mdevd.compat.directory import MdevctlDirectory
+from mdevd.compat.store import CompatStore
 from mdevd.config import Config, ConfigResult, read_config
 from mdevd.definitions import Problem, ProblemKind, render
 from mdevd.errors import MdevdError
@@ -74,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the configuration file and every definitions directory (or only "
         "the files and directories given), print each problem as FILE:LINE: problem, and exit "
         "1 if there was any.",
+    )
+    check.add_argument(
+        "--mdevctl-compat",
+        choices=("auto", "on", "off"),
+        default=argparse.SUPPRESS,
+        help="mdevctl compatibility mode, as the daemon's option (default: the config file's)",
+    )
+    check.add_argument(
+        "--mdevctl-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="mdevctl's definitions directory, checked too in compatibility mode",
     )
     check.add_argument(
         "paths",
@@ -182,21 +198,31 @@ def check_config(args: argparse.Namespace) -> int:
     # Given files are checked on their own; the config file then only if named explicitly.
     check_config_file = not args.paths or getattr(args, "config", None) is not None
     problems = list(configured.problems) if check_config_file else []
+    mdevctl_dir: MdevctlDirectory | None = None
     if args.paths:
         files, missing = _files_under(args.paths)
         problems.extend(missing)
         result = check_files(files)
     else:
-        result = _store(args, configured.config).load()
+        toml = _store(args, configured.config)
+        # In mdevctl compatibility mode the daemon also loads mdevctl's directory.
+        compat = compat_setup.effective_config(configured.config.mdevctl, args)
+        mdevctl_dir = compat_setup.directory_to_check(compat)
+        try:
+            result = CompatStore(toml, mdevctl_dir).check() if mdevctl_dir else toml.load()
+        except MdevdError as e:  # mdevctl's directory cannot be read at all
+            print(f"mdevd: {e.message}")
+            return EXIT_PROBLEMS
     problems.extend(result.problems)
     _print_problems(problems)
+    summary = _summary(result)
+    if mdevctl_dir is not None:
+        summary += f" and {mdevctl_dir.root}"
     if problems:
         count = len(problems)
-        print(
-            f"mdevd: {count} problem{'s' * (count != 1)} found; the rest loads: {_summary(result)}"
-        )
+        print(f"mdevd: {count} problem{'s' * (count != 1)} found; the rest loads: {summary}")
         return EXIT_PROBLEMS
-    print(f"mdevd: configuration OK: {_summary(result)}")
+    print(f"mdevd: configuration OK: {summary}")
     return EXIT_OK
 
 

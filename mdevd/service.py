@@ -11,6 +11,13 @@ VM holding a device may legitimately block one for a long time.
 
 `STATUS=` follows the device counts: `StatusFollower` sits between the engine and its listener
 and schedules one status update per burst of changes.
+
+`READY=1` waits for the startup autostart (a VM started right after mdevd needs its device),
+which can outlast the start timeout (`TimeoutStartSec=`, 90 s by default) when many devices
+are slow to create. `StartupExtender` then asks for more time (`EXTEND_TIMEOUT_USEC=`, with the
+autostart's progress in `STATUS=`) while attempts keep finishing: an attempt that takes longer
+than any one can (the engine's own timeouts bound each) stops the extensions, so a wedged
+startup still meets the timeout.
 """
 
 from __future__ import annotations
@@ -94,6 +101,9 @@ class Notifier:
             STATUS="Reloading definitions",
         )
 
+    def extend_timeout(self, seconds: float, status: str) -> None:
+        self.send(EXTEND_TIMEOUT_USEC=str(int(seconds * 1_000_000)), STATUS=status)
+
     def stopping(self) -> None:
         self.send(STOPPING="1", STATUS="Stopping; devices are left as they are")
 
@@ -152,6 +162,84 @@ class Watchdog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class StartupExtender:
+    """Asks for more start time every `interval` seconds once startup has run `grace`
+    seconds, while the last sign of progress (`progressed()`) is less than `stall_limit`
+    seconds old. Each extension covers three intervals: one lost datagram costs nothing."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        status: Callable[[], str],
+        *,
+        grace: float = 5.0,
+        interval: float = 5.0,
+        stall_limit: float = 60.0,
+    ) -> None:
+        self.notifier = notifier
+        self.status = status
+        self.grace = grace
+        self.interval = interval
+        self.stall_limit = stall_limit
+        self._last_progress = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def progressed(self) -> None:
+        self._last_progress = time.monotonic()
+
+    def start(self) -> None:
+        if self.notifier.enabled:
+            self._last_progress = time.monotonic()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="extender")
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self.grace)
+        stalled_before = False
+        while True:
+            stalled = time.monotonic() - self._last_progress
+            if stalled < self.stall_limit:
+                self.notifier.extend_timeout(3 * self.interval, self.status())
+            elif not stalled_before:
+                log.warning(
+                    "startup has made no progress for %.0f s: not asking for more time", stalled
+                )
+            stalled_before = stalled >= self.stall_limit
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class AutostartProgress:
+    """An engine listener for the startup, when only autostart changes devices: each attempt
+    that ends (started or failed) is progress. The tree's listener takes over after it."""
+
+    def __init__(self, on_progress: Callable[[], None]) -> None:
+        self.on_progress = on_progress
+        self.attempted: set[str] = set()
+
+    def device_changed(self, state: DeviceState) -> None:
+        pass
+
+    def device_removed(self, uuid: str) -> None:
+        pass
+
+    def parent_changed(self, parent: Parent) -> None:
+        pass
+
+    def parent_removed(self, name: str) -> None:
+        pass
+
+    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
+        if event in ("started", "start-failed"):  # autostart's (or, adopted, the kernel's)
+            self.attempted.add(state.uuid)
+            self.on_progress()
 
 
 def device_status(devices: Mapping[str, DeviceState], problems: int = 0) -> str:

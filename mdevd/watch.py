@@ -6,6 +6,14 @@ so creating `/run/mdevd/devices.d` later is seen too; a directory that is remove
 again the same way. Only what the store reads counts: `*.toml` names that are not hidden, so
 the store's own temporary files (`.NAME.XXXX.tmp`) and editors' swap files do not.
 
+In mdevctl compatibility mode mdevctl's directory is watched too, as mdevctl reads it:
+`<dir>/<parent>/<uuid>`, UUID-named files in per-parent directories (not `scripts.d`, not
+symlinked ones), and the parent directories coming and going. mdevd writes there itself (its
+definitions, the mirror of the TOML ones), so each such file is asked about
+(`changed_by_others`, run in a worker thread: it may wait for a write in progress) once the
+burst is over, and only a file someone else changed counts; a parent directory that arrives
+counts by the files it holds, one that goes always counts (mdevd never removes one).
+
 Changes come in bursts (an editor's write-rename-chmod, a package installing ten files), so
 `on_change` is called once the directories have been quiet for `debounce` seconds, and at the
 latest `max_delay` seconds after the first change of a burst. What changed is not passed on:
@@ -18,6 +26,7 @@ The fd is non-blocking and read from the asyncio loop, like the uevent monitor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -27,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mdevd.mdevctl_format import SCRIPTS_DIR_NAME, mdevctl_uuid
 from mdevd.store import DEFINITION_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,7 @@ IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
@@ -60,6 +71,10 @@ _DIRECTORY_MASK = (
 )
 #: In an ancestor of a missing directory: something appearing (or the ancestor going).
 _ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+#: In mdevctl's directory: parent directories appearing or going (or the directory itself).
+_MDEVCTL_ROOT_MASK = (
+    IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+)
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 
 _EVENT_HEADER = struct.Struct("iIII")
@@ -115,20 +130,21 @@ class _Watch:
     path: Path
     #: It is a definition directory.
     definitions: bool = False
+    #: It is mdevctl's directory: its parent directories come and go.
+    mdevctl_root: bool = False
+    #: It is a parent directory in mdevctl's: UUID-named files.
+    mdevctl_parent: bool = False
     #: Names of children that lead to missing definition directories.
     towards: frozenset[str] = frozenset()
 
     @property
     def mask(self) -> int:
-        return (_DIRECTORY_MASK if self.definitions else 0) | (
-            _ANCESTOR_MASK if self.towards else 0
-        )
-
-    def but_definitions(self) -> _Watch:
-        return replace(self, definitions=True)
-
-    def but_towards(self, name: str) -> _Watch:
-        return replace(self, towards=self.towards | {name})
+        mask = _DIRECTORY_MASK if self.definitions or self.mdevctl_parent else 0
+        if self.mdevctl_root:
+            mask |= _MDEVCTL_ROOT_MASK
+        if self.towards:
+            mask |= _ANCESTOR_MASK
+        return mask
 
 
 def relevant_name(name: str) -> bool:
@@ -146,9 +162,15 @@ class DefinitionsWatcher:
         *,
         debounce: float = 0.2,
         max_delay: float = 2.0,
+        mdevctl_dir: Path | None = None,
+        changed_by_others: Callable[[Path], bool] | None = None,
     ) -> None:
+        """`mdevctl_dir`: mdevctl's directory, in compatibility mode; `changed_by_others(path)`
+        tells a file someone else changed there from one as mdevd left it (default: all are)."""
         self.directories = tuple(Path(os.path.abspath(d)) for d in directories)
+        self.mdevctl_dir = Path(os.path.abspath(mdevctl_dir)) if mdevctl_dir else None
         self._on_change = on_change
+        self._changed_by_others = changed_by_others or (lambda path: True)
         self._debounce = debounce
         self._max_delay = max_delay
         self._inotify: _Inotify | None = None
@@ -157,6 +179,12 @@ class DefinitionsWatcher:
         self._watches: dict[int, _Watch] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._burst_started = 0.0
+        # This burst: a change for certain, and mdevctl files and parent directories that are
+        # one unless mdevd itself left them so.
+        self._changed = False
+        self._mdevctl_files: set[Path] = set()
+        self._mdevctl_parents: set[Path] = set()
+        self._checking: asyncio.Task[None] | None = None
 
     def open(self) -> None:
         """Start watching (changes queue until `attach`). Call before the first load, so
@@ -171,13 +199,17 @@ class DefinitionsWatcher:
 
     @property
     def pending(self) -> bool:
-        """A change was seen and `on_change` has not been called for it yet."""
-        return self._timer is not None
+        """A change was seen and `on_change` has not been called for it yet (or it is being
+        found out whether mdevd made it itself)."""
+        return self._timer is not None or (self._checking is not None and not self._checking.done())
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._checking is not None:
+            self._checking.cancel()
+            self._checking = None
         if self._inotify is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self._inotify.fd)
@@ -189,15 +221,38 @@ class DefinitionsWatcher:
 
     def _wanted(self) -> dict[Path, _Watch]:
         wanted: dict[Path, _Watch] = {}
-        for directory in self.directories:
-            if directory.is_dir():
-                wanted[directory] = wanted.get(directory, _Watch(directory)).but_definitions()
-                continue
+
+        def want(
+            path: Path, *, definitions: bool = False, root: bool = False, parent: bool = False
+        ) -> None:
+            watch = wanted.get(path, _Watch(path))
+            wanted[path] = replace(
+                watch,
+                definitions=watch.definitions or definitions,
+                mdevctl_root=watch.mdevctl_root or root,
+                mdevctl_parent=watch.mdevctl_parent or parent,
+            )
+
+        def wait_for(directory: Path) -> None:
             ancestor = directory.parent
             while not ancestor.is_dir() and ancestor != ancestor.parent:
                 ancestor = ancestor.parent
             step = directory.relative_to(ancestor).parts[0]
-            wanted[ancestor] = wanted.get(ancestor, _Watch(ancestor)).but_towards(step)
+            watch = wanted.get(ancestor, _Watch(ancestor))
+            wanted[ancestor] = replace(watch, towards=watch.towards | {step})
+
+        for directory in self.directories:
+            if directory.is_dir():
+                want(directory, definitions=True)
+            else:
+                wait_for(directory)
+        if self.mdevctl_dir is not None:
+            if self.mdevctl_dir.is_dir():
+                want(self.mdevctl_dir, root=True)
+                for parent in _mdevctl_parent_dirs(self.mdevctl_dir):
+                    want(parent, parent=True)
+            else:
+                wait_for(self.mdevctl_dir)
         return wanted
 
     def _arm(self) -> None:
@@ -235,6 +290,8 @@ class DefinitionsWatcher:
             return
         changed = False
         rearm = False
+        mdevctl_files: set[Path] = set()
+        mdevctl_parents: set[Path] = set()
         for wd, mask, name in self._inotify.read():
             if mask & IN_Q_OVERFLOW:
                 changed = True
@@ -247,13 +304,24 @@ class DefinitionsWatcher:
                 continue
             if watch.definitions and relevant_name(name):
                 changed = True
+            if watch.mdevctl_parent and mdevctl_uuid(name) is not None:
+                mdevctl_files.add(watch.path / name)
+            if watch.mdevctl_root and mask & IN_ISDIR and name != SCRIPTS_DIR_NAME:
+                rearm = True
+                if mask & (IN_CREATE | IN_MOVED_TO):
+                    mdevctl_parents.add(watch.path / name)  # mdevd makes them too
+                else:
+                    changed = True  # mdevd never removes a parent directory
             if name in watch.towards:
                 # A missing directory, or a step towards it, appeared; one that arrives whole
                 # (renamed into place) may already hold files.
                 rearm = changed = True
         if rearm:
             self._arm()
-        if changed:
+        if changed or mdevctl_files or mdevctl_parents:
+            self._changed = self._changed or changed
+            self._mdevctl_files |= mdevctl_files
+            self._mdevctl_parents |= mdevctl_parents
             self._schedule()
 
     def _schedule(self) -> None:
@@ -268,4 +336,42 @@ class DefinitionsWatcher:
 
     def _fire(self) -> None:
         self._timer = None
-        self._on_change()
+        changed, files, parents = self._changed, self._mdevctl_files, self._mdevctl_parents
+        self._changed, self._mdevctl_files, self._mdevctl_parents = False, set(), set()
+        if changed:
+            log.debug("the definitions changed on disk: reloading")
+            self._on_change()
+        elif files or parents:
+            assert self._loop is not None
+            self._checking = self._loop.create_task(self._fire_if_changed_by_others(files, parents))
+
+    async def _fire_if_changed_by_others(self, files: set[Path], parents: set[Path]) -> None:
+        if await asyncio.to_thread(self._any_changed_by_others, files, parents):
+            log.debug("mdevctl's directory changed: reloading")
+            self._on_change()
+        else:
+            log.debug("mdevctl's directory changed by mdevd only: no reload")
+
+    def _any_changed_by_others(self, files: set[Path], parents: set[Path]) -> bool:
+        candidates = set(files)
+        for parent in parents:
+            with contextlib.suppress(OSError):  # gone again: its removal is its own event
+                candidates.update(
+                    parent / entry.name
+                    for entry in os.scandir(parent)
+                    if mdevctl_uuid(entry.name) is not None
+                )
+        return any(self._changed_by_others(path) for path in sorted(candidates))
+
+
+def _mdevctl_parent_dirs(root: Path) -> list[Path]:
+    """The parent directories mdevctl reads in its directory (not symlinks, not scripts.d)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return sorted(
+        root / entry.name
+        for entry in entries
+        if entry.name != SCRIPTS_DIR_NAME and entry.is_dir(follow_symlinks=False)
+    )

@@ -108,7 +108,7 @@ class ManagerInterface(ServiceInterface):
     async def Reload(self, options: DBusDict) -> None:
         values = opts.check_options(options, _RELOAD_OPTIONS, "Reload")
         await self._tree.authorize("Reload", opts.interactive(values))
-        await self._tree.engine.reload()
+        await self._tree.reload()
 
     @dbus_signal()
     def DeviceEvent(

@@ -9,10 +9,11 @@ GDBusObjectManagerClient and sd-bus clients ignore).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from dbus_fast import Message
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.introspection import Node
 from dbus_fast.service import ServiceInterface
@@ -28,6 +29,8 @@ from mdevd.model import DeviceState, Parent
 
 #: `authorize(method, interactive)`: returns when allowed, raises a NotAuthorized* otherwise.
 Authorize = Callable[[str, bool], Awaitable[None]]
+#: `reload()`: an explicit reload of the definitions (the daemon's tells the service manager).
+Reload = Callable[[], Awaitable[object]]
 
 _SIGNATURES = {
     "Version": "s",
@@ -60,7 +63,27 @@ class ManagedObjectBus(MessageBus):
     dbus-fast answers GetManagedObjects on any path, but introspects a path that has no
     exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
     with the standard interfaces (ObjectManager among them), as the contract places it there.
+
+    Once disconnected, replies and signals are dropped: nobody can receive them, and dbus-fast
+    would raise from its reply callback on the closed socket (logged by asyncio as an error).
     """
+
+    # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        if self._disconnected and msg.message_type is not MessageType.METHOD_CALL:
+            dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            dropped.set_result(None)
+            return dropped
+        sent: asyncio.Future[None] = super().send(msg)
+        return sent
+
+    async def calls_finished(self, timeout: float) -> int:
+        """Wait until the method calls being served have ended, at most `timeout` seconds;
+        how many still run then. (dbus-fast keeps each call's task until its reply is sent.)"""
+        calls = [call for call in getattr(self, "_pending_futures", ()) if not call.done()]
+        if calls:
+            await asyncio.wait(calls, timeout=timeout)
+        return sum(not call.done() for call in calls)
 
     def _introspect_export_path(self, path: str) -> Node:
         node: Node = super()._introspect_export_path(path)
@@ -113,10 +136,13 @@ class ObjectTree:
         engine: Engine,
         authorize: Authorize,
         features: Sequence[str] = FEATURES,
+        *,
+        reload: Reload | None = None,
     ) -> None:
         self.bus = bus
         self.engine = engine
         self.authorize = authorize
+        self.reload: Reload = reload or engine.reload
         self.features = tuple(features)
         self.manager = ManagerInterface(self)
         self._devices: dict[str, DeviceInterface] = {}

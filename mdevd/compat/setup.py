@@ -93,6 +93,15 @@ class CompatParts:
         return CalloutHooks(runner)
 
 
+def directory_to_check(config: MdevctlConfig) -> MdevctlDirectory | None:
+    """mdevctl's directory if the daemon would run in compatibility mode with `config`, for
+    tools that only read it (`check-config`): nothing is created."""
+    root = config.config_dir
+    if config.compatibility == "on" or (config.compatibility == "auto" and root.is_dir()):
+        return MdevctlDirectory(root)
+    return None
+
+
 def build(config: MdevctlConfig) -> CompatParts:
     """Decide the mode (creating the directory for `on`)."""
     root = config.config_dir

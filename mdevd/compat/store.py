@@ -84,6 +84,12 @@ class CompatStore:
                 view = self._read()
             return view.result
 
+    def check(self) -> LoadResult:
+        """What `load` finds, without bringing the mirror up to date: writes nothing
+        (`mdevd check-config`)."""
+        with self._lock:
+            return self._read().result
+
     def save(self, definition: Definition) -> Definition:
         """Persist `definition` where it belongs (see the module documentation)."""
         wanted = definitions.check_definition(definition)

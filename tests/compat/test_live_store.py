@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from mdevd.client import Client
-from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory
+from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory, wait_until
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
 U1 = "976d8cc2-4bfc-43b9-b9f9-f4af2de91ab9"
 U2 = "59e8b599-afdd-4766-a59e-415ef4f5a492"
+U3 = "3a7c02f1-62b9-4d0e-9d41-7f1e0c9a5b33"
 
 
 def _call(stack: Stack, method: str, *args: object, **kwargs: object) -> object:
@@ -116,6 +118,49 @@ def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
         _call(stack, "undefine", U1)
         recorder.wait_for(lambda e: e.uuid == U1 and e.event == "undefined")
         assert not path.exists()
+
+
+OWN_WRITES_ONLY = "mdevctl's directory changed by mdevd only: no reload"
+RELOAD_FOR_OTHERS = "mdevctl's directory changed: reloading"
+
+
+def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
+    start_stack: StackFactory,
+) -> None:
+    stack = start_stack()
+    mdevctl = stack.dirs.mdevctl
+    with EventRecorder(stack.address) as recorder:
+        # mdevd's own writes there (a new parent directory, the file, an update) are seen by
+        # the watcher and recognised: no reload.
+        _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
+        wait_until(lambda: OWN_WRITES_ONLY in stack.daemon.log(), what="the define's check")
+        _call(stack, "update", U1, autostart=True)
+        wait_until(lambda: stack.daemon.log().count(OWN_WRITES_ONLY) >= 2, what="the update's")
+        assert RELOAD_FOR_OTHERS not in stack.daemon.log()
+
+        # Another tool's file is a definition, with no Reload, SIGHUP or restart.
+        (mdevctl / "mtty" / U2).write_text(
+            json.dumps({"mdev_type": "mtty-2", "start": "manual", "attrs": []})
+        )
+        defined = recorder.wait_for(lambda e: e.uuid == U2 and e.event == "defined")
+        assert defined.details["reason"] == "config"
+        (mdevctl / "mtty" / U1).write_text(json.dumps({"mdev_type": "mtty-2", "start": "auto"}))
+        recorder.wait_for(
+            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
+        )
+        assert _call(stack, "device", U1).type_id == "mtty-2"  # type: ignore[attr-defined]
+
+        # A parent directory arriving whole, and going.
+        arriving = stack.dirs.root / "incoming"
+        arriving.mkdir()
+        (arriving / U3).write_text(json.dumps({"mdev_type": "mdpy-vga", "start": "manual"}))
+        arriving.rename(mdevctl / "mdpy")
+        recorder.wait_for(lambda e: e.uuid == U3 and e.event == "defined")
+        shutil.rmtree(mdevctl / "mdpy")
+        recorder.wait_for(lambda e: e.uuid == U3 and e.event == "undefined")
+        (mdevctl / "mtty" / U2).unlink()
+        recorder.wait_for(lambda e: e.uuid == U2 and e.event == "undefined")
+    assert stack.daemon.log().count(RELOAD_FOR_OTHERS) >= 3
 
 
 def test_toml_definitions_are_mirrored_for_mdevctls_readers(

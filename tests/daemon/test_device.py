@@ -148,6 +148,24 @@ def test_update_changes_the_definition_on_disk(client: BusClient) -> None:
     assert "attributes" not in _definition(device["ConfigFile"])
 
 
+def test_an_update_that_changes_nothing_writes_and_signals_nothing(client: BusClient) -> None:
+    uuid = new_uuid()
+    client.define_device(
+        "par-a", "par-a-1", uuid=uuid, autostart=True, attributes=[("setting", "1")]
+    )
+    config_file = client.device(uuid)["ConfigFile"]
+    before = os.stat(config_file)
+    mark = client.mark()
+    client.update(uuid, {})
+    client.update(uuid, {"type": "par-a-1", "autostart": True, "attributes": [("setting", "1")]})
+    assert client.signals(mark) == []
+    after = os.stat(config_file)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    client.update(uuid, {"autostart": False})  # a real change is still one
+    assert client.events(uuid, since=mark) == [("updated", {"reason": "api"})]
+    client.undefine(uuid)
+
+
 def test_update_without_live_leaves_the_running_device_alone(
     client: BusClient, sim: RunningSim
 ) -> None:

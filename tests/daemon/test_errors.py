@@ -182,7 +182,11 @@ def test_an_unknown_type_is_type_not_supported(client: BusClient) -> None:
 
 @pytest.mark.parametrize(
     ("parent", "type_id", "how"),
-    [("pool1", "pool1-a", "the driver's ENOSPC"), ("core1", "core1-a", "the core's EUSERS")],
+    [
+        ("pool1", "pool1-a", "the driver's ENOSPC"),
+        ("core1", "core1-a", "the core's EUSERS"),
+        ("ap1", "vfio_ap-passthrough", "vfio-ap's EPERM"),
+    ],
 )
 def test_a_full_type_is_no_instances_available(
     client: BusClient, sim: RunningSim, parent: str, type_id: str, how: str
@@ -326,6 +330,18 @@ def test_a_driver_error_without_a_name_is_failed(client: BusClient, sim: Running
     error = _error(lambda: client.create_device("mtty", "mtty-2", uuid=uuid))
     assert error.short_name == "Failed"
     assert uuid in error.message and "EIO" in error.message
+    assert not in_sysfs(sim, uuid)
+
+
+def test_a_driver_error_with_instances_left_is_not_hidden(
+    client: BusClient, sim: RunningSim
+) -> None:
+    uuid = new_uuid()
+    # vfio-ap's "full" errno, while ap1 still has its instance: the driver's error stands.
+    sim.control.fault_create("ap1", "vfio_ap-passthrough", "EPERM")
+    error = _error(lambda: client.create_device("ap1", "vfio_ap-passthrough", uuid=uuid))
+    assert error.short_name == "Failed"
+    assert uuid in error.message and "EPERM" in error.message
     assert not in_sysfs(sim, uuid)
 
 

@@ -186,3 +186,39 @@ def test_unregister_removes_devices(kernel: Sysfs, sim: RunningSim) -> None:
     assert "mtty" not in kernel.parent_names()
     sim.control.register("mtty")
     assert kernel.available_instances("mtty", "mtty-1") == 24
+
+
+#: vfio-ap's matrix with room for two devices: its probe answers EPERM when none is left.
+SMALL_MATRIX = """
+[[parent]]
+name = "matrix"
+devpath = "devices/vfio_ap/matrix"
+subsystem = "matrix"
+subsystem_path = "bus/matrix"
+driver = "vfio_ap_mdev"
+pools = { instances = 2 }
+pool_errno = "EPERM"
+
+[[parent.type]]
+id = "vfio_ap-passthrough"
+name = "VFIO AP Passthrough Device"
+device_api = "vfio-ap"
+pool = "instances"
+vfio_ap = { max_adapter = 255, max_domain = 255 }
+"""
+
+
+def test_a_full_type_is_no_instances_whatever_the_errno() -> None:
+    with running_sim(scenario_text=SMALL_MATRIX) as small:
+        kernel = Sysfs(small.root)
+        kernel.create("matrix", "vfio_ap-passthrough", U1)
+        # With an instance left, a driver's EPERM is the driver's error, not "full".
+        small.control.fault_create("matrix", "vfio_ap-passthrough", "EPERM")
+        with pytest.raises(KernelIOError, match="EPERM") as driver_error:
+            kernel.create("matrix", "vfio_ap-passthrough", U2)
+        assert not isinstance(driver_error.value, NoInstancesAvailable)
+        kernel.create("matrix", "vfio_ap-passthrough", U2)
+        with pytest.raises(NoInstancesAvailable) as full:
+            kernel.create("matrix", "vfio_ap-passthrough", "8a3c0000-0000-4000-8000-000000000003")
+        assert "available_instances 0" in full.value.message
+        assert "EPERM" in full.value.message

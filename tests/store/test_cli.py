@@ -11,11 +11,17 @@ from pathlib import Path
 import pytest
 
 from mdevd.main import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, main
-from tests.store.conftest import MDEVCTL_TESTDATA, REPO, UUID_A, UUID_B, Dirs, device_toml
+from tests.store.conftest import MDEVCTL_TESTDATA, REPO, UUID_A, UUID_B, UUID_C, Dirs, device_toml
 
 
 def _dir_flags(dirs: Dirs) -> list[str]:
     return [arg for d in (dirs.etc, dirs.run, dirs.vendor) for arg in ("--devices-dir", str(d))]
+
+
+def _check_flags(dirs: Dirs) -> list[str]:
+    """`_dir_flags`, and an mdevctl directory of the test's own (absent unless a test makes it):
+    check-config must not read the host's /etc/mdevctl.d."""
+    return [*_dir_flags(dirs), "--mdevctl-dir", str(dirs.etc.parent / "mdevctl.d")]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -26,7 +32,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 def test_check_config_ok(dirs: Dirs, capsys: pytest.CaptureFixture[str]) -> None:
     (dirs.etc / "a.toml").write_text(device_toml(UUID_A))
-    code, out, _ = _run(capsys, "check-config", *_dir_flags(dirs))
+    code, out, _ = _run(capsys, "check-config", *_check_flags(dirs))
     assert (code, out) == (EXIT_OK, "mdevd: configuration OK: 1 definition in 1 file\n")
 
 
@@ -36,7 +42,7 @@ def test_check_config_prints_each_problem_with_file_and_line(
     (dirs.etc / "a.toml").write_text(device_toml(UUID_A, extra="autostart = 1\n"))
     (dirs.vendor / "b.toml").write_text(device_toml(UUID_B) + "[[device]]\nuuid = \n")
     (dirs.run / "c.toml").write_text(device_toml(UUID_B))
-    code, out, _ = _run(capsys, "check-config", "--config", "/dev/null", *_dir_flags(dirs))
+    code, out, _ = _run(capsys, "check-config", "--config", "/dev/null", *_check_flags(dirs))
     assert code == EXIT_PROBLEMS
     assert out.splitlines() == [
         f"{dirs.etc / 'a.toml'}:5: device {UUID_A}: "
@@ -52,6 +58,7 @@ def test_a_config_file_relocates_every_directory(
     config = tmp_path / "mdevd.toml"
     config.write_text(
         '[store]\ndevices_dir = "etc"\nruntime_devices_dir = "run"\nvendor_devices_dir = "usr"\n'
+        '[mdevctl]\nconfig_dir = "mdevctl.d"\n'
     )
     for name, uuid in (("etc", UUID_A), ("usr", UUID_B)):
         (tmp_path / name).mkdir()
@@ -83,6 +90,54 @@ def test_check_config_reports_a_bad_config_file(
     code, out, _ = _run(capsys, "check-config", "--config", str(config))
     assert code == EXIT_PROBLEMS
     assert out.startswith(f"{config}:3: unknown key 'write_dir' in [store]")
+
+
+def test_check_config_checks_mdevctls_directory_in_compatibility_mode(
+    dirs: Dirs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mdevctl = tmp_path / "mdevctl.d"
+    (mdevctl / "mtty").mkdir(parents=True)
+    (dirs.etc / "a.toml").write_text(device_toml(UUID_A))
+    good = '{"mdev_type": "mtty-1", "start": "manual", "attrs": []}'
+    (mdevctl / "mtty" / UUID_B).write_text(good)
+    corrupt = mdevctl / "mtty" / UUID_C
+    corrupt.write_text('{"mdev_type": "mtty-1", "start": ')
+    badly_named = mdevctl / "mtty" / "not-a-uuid"
+    badly_named.write_text(good)
+    conflicting = mdevctl / "mtty" / UUID_A  # differs from a.toml's definition
+    conflicting.write_text('{"mdev_type": "mtty-2", "start": "auto", "attrs": []}')
+    before = sorted((p, p.read_bytes()) for p in mdevctl.rglob("*") if p.is_file())
+
+    config = tmp_path / "mdevd.toml"
+    config.write_text(f'[mdevctl]\nconfig_dir = "{mdevctl}"\n')  # compatibility "auto": on
+    code, out, _ = _run(capsys, "check-config", "--config", str(config), *_dir_flags(dirs))
+    assert code == EXIT_PROBLEMS
+    lines = out.splitlines()
+    assert lines[-1] == (
+        f"mdevd: 3 problems found; the rest loads: 2 definitions in 1 file and {mdevctl}"
+    )
+    problems = lines[:-1]
+    assert len(problems) == 3
+    assert any(p.startswith(f"{corrupt}: ") and "JSON" in p for p in problems), problems
+    assert f"{badly_named}: ignored: mdevctl ignores it (the name is not a UUID)" in problems
+    assert any(
+        p.startswith(f"{conflicting}: device {UUID_A} is also defined at {dirs.etc / 'a.toml'}")
+        for p in problems
+    ), problems
+    # Checking writes nothing: no mirror of a.toml, no mirror record.
+    assert sorted((p, p.read_bytes()) for p in mdevctl.rglob("*") if p.is_file()) == before
+
+    # Compatibility off: mdevctl's directory is not the daemon's business, nor the check's.
+    code, out, _ = _run(
+        capsys,
+        "check-config",
+        "--config",
+        str(config),
+        "--mdevctl-compat",
+        "off",
+        *_dir_flags(dirs),
+    )
+    assert (code, out) == (EXIT_OK, "mdevd: configuration OK: 1 definition in 1 file\n")
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,7 +220,7 @@ def test_export_reports_problems_on_stderr(dirs: Dirs, capsys: pytest.CaptureFix
 def test_console_script_runs(dirs: Dirs) -> None:
     (dirs.etc / "a.toml").write_text("[[device]\n")
     done = subprocess.run(
-        [sys.executable, "-m", "mdevd.main", "check-config", *_dir_flags(dirs)],
+        [sys.executable, "-m", "mdevd.main", "check-config", *_check_flags(dirs)],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -50,6 +50,9 @@ def daemon_logging_to_the_journal(
         argv = [sys.executable, "-m", "mdevd", "--config", str(config)]
         argv += ["--sysfs-root", str(sim.root), "--dev-root", str(sim.root / ".sim" / "dev")]
         argv += ["--devices-dir", str(devices_dir)]
+        # Not the host's /etc/mdevctl.d (where the mdevctl package made one, compatibility
+        # mode would mirror the test's definitions into it).
+        argv += ["--mdevctl-dir", str(tmp_path / "mdevctl.d")]
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=stream, env=env
         )

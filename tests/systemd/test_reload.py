@@ -61,3 +61,51 @@ def test_a_burst_of_sighups_gives_paired_reloading_and_ready(
     ]
     assert states[-1] == "ready"
     assert all(a != b for a, b in itertools.pairwise(states)), states
+
+
+def test_a_dbus_reload_is_announced_like_sighup(
+    bus: str, sim: RunningSim, notify: NotifySocket, devices_dir: Path
+) -> None:
+    define(devices_dir, DEVICE_A, autostart=True)
+    with running_daemon(
+        bus,
+        sim.root,
+        [devices_dir],
+        env={"NOTIFY_SOCKET": notify.address},
+        config_text="[daemon]\nwatch_definitions = false\n",  # only the explicit reload reads
+    ) as daemon:
+        notify.wait_for(is_ready, what="READY=1")
+        notify.messages.clear()
+        define(devices_dir, DEVICE_B, autostart=True)
+        result = daemon.ctl("reload")
+        assert result.returncode == 0, result.stderr
+        # Both were sent before the reply: the service manager knows before the caller does.
+        notify.drain()
+        announced = [m for m in notify.messages if is_reloading(m) or is_ready(m)]
+        assert [is_reloading(m) for m in announced] == [True, False]
+        assert announced[-1]["STATUS"] == "Ready: 2 defined, 2 active"
+        assert in_kernel(sim, DEVICE_B)
+
+
+def test_dbus_reloads_and_sighups_together_stay_paired(
+    bus: str, sim: RunningSim, notify: NotifySocket, devices_dir: Path
+) -> None:
+    with running_daemon(
+        bus, sim.root, [devices_dir], env={"NOTIFY_SOCKET": notify.address}
+    ) as daemon:
+        notify.wait_for(is_ready, what="READY=1")
+        notify.messages.clear()
+        for _ in range(3):
+            daemon.process.send_signal(signal.SIGHUP)
+            assert daemon.ctl("reload").returncode == 0
+            notify.drain()  # as systemd reads them: a datagram socket queues only a few
+        time.sleep(1)  # any reload the signals still owe
+        notify.drain()
+    states = [
+        "reloading" if is_reloading(m) else "ready"
+        for m in notify.messages
+        if is_reloading(m) or is_ready(m)
+    ]
+    assert states.count("reloading") >= 4  # three D-Bus reloads and at least one SIGHUP
+    assert states[-1] == "ready"
+    assert all(a != b for a, b in itertools.pairwise(states)), states

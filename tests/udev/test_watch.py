@@ -19,7 +19,11 @@ DEBOUNCE = 0.05
 
 
 async def _watching(
-    directories: list[Path], body: Callable[[Callable[[], Awaitable[int]]], Awaitable[None]]
+    directories: list[Path],
+    body: Callable[[Callable[[], Awaitable[int]]], Awaitable[None]],
+    *,
+    mdevctl_dir: Path | None = None,
+    changed_by_others: Callable[[Path], bool] | None = None,
 ) -> None:
     """Run `body(quiet)` with a watcher attached; `quiet()` waits until no callback is due
     and returns how many callbacks came since the last call."""
@@ -30,7 +34,14 @@ async def _watching(
         nonlocal calls
         calls += 1
 
-    watcher = DefinitionsWatcher(directories, on_change, debounce=DEBOUNCE, max_delay=0.5)
+    watcher = DefinitionsWatcher(
+        directories,
+        on_change,
+        debounce=DEBOUNCE,
+        max_delay=0.5,
+        mdevctl_dir=mdevctl_dir,
+        changed_by_others=changed_by_others,
+    )
     watcher.open()
     watcher.attach(asyncio.get_running_loop())
 
@@ -118,3 +129,84 @@ def test_missing_directories_are_waited_for(tmp_path: Path) -> None:
         assert await quiet() == 1
 
     asyncio.run(_watching([admin, runtime], body))
+
+
+UUID_A = "0b0e6c2a-1f3d-4c55-8e4a-6a5f3f0b1c01"
+UUID_B = "0b0e6c2a-1f3d-4c55-8e4a-6a5f3f0b1c02"
+
+
+def test_mdevctls_directory_counts_what_mdevctl_reads(tmp_path: Path) -> None:
+    toml, mdevctl = tmp_path / "devices.d", tmp_path / "mdevctl.d"
+    toml.mkdir()
+    (mdevctl / "mtty").mkdir(parents=True)
+    (mdevctl / "scripts.d" / "callouts").mkdir(parents=True)
+
+    async def body(quiet: Callable[[], Awaitable[int]]) -> None:
+        (mdevctl / "mtty" / UUID_A).write_text("{}")
+        assert await quiet() == 1
+        (mdevctl / "mtty" / UUID_A).write_text('{"edited": 1}')
+        assert await quiet() == 1
+        (mdevctl / "mtty" / UUID_A).unlink()
+        assert await quiet() == 1
+        # What mdevctl does not read: other names, hidden files, its scripts, the top level.
+        (mdevctl / "mtty" / "notes").write_text("x")
+        (mdevctl / "mtty" / f".{UUID_A}.1234abcd.tmp").write_text("x")
+        (mdevctl / "scripts.d" / "callouts" / UUID_B).write_text("x")
+        (mdevctl / ".mdevd-mirrors.json").write_text("{}")
+        (mdevctl / UUID_B).write_text("x")
+        assert await quiet() == 0
+        # A parent directory counts by what it holds: empty, nothing; with a file, a change.
+        (mdevctl / "matrix").mkdir()
+        assert await quiet() == 0
+        (mdevctl / "matrix" / UUID_B).write_text("{}")  # watched since it appeared
+        assert await quiet() == 1
+        arriving = tmp_path / "elsewhere"
+        arriving.mkdir()
+        (arriving / UUID_A).write_text("{}")
+        os.rename(arriving, mdevctl / "0000:65:00.0")  # arrives whole, file and all
+        assert await quiet() == 1
+        shutil.rmtree(mdevctl / "0000:65:00.0")  # ...and goes
+        assert await quiet() >= 1
+        (mdevctl / "mdpy").mkdir()
+        assert await quiet() == 0
+        (mdevctl / "mdpy").rmdir()  # mdevd never removes one: always someone else's change
+        assert await quiet() == 1
+        (toml / "a.toml").write_text("x")  # the TOML directories are still watched
+        assert await quiet() == 1
+
+    asyncio.run(_watching([toml], body, mdevctl_dir=mdevctl))
+
+
+def test_mdevctl_files_mdevd_left_as_they_are_are_no_change(tmp_path: Path) -> None:
+    mdevctl = tmp_path / "mdevctl.d"
+    mdevctl.mkdir()
+    own: set[Path] = set()  # stands for CompatStore's record of its own writes
+
+    def changed_by_others(path: Path) -> bool:
+        return path not in own
+
+    async def body(quiet: Callable[[], Awaitable[int]]) -> None:
+        for parent, uuid in (("mtty", UUID_A), ("matrix", UUID_B)):
+            own.add(mdevctl / parent / uuid)
+            (mdevctl / parent).mkdir()  # as mdevd's first write under a parent does
+            (mdevctl / parent / uuid).write_text("{}")
+        assert await quiet() == 0
+        (mdevctl / "mtty" / UUID_A).unlink()
+        assert await quiet() == 0
+        own.clear()
+        (mdevctl / "mtty" / UUID_A).write_text("{}")  # someone else's now
+        assert await quiet() == 1
+
+    asyncio.run(_watching([], body, mdevctl_dir=mdevctl, changed_by_others=changed_by_others))
+
+
+def test_a_missing_mdevctl_directory_is_waited_for(tmp_path: Path) -> None:
+    mdevctl = tmp_path / "etc" / "mdevctl.d"
+
+    async def body(quiet: Callable[[], Awaitable[int]]) -> None:
+        (mdevctl / "mtty").mkdir(parents=True)
+        assert await quiet() >= 1
+        (mdevctl / "mtty" / UUID_A).write_text("{}")
+        assert await quiet() == 1
+
+    asyncio.run(_watching([], body, mdevctl_dir=mdevctl))

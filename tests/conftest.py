@@ -5,14 +5,24 @@ Before anything else runs, the test process moves into its own network and mount
 (as root; these machines and CI run as root): uevents then reach only the monitors of this run,
 never a real udev listener on the host, and every mount vanishes with the process even if a
 test is killed. Children (the emulated kernel, the daemon, mdevctl) inherit both namespaces.
+
+Inside that mount namespace, the host's configuration directories a daemon under test could
+write to (mdevctl's /etc/mdevctl.d, mdevd's /etc/mdevd) are covered by empty copies of
+themselves: a test that forgets to point the daemon elsewhere then writes into a tmpfs that
+vanishes with the run, never into the host's files.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.support.namespaces import enter_private_namespaces
+from tests.support.namespaces import enter_private_namespaces, shield_host_directory
+
+#: Host directories a daemon with default settings writes to.
+SHIELDED = ("/etc/mdevctl.d", "/etc/mdevd")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     enter_private_namespaces()
+    for directory in SHIELDED:
+        shield_host_directory(directory)

@@ -168,6 +168,7 @@ class RealKernel:
             "random.trust_cpu=on",
             f"rk_modules={self.prepared.modules_dir}",
             f"rk_init={SYSTEMD if systemd else GUEST_INIT}",
+            f"rk_repo={REPO}",
             *(SYSTEMD_ARGS if systemd else ()),
             *kernel_args,
         ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+from pathlib import Path
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -56,3 +58,27 @@ def host_network_argv() -> list[str]:
     if _host_netns_fd is None:
         return []
     return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{_host_netns_fd}", "--"]
+
+
+def shield_host_directory(path: str) -> None:
+    """Cover an existing host directory with a tmpfs holding its empty subdirectories.
+
+    Only inside the private mount namespace (refused otherwise): writes then land in memory,
+    while the directory still exists, with the layout packages gave it, so code that decides by
+    its presence behaves as on the host.
+    """
+    if not _entered:
+        raise RuntimeError("shield_host_directory: enter the private namespaces first")
+    directory = Path(path)
+    if not directory.is_dir():
+        return
+    subdirectories = sorted(
+        p.relative_to(directory) for p in directory.rglob("*") if p.is_dir() and not p.is_symlink()
+    )
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", str(directory)],
+        check=True,
+        capture_output=True,
+    )
+    for sub in subdirectories:
+        (directory / sub).mkdir(parents=True, exist_ok=True)

@@ -414,7 +414,7 @@ class Engine:
                     self._end_operation(uuid, removed)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
-            await self._refresh_parent(device.parent)
+            await self._refresh_counts(device.parent)
             state = self._publish(uuid)
             self._event(state or replace(state_before, active=False), "stopped", REASON_API)
             if state is None:
@@ -1062,7 +1062,7 @@ class Engine:
                 self._undo_late_create(uuid, late_create)
             if refresh_parent:
                 with contextlib.suppress(MdevdError):
-                    await self._refresh_parent(parent)
+                    await self._refresh_counts(parent)
 
     def _undo_late_create(self, uuid: str, pending: asyncio.Future[Any]) -> None:
         """A create that timed out may still succeed in the kernel: then remove the device, as
@@ -1146,12 +1146,45 @@ class Engine:
         self._parent_reads_started += 1
         return self._parent_reads_started
 
+    async def _refresh_counts(self, name: str) -> None:
+        """After the engine's own create or removal: only the types' counts changed.
+
+        Reads `available_instances` of the known types alone (one file each instead of the
+        whole parent); anything unexpected (the parent or a type gone) falls back to a full
+        read. Numbered like every parent read, so an older read never undoes it.
+        """
+        known = self._parents.get(name)
+        if known is None or not known.types:
+            await self._refresh_parent(name)
+            return
+        started = self._start_parent_read()
+        try:
+            counts = await self._io(self.kernel.read_available_instances, name, list(known.types))
+        except (ParentNotFound, TypeNotSupported):
+            await self._refresh_parent(name)
+            return
+        current = self._parents.get(name)
+        if current is None or set(current.types) != set(counts):
+            await self._refresh_parent(name)  # it changed meanwhile: look at all of it
+            return
+        parent = replace(
+            current,
+            types={
+                type_id: replace(mdev_type, available_instances=counts[type_id])
+                for type_id, mdev_type in current.types.items()
+            },
+        )
+        self._apply_parent_read(name, started, parent)
+
     async def _refresh_parent(self, name: str) -> None:
         started = self._start_parent_read()
         try:
             parent: Parent | None = await self._io(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
+        self._apply_parent_read(name, started, parent)
+
+    def _apply_parent_read(self, name: str, started: int, parent: Parent | None) -> None:
         if self._parent_read_applied.get(name, 0) > started:
             return  # a read that started later is in: this one may show the parent before it
         self._parent_read_applied[name] = started

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -191,6 +191,45 @@ class Sysfs:
 
     def available_instances(self, parent: str, type_id: str) -> int:
         return self.read_type(parent, type_id).available_instances
+
+    def read_available_instances(self, parent: str, type_ids: Sequence[str]) -> dict[str, int]:
+        """`available_instances` of each of `type_ids`, and nothing else.
+
+        After a create or a removal only the counts change (pools are shared across types), so
+        this is what follows the daemon's own operations: one file per type instead of a whole
+        read of the parent. `ParentNotFound` or `TypeNotSupported` when the parent or a type
+        is gone (then a full read is due).
+        """
+        types_dir = self._parent_dir(parent) / "mdev_supported_types"
+        try:
+            types_fd = os.open(types_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
+        counts: dict[str, int] = {}
+        try:
+            for type_id in type_ids:
+                name = validate.type_id(type_id)
+                try:
+                    fd = os.open(
+                        f"{name}/available_instances", os.O_RDONLY | os.O_CLOEXEC, dir_fd=types_fd
+                    )
+                except FileNotFoundError as exc:
+                    raise TypeNotSupported(
+                        f"parent {parent} does not support type {type_id}"
+                    ) from exc
+                except OSError as exc:
+                    raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
+                try:
+                    counts[type_id] = _parse_count(
+                        os.read(fd, _READ_LIMIT).decode(errors="replace").strip()
+                    )
+                except OSError as exc:
+                    raise _io_error(f"reading type {type_id} of parent {parent}", exc) from exc
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(types_fd)
+        return counts
 
     # ---- devices ---------------------------------------------------------------------------
 

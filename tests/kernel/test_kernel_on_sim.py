@@ -83,6 +83,23 @@ def test_full_pool_enospc_is_no_instances(kernel: Sysfs) -> None:
         kernel.create("mtty", "mtty-1", U1)
 
 
+def test_counts_alone_follow_a_shared_pool(kernel: Sysfs) -> None:
+    assert kernel.read_available_instances("mtty", ["mtty-1", "mtty-2"]) == {
+        "mtty-1": 24,
+        "mtty-2": 12,
+    }
+    kernel.create("mtty", "mtty-2", U1)  # two ports of the 24 shared by both types
+    counts = kernel.read_available_instances("mtty", ["mtty-1", "mtty-2"])
+    assert counts == {"mtty-1": 22, "mtty-2": 11}
+    assert counts == {
+        type_id: t.available_instances for type_id, t in kernel.read_types("mtty").items()
+    }
+    with pytest.raises(TypeNotSupported):
+        kernel.read_available_instances("mtty", ["mtty-3"])
+    with pytest.raises(ParentNotFound):
+        kernel.read_available_instances("nosuchparent", ["mtty-1"])
+
+
 def test_core_counted_eusers_is_no_instances(kernel: Sysfs) -> None:
     for index in range(4):
         kernel.create("mdpy", "mdpy-vga", f"00000000-0000-4000-8000-{index:012x}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mdevd import ctl
+from tests.daemon.conftest import daemon_stack
 from tests.daemon.harness import BusClient, in_sysfs, new_uuid, wait_until
 from tests.support.bus import REPO, private_bus, unprivileged_python
 from tests.support.daemon import DaemonProcess
@@ -316,7 +317,14 @@ def test_modify_of_a_transient_device_is_not_defined(daemon: DaemonProcess) -> N
 # ---- reload -------------------------------------------------------------------------------------
 
 
-def test_reload(daemon: DaemonProcess) -> None:
+def test_reload() -> None:
+    # Its own daemon, not watching its directory: a file it sees only on `reload` proves the
+    # command (a watching daemon may pick the file up by itself first).
+    with daemon_stack(config_text="[daemon]\nwatch_definitions = false\n") as stack:
+        _reload_picks_up_a_new_file(stack.daemon)
+
+
+def _reload_picks_up_a_new_file(daemon: DaemonProcess) -> None:
     uuid = new_uuid()
     path = daemon.devices_dir / f"by-hand-{uuid}.toml"
     path.write_text(f'[[device]]\nuuid = "{uuid}"\nparent = "mdpy"\ntype = "mdpy-vga"\n')

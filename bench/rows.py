@@ -34,6 +34,7 @@ class Settings:
     repetitions: int = 5
     query_sizes: tuple[int, ...] = (100, 1_000, 10_000)
     lifecycle_devices: int = 100
+    process_devices: int = 20
     parallel: int = 16
     autostart_sizes: tuple[int, ...] = (1, 16, 256)
     daemon_devices: int = 10_000
@@ -168,6 +169,8 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
     """N transient devices: `mdevctl start` per device vs CreateDevice; floor: raw writes."""
     count, width = settings.lifecycle_devices, settings.parallel
     uuids = [bench_uuid(2, i) for i in range(count)]
+    # A Python process per device costs ~0.1 s of start-up each: fewer devices for that row.
+    few = uuids[: settings.process_devices]
     create_file = bench.sim.root / "class/mdev_bus" / PARENT / "mdev_supported_types" / TYPE
     create_file = create_file / "create"
     bench.clear_mdevctl_definitions()
@@ -177,18 +180,21 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
         bench.remove_all_devices()
         bench.wait_until(lambda: not bench.active_uuids())
 
-    def mdevctl_commands() -> list[list[str]]:
-        return [["mdevctl", "start", "-p", PARENT, "-t", TYPE, "-u", u] for u in uuids]
+    def mdevctl_commands(which: Sequence[str]) -> list[list[str]]:
+        return [["mdevctl", "start", "-p", PARENT, "-t", TYPE, "-u", u] for u in which]
 
-    async def mdevctl_sequential() -> float:
-        bench.stop_daemon()
-        elapsed = sum(timed_command(argv) for argv in mdevctl_commands())
-        clean_kernel()
-        return elapsed
+    def mdevctl_sequential(which: Sequence[str]) -> Measure:
+        async def measure() -> float:
+            bench.stop_daemon()
+            elapsed = sum(timed_command(argv) for argv in mdevctl_commands(which))
+            clean_kernel()
+            return elapsed
+
+        return measure
 
     async def mdevctl_parallel() -> float:
         bench.stop_daemon()
-        elapsed = _run_parallel(mdevctl_commands(), width)
+        elapsed = _run_parallel(mdevctl_commands(uuids), width)
         clean_kernel()
         return elapsed
 
@@ -205,43 +211,40 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
         clean_kernel()
         return elapsed
 
-    async def with_daemon(body: Callable[[Client], Awaitable[None]]) -> float:
-        bench.start_daemon()
-        client = await bench.client()
-        try:
-            started = time.perf_counter()
-            await body(client)
-            elapsed = time.perf_counter() - started
-            assert bench.active_uuids() == set(uuids)
-            clean_kernel()
-            await wait_for_device_count(client, 0)
-        finally:
-            client.close()
-        return elapsed
+    def with_daemon(which: Sequence[str], body: Callable[[Client], Awaitable[None]]) -> Measure:
+        async def measure() -> float:
+            bench.start_daemon()
+            client = await bench.client()
+            try:
+                started = time.perf_counter()
+                await body(client)
+                elapsed = time.perf_counter() - started
+                assert bench.active_uuids() == set(which)
+                clean_kernel()
+                await wait_for_device_count(client, 0)
+            finally:
+                client.close()
+            return elapsed
 
-    async def mdevd_sequential() -> float:
-        async def body(client: Client) -> None:
-            for uuid in uuids:
-                await client.create_device(PARENT, TYPE, uuid=uuid)
+        return measure
 
-        return await with_daemon(body)
+    async def create_one_at_a_time(client: Client) -> None:
+        for uuid in uuids:
+            await client.create_device(PARENT, TYPE, uuid=uuid)
 
-    async def mdevd_parallel() -> float:
-        async def body(client: Client) -> None:
-            calls = [(lambda u=uuid: client.create_device(PARENT, TYPE, uuid=u)) for uuid in uuids]
-            await _gather_limited(width, calls)
+    async def create_in_parallel(client: Client) -> None:
+        calls = [(lambda u=uuid: client.create_device(PARENT, TYPE, uuid=u)) for uuid in uuids]
+        await _gather_limited(width, calls)
 
-        return await with_daemon(body)
-
-    async def mdevdctl_sequential() -> float:
-        async def body(client: Client) -> None:
-            for uuid in uuids:
-                timed_command(mdevdctl_argv(bench, "create", PARENT, TYPE, "--uuid", uuid))
-
-        return await with_daemon(body)
+    async def mdevdctl_processes(client: Client) -> None:
+        for uuid in few:
+            timed_command(mdevdctl_argv(bench, "create", PARENT, TYPE, "--uuid", uuid))
 
     seq = await alternate(
-        settings.repetitions, mdevctl_sequential, mdevd_sequential, mdevdctl_sequential, floor
+        settings.repetitions,
+        mdevctl_sequential(uuids),
+        with_daemon(uuids, create_one_at_a_time),
+        floor,
     )
     report.add(
         Row(
@@ -250,22 +253,26 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
             "s",
             seq[1],
             seq[0],
-            seq[3],
+            seq[2],
             "connected client; floor: a loop writing UUIDs to create",
         )
+    )
+    per_process = await alternate(
+        settings.repetitions, mdevctl_sequential(few), with_daemon(few, mdevdctl_processes)
     )
     report.add(
         Row(
             "start",
-            f"{count} devices, one at a time: mdevdctl create",
+            f"{len(few)} devices, one at a time: mdevdctl create",
             "s",
-            seq[2],
-            seq[0],
-            seq[3],
-            "a Python process per device, like mdevctl's process per device",
+            per_process[1],
+            per_process[0],
+            note="a Python process per device, like mdevctl's process per device",
         )
     )
-    par = await alternate(settings.repetitions, mdevctl_parallel, mdevd_parallel)
+    par = await alternate(
+        settings.repetitions, mdevctl_parallel, with_daemon(uuids, create_in_parallel)
+    )
     report.add(
         Row(
             "start",
@@ -273,7 +280,7 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
             "s",
             par[1],
             par[0],
-            seq[3],
+            seq[2],
             f"{width} mdevctl processes at once vs {width} calls in flight",
         )
     )
@@ -438,19 +445,22 @@ async def daemon_costs(
     client = await bench.client()
     try:
         width = settings.parallel
-        cycle_uuids = [bench_uuid(6, i) for i in range(width)]
+        # A fresh UUID for every cycle, as managers that let the daemon choose do: per-UUID
+        # state that outlived its device would show here as growth.
+        fresh = iter(range(1 << 40))
 
-        async def cycle(uuid: str, rounds: int) -> None:
+        async def cycle(rounds: int) -> None:
             for _ in range(rounds):
+                uuid = bench_uuid(6, next(fresh))
                 await client.create_device(PARENT, TYPE, uuid=uuid)
                 await client.stop(uuid)
 
         warmup = max(1, min(1_000, settings.cycles // 10) // width)
-        await asyncio.gather(*(cycle(u, warmup) for u in cycle_uuids))
+        await asyncio.gather(*(cycle(warmup) for _ in range(width)))
         before = bench.daemon_rss_mib()
         rounds = max(1, settings.cycles // width)
         started = time.perf_counter()
-        await asyncio.gather(*(cycle(u, rounds) for u in cycle_uuids))
+        await asyncio.gather(*(cycle(rounds) for _ in range(width)))
         elapsed = time.perf_counter() - started
         after = bench.daemon_rss_mib()
         done = rounds * width

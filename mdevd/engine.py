@@ -210,13 +210,19 @@ class Engine:
         self._last_error: dict[str, str] = {}
         self._published: dict[str, DeviceState] = {}
         self._parent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._uuid_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Per UUID: the lock and how many tasks hold or wait for it. An entry goes when the
+        # last one leaves, or every UUID ever created would keep a lock for good.
+        self._uuid_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # UUIDs an operation is creating or removing right now, and those it changed since the
         # current rescan started (that rescan's view of them may predate the change): a rescan
         # must not report an operation's own effect as a change made by someone else.
         self._in_flight: set[str] = set()
         self._touched: set[str] = set()
         self._touched_parents: set[str] = set()
+        # Kernel reads (snapshots, device re-reads) in progress: touches matter only while one
+        # is, so they are only recorded then (else the sets would grow with every UUID ever
+        # operated on, between reads).
+        self._kernel_reads = 0
         # Reads of a parent run in worker threads and can finish out of order (one a uevent
         # asked for, started before an operation's effect, after the operation's own): each
         # is numbered as it starts, and one that started before the read last applied is stale.
@@ -258,9 +264,8 @@ class Engine:
         definitions, problems = await self._load_store()
         self._definitions = definitions
         self.problems = problems
-        self._touched.clear()
-        self._touched_parents.clear()
-        snapshot = await self._io(self._snapshot_kernel)
+        async with self._kernel_read():
+            snapshot = await self._io(self._snapshot_kernel)
         self._parents = snapshot.parents
         self._active = snapshot.devices
         for uuid in sorted(set(self._definitions) | set(self._active)):
@@ -724,8 +729,10 @@ class Engine:
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that registered since the last look."""
-        self._touched.clear()
-        self._touched_parents.clear()
+        async with self._kernel_read():
+            await self._resync()
+
+    async def _resync(self) -> None:
         started = self._start_parent_read()
         snapshot = await self._io(self._snapshot_kernel)
         for name in set(self._parents) | set(snapshot.parents):
@@ -760,7 +767,10 @@ class Engine:
     async def _sync_devices(self, uuids: Sequence[str]) -> None:
         """Read back only these devices (their own uevents said they changed), and their
         parents' types when they did."""
-        self._touched.clear()
+        async with self._kernel_read():
+            await self._sync_device_list(uuids)
+
+    async def _sync_device_list(self, uuids: Sequence[str]) -> None:
         wanted = [uuid for uuid in uuids if uuid not in self._in_flight]
         if not wanted:
             return
@@ -775,6 +785,23 @@ class Engine:
         for parent in sorted(parents):
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
+
+    @contextlib.asynccontextmanager
+    async def _kernel_read(self) -> AsyncIterator[None]:
+        """Around a read of the kernel and the use of what it found: the operations that end
+        meanwhile are recorded (`_touched`, `_touched_parents`), since the read may predate
+        their effect; with no read in progress nothing is recorded, and nothing accumulates."""
+        if self._kernel_reads == 0:
+            self._touched.clear()
+            self._touched_parents.clear()
+        self._kernel_reads += 1
+        try:
+            yield
+        finally:
+            self._kernel_reads -= 1
+            if self._kernel_reads == 0:
+                self._touched.clear()
+                self._touched_parents.clear()
 
     def _apply_kernel_device(self, uuid: str, now: ActiveDevice | None) -> bool:
         """Take the kernel's view of one device (None: absent); report a change made by
@@ -1074,7 +1101,7 @@ class Engine:
         """
 
         async def undo() -> None:
-            async with self._uuid_locks[uuid]:
+            async with self._uuid_lock(uuid):
                 try:
                     try:
                         await pending
@@ -1103,7 +1130,8 @@ class Engine:
         send. Events that came while it ran and are not among them were someone else's: the
         device is read back. Those still to come are expected, and not read back for."""
         self._in_flight.discard(uuid)
-        self._touched.add(uuid)
+        if self._kernel_reads:
+            self._touched.add(uuid)
         unexplained = list(self._early_events.pop(uuid, ()))
         still_to_come = []
         for action in effect:
@@ -1112,6 +1140,10 @@ class Engine:
             else:
                 still_to_come.append(action)
         if still_to_come:
+            if len(self._expected_events) >= _MAX_EXPECTED:
+                # Events that never came (no event source, or lost ones): forget the oldest;
+                # should it come after all, it only costs a re-read of its device.
+                del self._expected_events[next(iter(self._expected_events))]
             self._expected_events[uuid] = still_to_come
         if unexplained:
             self._request_device_sync(uuid)
@@ -1188,7 +1220,8 @@ class Engine:
         if self._parent_read_applied.get(name, 0) > started:
             return  # a read that started later is in: this one may show the parent before it
         self._parent_read_applied[name] = started
-        self._touched_parents.add(name)
+        if self._kernel_reads:
+            self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:
                 self.listener.parent_removed(name)
@@ -1239,8 +1272,24 @@ class Engine:
     @contextlib.asynccontextmanager
     async def _locks(self, uuid: str, parent: str) -> AsyncIterator[None]:
         # Always the UUID first, then the parent: one order, no deadlock.
-        async with self._uuid_locks[uuid], self._parent_locks[parent]:
+        async with self._uuid_lock(uuid), self._parent_locks[parent]:
             yield
+
+    @contextlib.asynccontextmanager
+    async def _uuid_lock(self, uuid: str) -> AsyncIterator[None]:
+        lock, users = self._uuid_locks.get(uuid, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._uuid_locks[uuid] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._uuid_locks[uuid]
+            if users == 1:
+                del self._uuid_locks[uuid]
+            else:
+                self._uuid_locks[uuid] = (lock, users - 1)
 
     def _state(self, uuid: str) -> DeviceState | None:
         definition = self._definitions.get(uuid)
@@ -1325,6 +1374,9 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
 #: send, in order (kernel-mdev-abi.md).
 _CREATE_EVENTS = ("add", "bind")
 _REMOVE_EVENTS = ("unbind", "remove")
+
+#: How many devices' own events may be awaited at once (each create or removal awaits two).
+_MAX_EXPECTED = 4096
 
 #: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
 _NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cycles",
         type=int,
-        help="create/remove cycles for the memory row (default 10000; 100000 takes ~20 min)",
+        help="create/remove cycles for the memory row (default 5000; 100000 takes ~25 min)",
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else rows.Settings()

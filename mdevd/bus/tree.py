@@ -93,7 +93,14 @@ class ManagedObjectBus(MessageBus):
             node.nodes = children
         return node
 
+    #: While True, exports announce nothing: the first export of the whole tree happens before
+    #: the daemon owns its name, when no client can be matching its signals, and announcing
+    #: 10,000 devices then would cost start-up time and memory for nobody.
+    quiet_exports = False
+
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if self.quiet_exports:
+            return
         properties = getattr(interface, "properties", None)
         if properties is None or not path.startswith(ROOT_PATH + "/"):
             super()._emit_interface_added(path, interface)
@@ -149,12 +156,23 @@ class ObjectTree:
         self._parents: dict[str, ParentInterface] = {}
 
     def export_all(self) -> None:
-        """Export the manager and every object the engine knows; then follow its changes."""
-        self.bus.export(MANAGER_PATH, self.manager)
-        for parent in self.engine.parents().values():
-            self.parent_changed(parent)
-        for state in self.engine.devices().values():
-            self.device_changed(state)
+        """Export the manager and every object the engine knows; then follow its changes.
+
+        Called before the bus name is requested: the objects are exported without
+        InterfacesAdded (clients learn them from GetManagedObjects once the name appears).
+        """
+        bus = self.bus if isinstance(self.bus, ManagedObjectBus) else None
+        if bus is not None:
+            bus.quiet_exports = True
+        try:
+            self.bus.export(MANAGER_PATH, self.manager)
+            for parent in self.engine.parents().values():
+                self.parent_changed(parent)
+            for state in self.engine.devices().values():
+                self.device_changed(state)
+        finally:
+            if bus is not None:
+                bus.quiet_exports = False
         self.engine.attach(self)
 
     # ---- engine.Listener -------------------------------------------------------------------

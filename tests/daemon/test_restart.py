@@ -6,11 +6,14 @@ The emulated kernel's uevent log is the witness: a device removed or created aga
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from tests.daemon.conftest import SCENARIO
@@ -118,3 +121,55 @@ def test_without_a_daemon_the_name_is_gone_and_calls_fail_cleanly(
         client.get_device(new_uuid())
     assert raised.value.name == "org.freedesktop.DBus.Error.ServiceUnknown"
     assert names.BUS_NAME in raised.value.message
+
+
+def test_start_up_exports_without_announcing(
+    address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    """Objects exported before the name is owned are not announced one by one: no client can
+    match their signals yet (10,000 definitions would be 10,000 signals for nobody). What
+    changes later is announced as usual, which this watcher of every sender sees too."""
+    defined = [new_uuid() for _ in range(3)]
+    for uuid in defined:
+        (devices_dir / f"{uuid}.toml").write_text(
+            f'[[device]]\nuuid = "{uuid}"\nparent = "mtty"\ntype = "mtty-1"\n'
+        )
+    later = new_uuid()
+
+    def run_daemon() -> None:
+        with running_daemon(address, sim.root, [devices_dir]) as daemon:
+            daemon.ctl("create", "mtty", "mtty-1", "--uuid", later, check=True)
+            daemon.ctl("stop", later, check=True)
+
+    async def watch() -> list[str]:
+        bus = await MessageBus(bus_address=address).connect()
+        added: list[str] = []
+
+        def on_message(message: Message) -> None:
+            if message.message_type is MessageType.SIGNAL and message.member == "InterfacesAdded":
+                added.append(str(message.body[0]))
+
+        bus.add_message_handler(on_message)
+        rule = f"type='signal',interface='{names.OBJECT_MANAGER_INTERFACE}'"
+        reply = await bus.call(
+            Message(
+                destination=names.DBUS_BUS_NAME,
+                path=names.DBUS_PATH,
+                interface=names.DBUS_INTERFACE,
+                member="AddMatch",
+                signature="s",
+                body=[rule],
+            )
+        )
+        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+        await asyncio.get_running_loop().run_in_executor(None, run_daemon)
+        await asyncio.sleep(0.2)
+        bus.disconnect()
+        return added
+
+    try:
+        added = asyncio.run(watch())
+    finally:
+        for uuid in defined:
+            (devices_dir / f"{uuid}.toml").unlink()
+    assert added == [device_path(later)]

@@ -324,7 +324,13 @@ class DefinitionStore:
                     )
                 else:
                     self._create(path, definitions.render([wanted]))
-            saved = self._load_state().result.definitions.get(uuid)
+            # What was written, read back from that file alone: the state above already said
+            # which file is in effect for this UUID (a second full load would stat every file
+            # of every directory again, making each define cost O(all definitions)).
+            saved = next(
+                (d for d in self._parse(path).definitions if d.uuid == uuid),
+                None,
+            )
         if saved is None or not definitions.same_device(saved, wanted):
             raise Failed(f"device {uuid}: written to {path}, but another definition is in effect")
         return saved

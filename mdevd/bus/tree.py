@@ -186,10 +186,7 @@ class ObjectTree:
             return
         before = interface.properties()
         interface.state = state
-        after = interface.properties()
-        changed = {name: value for name, value in after.items() if before[name] != value}
-        if changed:
-            interface.emit_properties_changed(changed)
+        _emit_changes(interface, before)
 
     def device_removed(self, uuid: str) -> None:
         interface = self._devices.pop(uuid, None)
@@ -205,10 +202,7 @@ class ObjectTree:
             return
         before = interface.properties()
         interface.parent = parent
-        after = interface.properties()
-        changed = {name: value for name, value in after.items() if before[name] != value}
-        if changed:
-            interface.emit_properties_changed(changed)
+        _emit_changes(interface, before)
 
     def parent_removed(self, name: str) -> None:
         interface = self._parents.pop(name, None)
@@ -231,3 +225,11 @@ class ObjectTree:
                 interface.emit_properties_changed(
                     {"ParentObject": interface.properties()["ParentObject"]}
                 )
+
+
+def _emit_changes(interface: DeviceInterface | ParentInterface, before: dict[str, Any]) -> None:
+    """PropertiesChanged with the properties whose values differ from `before`, if any."""
+    after = interface.properties()
+    changed = {name: value for name, value in after.items() if before[name] != value}
+    if changed:
+        interface.emit_properties_changed(changed)

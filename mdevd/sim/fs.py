@@ -231,7 +231,9 @@ class SysfsOperations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def release(self, path: str, fh: int) -> int:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.node.on_release is not None:
+            handle.node.on_release()
         return 0
 
     def create(self, path: str, mode: int, fi: int | None = None) -> int:

@@ -123,6 +123,10 @@ class Device:
     state: DeviceState = DeviceState.ACTIVE
     #: A VM holds the vfio group: opening /dev/vfio/N fails with EBUSY, removal blocks.
     held: bool = False
+    #: Someone has /dev/vfio/N open without using the device (libvirt does, to keep VMs out
+    #: while it removes the device): vfio allows one opener, so other opens fail with EBUSY;
+    #: removal does not wait for it.
+    group_open: bool = False
     #: Last value written to each generic attribute.
     values: dict[str, str] = field(default_factory=dict)
     serial: int = field(default_factory=lambda: next(_object_serials))
@@ -538,12 +542,19 @@ class Kernel:
             self._changed()
 
     def open_vfio_group(self, device: Device) -> None:
-        """Opening /dev/vfio/<group>: a VM holding it makes everyone else get EBUSY."""
+        """Opening /dev/vfio/<group>: one opener at a time (a VM holding it counts as one);
+        everyone else gets EBUSY until it is closed (`close_vfio_group`)."""
         with self.lock:
             if device.state is DeviceState.GONE:
                 fail(errno.ENODEV, f"iommu group {device.iommu_group} is gone")
-            if device.held:
+            if device.held or device.group_open:
                 fail(errno.EBUSY, f"iommu group {device.iommu_group} is in use")
+            device.group_open = True
+
+    def close_vfio_group(self, device: Device) -> None:
+        """The last reference to an open /dev/vfio/<group> went away."""
+        with self.lock:
+            device.group_open = False
 
     # -- uevent files ----------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class Attribute:
     store: Callable[[bytes], None] | None = None
     #: Called when the file is opened; raises OSError to refuse the open.
     on_open: Callable[[], None] | None = None
+    #: Called when an open of it (one that `on_open` let through) is released.
+    on_release: Callable[[], None] | None = None
     #: Errors of this file carry a message the opener may read back (the control file).
     reports_errors: bool = False
 
@@ -208,7 +210,11 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     builder.link(f"class/vfio/{device.iommu_group}", group_path)
     builder.file(
         f"{control.VFIO_DIR}/{device.iommu_group}",
-        Attribute(0o600, on_open=lambda: kernel.open_vfio_group(device)),
+        Attribute(
+            0o600,
+            on_open=lambda: kernel.open_vfio_group(device),
+            on_release=lambda: kernel.close_vfio_group(device),
+        ),
     )
     if device.state is not DeviceState.ACTIVE:
         # The core unlinks the type, the bus and the attributes before waiting for the driver.

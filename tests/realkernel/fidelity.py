@@ -48,6 +48,10 @@ class Kernel(Protocol):
         """The uevents since the last call, in order, each as the kernel's properties."""
         ...
 
+    def vfio_node(self, group: int) -> Path:
+        """The device node of vfio group `group` (`/dev/vfio/N`)."""
+        ...
+
 
 def _errno_of(action: Callable[[], object]) -> str:
     try:
@@ -314,6 +318,23 @@ class Probe:
             self.events()
         self.seen["full"] = seen
 
+    def vfio_group(self) -> None:
+        """One opener of a group at a time; a group open without the device (libvirt's check
+        that no VM uses it) does not hold up the device's removal."""
+        self.create("mtty", "mtty-1", A.encode())
+        device = self.root / "bus/mdev/devices" / A
+        node = self.kernel.vfio_node(int(Path(os.readlink(device / "iommu_group")).name))
+        first = os.open(node, os.O_RDONLY)
+        try:
+            self.seen["vfio group"] = {
+                "second open": _errno_of(lambda: os.close(os.open(node, os.O_RDWR))),
+                "remove while open": self.remove(A),
+                "device after remove": device.exists(),
+            }
+        finally:
+            os.close(first)
+        self.events()
+
     def registration(self) -> None:
         self.create("mtty", "mtty-1", A.encode())
         self.create("mtty", "mtty-2", B.encode())
@@ -339,6 +360,7 @@ class Probe:
             self.remove_payloads,
             self.pools,
             self.full,
+            self.vfio_group,
             self.registration,
         ):
             try:
@@ -380,6 +402,9 @@ class GuestKernel(MonitorEvents):
 
     def register(self, parent: str) -> None:
         subprocess.run(["modprobe", parent], check=True)
+
+    def vfio_node(self, group: int) -> Path:
+        return Path("/dev/vfio") / str(group)
 
     def unregister(self, parent: str) -> None:
         subprocess.run(["rmmod", parent], check=True)

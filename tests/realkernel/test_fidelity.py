@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +34,9 @@ class SimKernel(MonitorEvents):
 
     def unregister(self, parent: str) -> None:
         self.sim.control.unregister(parent)
+
+    def vfio_node(self, group: int) -> Path:
+        return self.sim.control.vfio_group_path(group)
 
 
 def _dump(record: dict[str, Any]) -> list[str]:

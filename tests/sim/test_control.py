@@ -148,6 +148,45 @@ def test_hold_makes_the_vfio_group_busy(sim: RunningSim) -> None:
     os.close(os.open(node, os.O_RDWR))
 
 
+def test_the_vfio_group_has_one_opener_and_removal_does_not_wait_for_it(
+    sim: RunningSim,
+) -> None:
+    """As vfio's group file: a second open is EBUSY while the first is open; a group opened
+    without using the device (libvirt's check before a removal) does not hold the removal."""
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    group = int(
+        os.path.basename(os.readlink(sim.root / "bus/mdev/devices" / UUID_A / "iommu_group"))
+    )
+    node = sim.control.vfio_group_path(group)
+    first = os.open(node, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as busy:
+            os.open(node, os.O_RDWR)
+        assert busy.value.errno == errno.EBUSY
+    finally:
+        os.close(first)
+
+    def opens() -> bool:
+        try:
+            os.close(os.open(node, os.O_RDWR))
+        except OSError as exc:
+            assert exc.errno == errno.EBUSY
+            return False
+        return True
+
+    # FUSE releases a closed file asynchronously: wait for it.
+    deadline = time.monotonic() + 10
+    while not opens():
+        assert time.monotonic() < deadline, "the group stayed busy after its opener closed it"
+        time.sleep(0.01)
+    held = os.open(node, os.O_RDONLY)
+    try:
+        assert write_errno(sim.root / "bus/mdev/devices" / UUID_A / "remove", "1") is None
+        assert not (sim.root / "bus/mdev/devices" / UUID_A).exists()
+    finally:
+        os.close(held)
+
+
 def test_removing_a_held_device_blocks_until_release(sim: RunningSim) -> None:
     create(sim.root, "mtty", "mtty-2", UUID_A)
     device = sim.root / "devices/virtual/mtty/mtty" / UUID_A

@@ -308,8 +308,10 @@ class Client:
     async def start(self, uuid: str, *, force: bool | None = None) -> None:
         await self._device_call(uuid, "Start", force=force)
 
-    async def stop(self, uuid: str, *, force: bool | None = None) -> None:
-        await self._device_call(uuid, "Stop", force=force)
+    async def stop(
+        self, uuid: str, *, force: bool | None = None, caller_holds_group: bool | None = None
+    ) -> None:
+        await self._device_call(uuid, "Stop", force=force, caller_holds_group=caller_holds_group)
 
     async def define(
         self, uuid: str, *, autostart: bool | None = None, force: bool | None = None

@@ -392,8 +392,14 @@ class Engine:
         async with self._locks(uuid, definition.parent):
             return await self._start_locked(uuid, REASON_API, force=force)
 
-    async def stop_device(self, uuid: str, *, force: bool = False) -> DeviceState | None:
-        """Remove the device from the kernel; the definition, if any, stays."""
+    async def stop_device(
+        self, uuid: str, *, force: bool = False, caller_holds_group: bool = False
+    ) -> DeviceState | None:
+        """Remove the device from the kernel; the definition, if any, stays.
+
+        An open vfio group means a VM uses the device (Busy), unless `caller_holds_group`:
+        the caller opened it itself, and so no VM can have it (vfio allows one opener).
+        """
         uuid = validate.uuid(uuid)
         device = self._active.get(uuid)
         if device is None:
@@ -411,7 +417,7 @@ class Engine:
                 self._begin_operation(uuid)
                 removed: tuple[str, ...] = ()
                 try:
-                    await self._io(self.kernel.remove, uuid)
+                    await self._io(self.kernel.remove, uuid, check_busy=not caller_holds_group)
                     removed = _REMOVE_EVENTS
                 except NotActive:
                     pass  # someone else removed it first: the effect the caller wanted

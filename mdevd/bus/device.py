@@ -36,6 +36,7 @@ DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
 _AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
 _OPERATION_OPTIONS = {opts.FORCE: "b", opts.AUTH_INTERACTIVE: "b"}
+_STOP_OPTIONS = {opts.CALLER_HOLDS_GROUP: "b", **_OPERATION_OPTIONS}
 _DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
 _UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
@@ -129,9 +130,13 @@ class DeviceInterface(ServiceInterface):
     @dbus_method()
     @dbus_errors
     async def Stop(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _OPERATION_OPTIONS, "Stop")
+        values = opts.check_options(options, _STOP_OPTIONS, "Stop")
         await self._tree.authorize("Stop", opts.interactive(values))
-        await self._tree.engine.stop_device(self.state.uuid, force=opts.force(values))
+        await self._tree.engine.stop_device(
+            self.state.uuid,
+            force=opts.force(values),
+            caller_holds_group=opts.caller_holds_group(values),
+        )
 
     @dbus_method()
     @dbus_errors

@@ -32,6 +32,7 @@ FEATURES = (
     "force",
     "update-persist",
     "query-attributes",
+    "stop-caller-holds-group",
 )
 
 _CREATE_OPTIONS = {

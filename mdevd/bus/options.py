@@ -24,6 +24,9 @@ MAX_ATTRIBUTES = 256
 AUTH_INTERACTIVE = "auth.interactive"
 #: Go ahead even if a callout script's `pre` vetoes (mdevctl's `--force`).
 FORCE = "force"
+#: Stop: the caller itself holds the device's vfio group open (libvirt does while it asks for
+#: a removal, so that no VM can take the device meanwhile): the open group is not a VM's.
+CALLER_HOLDS_GROUP = "caller_holds_group"
 
 #: How much of a caller's string an error message quotes.
 SHOWN_LENGTH = 64
@@ -80,6 +83,10 @@ def interactive(values: Mapping[str, Any]) -> bool:
 
 def force(values: Mapping[str, Any]) -> bool:
     return bool(values.get(FORCE, False))
+
+
+def caller_holds_group(values: Mapping[str, Any]) -> bool:
+    return bool(values.get(CALLER_HOLDS_GROUP, False))
 
 
 def attributes_variant(pairs: Attributes) -> Variant:

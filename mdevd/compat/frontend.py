@@ -508,9 +508,36 @@ async def _create_transient(session: Session, wanted: Definition, force: bool) -
         raise _create_error(e, wanted.uuid, wanted.parent, wanted.type_id) from None
 
 
+def _caller_holds_group(group: int) -> bool:
+    """Whether the program that ran this one has vfio group `group` open.
+
+    libvirt opens a device's group before it runs `mdevctl stop` (vfio allows one opener, so
+    no VM can take the device while it goes) and keeps it open meanwhile; mdevctl never looks
+    at the group, but the daemon takes an open group for a VM's, so it must be told.
+    """
+    if group < 0:
+        return False
+    try:
+        entries = list(Path(f"/proc/{os.getppid()}/fd").iterdir())
+    except OSError:  # not ours to read: then it is not the caller's either
+        return False
+    for entry in entries:
+        try:
+            target = os.readlink(entry)
+        except OSError:  # closed meanwhile
+            continue
+        if target.split("/")[-2:] == ["vfio", str(group)]:
+            return True
+    return False
+
+
 async def _stop(session: Session, args: argparse.Namespace) -> None:
     try:
-        await session.client.stop(args.uuid, force=args.force or None)
+        device = await session.device(args.uuid)
+        holds = device is not None and device.active and _caller_holds_group(device.iommu_group)
+        await session.client.stop(
+            args.uuid, force=args.force or None, caller_holds_group=holds or None
+        )
     except DaemonError as e:
         if e.short_name in ("NotActive", "NotFound"):
             raise CommandError(

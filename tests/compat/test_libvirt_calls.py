@@ -9,8 +9,13 @@ libvirt itself reads back: exit status, stdout (a generated UUID), stderr (shown
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +139,53 @@ def test_define_start_autostart_destroy_undefine(start_stack: StackFactory) -> N
     _ok(stack.mdevctl(*undefine))
     assert not stack.file(GPU, U).exists()
     assert _defined(stack) == []
+
+
+def _open_group(node: Path) -> int:
+    """Open a vfio group as libvirt does, waiting out the release of an earlier opener (FUSE
+    releases a closed file asynchronously)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return os.open(node, os.O_RDONLY)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def test_destroy_while_the_caller_holds_the_vfio_group(start_stack: StackFactory) -> None:
+    """libvirt's nodedev-destroy opens the device's vfio group (vfio allows one opener, so no
+    VM can take the device meanwhile), keeps it open while `mdevctl stop --uuid=U` runs, and
+    fails if mdevctl does. The daemon must not take that open for a VM's: the device goes.
+    A group another process holds open still refuses the stop."""
+    stack = start_stack(scenario_text=SCENARIO)
+    _ok(stack.mdevctl("start", "-u", U, "-p", GPU, "-t", "i915-GVTg_V5_8"))
+    device = stack.sim.root / "bus/mdev/devices" / U
+    node = stack.sim.control.vfio_group_path(int(Path(os.readlink(device / "iommu_group")).name))
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.open(sys.argv[1], os.O_RDONLY); "
+         "print('open', flush=True); sys.stdin.read()", str(node)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        refused = stack.mdevctl("stop", f"--uuid={U}")
+        assert refused.returncode == 1
+        assert f"device {U} is in use (vfio group" in refused.stderr
+        assert device.exists()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+
+    group = _open_group(node)
+    try:
+        _ok(stack.mdevctl("stop", f"--uuid={U}"))
+    finally:
+        os.close(group)
+    assert not device.exists()
 
 
 def test_create_transient_and_define_without_uuid(start_stack: StackFactory) -> None:

@@ -232,6 +232,25 @@ def test_a_held_device_answers_busy_and_the_parent_stays_usable(
     client.stop(held)
 
 
+def test_a_group_the_caller_holds_open_itself_is_not_a_vms(
+    client: BusClient, sim: RunningSim
+) -> None:
+    """libvirt opens the device's vfio group (so no VM can take it) before it asks for the
+    removal: with `caller_holds_group` the open group does not make Stop answer Busy."""
+    uuid = new_uuid()
+    client.create_device("mtty", "mtty-1", uuid=uuid)
+    group = int(os.path.basename(os.readlink(sim.root / "bus/mdev/devices" / uuid / "iommu_group")))
+    node = os.open(sim.control.vfio_group_path(group), os.O_RDONLY)
+    try:
+        assert _error(client.device_async(uuid, "Stop")).short_name == "Busy"
+        client.device_async(
+            uuid, "Stop", "a{sv}", {"caller_holds_group": Variant("b", True)}
+        ).result(30)
+    finally:
+        os.close(node)
+    assert not (sim.root / "bus/mdev/devices" / uuid).exists()
+
+
 # ---- 5. one definition per UUID ---------------------------------------------------------------
 
 

@@ -87,6 +87,19 @@ def available() -> str | None:
     return None
 
 
+def copy_dependencies(root: Path = Path("/"), *, bytecode: bool = False) -> None:
+    """mdevd's dependencies, from this interpreter's (the venv's) packages, where the system
+    Python finds them under `root` (/usr/local/lib/python3.X/dist-packages); with `bytecode`,
+    their compiled files too (valid for the system Python of the same minor version)."""
+    site = root / f"usr/local/lib/python3.{sys.version_info.minor}/dist-packages"
+    ignore = None if bytecode else shutil.ignore_patterns("__pycache__")
+    for package in DEPENDENCIES:
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.submodule_search_locations, package
+        source = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(source, site / package, ignore=ignore)
+
+
 @contextlib.contextmanager
 def installed_tree() -> Iterator[Path]:
     """`make install DESTDIR=...` for the system Python, plus its dependencies from this venv."""
@@ -109,12 +122,7 @@ def installed_tree() -> Iterator[Path]:
             capture_output=True,
             timeout=120,
         )
-        site = root / f"usr/local/lib/python3.{sys.version_info.minor}/dist-packages"
-        for package in DEPENDENCIES:
-            spec = importlib.util.find_spec(package)
-            assert spec is not None and spec.submodule_search_locations, package
-            source = Path(next(iter(spec.submodule_search_locations)))
-            shutil.copytree(source, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+        copy_dependencies(root)
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)

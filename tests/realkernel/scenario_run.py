@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -14,6 +15,8 @@ from tests.realkernel.harness import GuestResult
 class ScenarioRun:
     guest: GuestResult
     scenarios: dict[str, ScenarioResult]
+    #: The guest's logs (in `<shared>/logs`) a failure message ends with.
+    logs: Sequence[str] = ("mdevd.log",)
 
     def log(self, name: str) -> str:
         try:
@@ -49,5 +52,6 @@ class ScenarioRun:
 def _describe(title: str, checks: list[CheckResult], run: ScenarioRun) -> str:
     lines = [title]
     lines += [f"- {check.check}: {check.detail}" for check in checks]
-    lines.append(f"--- mdevd log (guest) ---\n{run.log('mdevd.log')[-6000:]}")
+    for name in run.logs:
+        lines.append(f"--- {name} (guest) ---\n{run.log(name)[-6000:]}")
     return "\n".join(lines)

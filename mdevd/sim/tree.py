@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import functools
 import posixpath
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -301,20 +300,29 @@ def _parent_files(builder: _Builder, kernel: Kernel, parent: Parent) -> None:
         builder.merge(_device_fragment(kernel, device))
 
 
-#: Each device's part of the tree, kept while the device and its being active stay the same:
-#: rebuilding every device's nodes at every change made creating the n-th device cost O(n).
-_fragments: weakref.WeakKeyDictionary[Device, tuple[bool, _Builder]] = weakref.WeakKeyDictionary()
+#: Each device's part of the tree (by the device's serial), kept while the device and its
+#: being active stay the same: rebuilding every device's nodes at every change made creating
+#: the n-th device cost O(n). `build` drops the parts of devices that are gone. (Not a
+#: WeakKeyDictionary: a fragment's callbacks refer to their device, so its key never died, and
+#: every device ever created stayed in memory, ~40 KB each.)
+_fragments: dict[int, tuple[bool, _Builder]] = {}
 
 
 def _device_fragment(kernel: Kernel, device: Device) -> _Builder:
     active = device.state is DeviceState.ACTIVE
-    cached = _fragments.get(device)
+    cached = _fragments.get(device.serial)
     if cached is not None and cached[0] == active:
         return cached[1]
     fragment = _Builder()
     _device_files(fragment, kernel, device)
-    _fragments[device] = (active, fragment)
+    _fragments[device.serial] = (active, fragment)
     return fragment
+
+
+def _forget_gone_devices(kernel: Kernel) -> None:
+    known = {device.serial for device in kernel.devices.values()}
+    for serial in _fragments.keys() - known:
+        del _fragments[serial]
 
 
 def build(kernel: Kernel, control_file: Attribute) -> Tree:
@@ -334,4 +342,5 @@ def build(kernel: Kernel, control_file: Attribute) -> Tree:
             _parent_files(builder, kernel, parent)
     builder.file(control.CONTROL_PATH, control_file)
     builder.file(control.UEVENT_LOG_PATH, Attribute(MODE_RO, show=kernel.uevents.log_text))
+    _forget_gone_devices(kernel)
     return builder.finish()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import errno
+import gc
 import textwrap
+import weakref
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mdevd.sim import control, scenario
-from mdevd.sim.state import kstrtoul, parse_create_uuid
-from mdevd.sim.uevent import encode_udev_message, murmur2
+from mdevd.sim import control, scenario, tree
+from mdevd.sim.state import Kernel, kstrtoul, parse_create_uuid
+from mdevd.sim.uevent import UeventSender, encode_udev_message, murmur2
 from tests.support.sim import SCENARIO_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -214,3 +216,30 @@ def test_uevent_log_parsing() -> None:
         )
     ]
     assert records[0].subsystem == "mtty"
+
+
+def test_removed_devices_do_not_stay_in_memory() -> None:
+    """The tree keeps each device's part between rebuilds; a removed device must not be kept
+    with it (a weak-keyed cache whose values referred to their key kept every device ever
+    created: the emulated kernel grew by ~40 KB per create/remove cycle, 3 GB in a benchmark)."""
+    loaded = scenario.parse(MINIMAL)
+    kernel = Kernel(loaded, UeventSender(netlink=False))
+    control_file = tree.Attribute(0o600)
+    if kernel.parents["mtty"].registration is None:
+        kernel.register("mtty")
+    parent = kernel.parents["mtty"]
+    [spec] = parent.spec.types
+    gone: list[weakref.ref[object]] = []
+    for index in range(20):
+        assert parent.registration is not None
+        kernel.create_device(
+            parent, spec, parent.registration, f"{index:08x}-0000-4000-8000-{index:012x}".encode()
+        )
+        tree.build(kernel, control_file)  # the cache now holds the device's part
+        [device] = parent.devices
+        gone.append(weakref.ref(device))
+        kernel.remove_device(device, b"1")
+        del device
+        tree.build(kernel, control_file)
+    gc.collect()
+    assert [ref for ref in gone if ref() is not None] == []

@@ -16,9 +16,18 @@ from pathlib import Path
 
 from bench import rows
 from bench.harness import bench_environment
+from bench.profiles import write_summaries
 from bench.report import Report, machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: In the order they run (the daemon group reuses the query group's start-up times).
+GROUPS = ("query", "start", "define", "autostart", "daemon", "events")
+SIMPLE_GROUPS = {
+    "start": rows.start,
+    "define": rows.define,
+    "autostart": rows.autostart,
+    "events": rows.events,
+}
 
 QUICK = rows.Settings(
     repetitions=2,
@@ -39,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("query", "start", "define", "autostart", "daemon", "events"),
+        choices=GROUPS,
         help="run only these groups (repeatable)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where to write results")
@@ -48,11 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="create/remove cycles for the memory row (default 5000; 100000 takes ~25 min)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run the daemon under cProfile, one file per daemon start in DIR, with a text "
+        "summary beside each (the timings are then not comparable)",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else rows.Settings()
     if args.cycles is not None:
         settings = dataclasses.replace(settings, cycles=max(1, args.cycles))
-    wanted = set(args.only or ("query", "start", "define", "autostart", "daemon", "events"))
+    wanted = set(args.only or GROUPS)
     report = Report(machine=machine_description())
     print(report.machine_line())
     print(report.table().split("\n", 2)[0])
@@ -61,19 +77,20 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run_all() -> None:
         with bench_environment() as bench:
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                bench.profile_dir = args.profile.resolve()
             ready: dict[int, float] = {}
-            if "query" in wanted:
-                ready = await rows.query(bench, report, settings)
-            if "start" in wanted:
-                await rows.start(bench, report, settings)
-            if "define" in wanted:
-                await rows.define(bench, report, settings)
-            if "autostart" in wanted:
-                await rows.autostart(bench, report, settings)
-            if "daemon" in wanted:
-                await rows.daemon_costs(bench, report, settings, ready)
-            if "events" in wanted:
-                await rows.events(bench, report, settings)
+            for group in GROUPS:
+                if group not in wanted:
+                    continue
+                bench.profile_label = group
+                if group == "query":
+                    ready = await rows.query(bench, report, settings)
+                elif group == "daemon":
+                    await rows.daemon_costs(bench, report, settings, ready)
+                else:
+                    await SIMPLE_GROUPS[group](bench, report, settings)
 
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C: the emulated kernel, the bus and the
     # daemon are stopped and unmounted instead of outliving the benchmark.
@@ -82,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     report.machine["duration"] = f"{time.monotonic() - started:.0f} s"
     for path in report.write(args.results):
         print(f"wrote {path}")
+    if args.profile is not None:
+        for path in write_summaries(args.profile):
+            print(f"wrote {path}")
     return 0
 
 

@@ -69,6 +69,12 @@ class Bench:
     devices_dir: Path
     stack: ExitStack = field(default_factory=ExitStack)
     daemon: DaemonProcess | None = None
+    #: With a directory, every daemon runs under cProfile and leaves `<label>-<n>.pstats`
+    #: there (written when it exits); its timings are then not comparable.
+    profile_dir: Path | None = None
+    #: The group now running, for the profile's name.
+    profile_label: str = "daemon"
+    _profiles: int = 0
 
     # ---- mdevctl ---------------------------------------------------------------------------
 
@@ -106,6 +112,11 @@ class Bench:
     def start_daemon(self) -> float:
         """Start mdevd; the seconds from exec to owning its bus name (its readiness)."""
         self.stop_daemon()
+        program: tuple[str, ...] = ("-m", "mdevd")
+        if self.profile_dir is not None:
+            self._profiles += 1
+            output = self.profile_dir / f"{self.profile_label}-{self._profiles}.pstats"
+            program = ("-m", "cProfile", "-o", str(output), *program)
         started = time.perf_counter()
         context = running_daemon(
             self.bus_address,
@@ -114,6 +125,7 @@ class Bench:
             extra_args=["--log-level", "warning"],
             print_log=False,
             start_timeout=300,
+            program=program,
         )
         self.daemon = context.__enter__()
         ready = time.perf_counter() - started

@@ -459,10 +459,17 @@ async def daemon_costs(
         await asyncio.gather(*(cycle(warmup) for _ in range(width)))
         before = bench.daemon_rss_mib()
         rounds = max(1, settings.cycles // width)
+        # Resident memory after each tenth: growth that levels off (allocator pools, bounded
+        # caches filling) looks different from a leak, which keeps climbing to the end.
+        slices = min(10, rounds)
+        samples = []
         started = time.perf_counter()
-        await asyncio.gather(*(cycle(rounds) for _ in range(width)))
+        for index in range(slices):
+            share = rounds * (index + 1) // slices - rounds * index // slices
+            await asyncio.gather(*(cycle(share) for _ in range(width)))
+            samples.append(bench.daemon_rss_mib())
         elapsed = time.perf_counter() - started
-        after = bench.daemon_rss_mib()
+        after = samples[-1]
         done = rounds * width
         report.add(
             Row(
@@ -470,8 +477,9 @@ async def daemon_costs(
                 f"resident memory after {done} create/remove cycles",
                 "MiB",
                 Stats((after,)),
-                note=f"{before:.1f} MiB before; growth {after - before:+.1f} "
-                f"MiB; {done / elapsed:.0f} cycles/s with {width} in flight",
+                note=f"{before:.1f} MiB before; growth {after - before:+.1f} MiB; after each "
+                f"tenth: {' '.join(f'{s:.1f}' for s in samples)}; "
+                f"{done / elapsed:.0f} cycles/s with {width} in flight",
             )
         )
     finally:

@@ -94,6 +94,11 @@ class CompatStore:
         """Persist `definition` where it belongs (see the module documentation)."""
         wanted = definitions.check_definition(definition)
         uuid = wanted.uuid
+        if self.mdevctl is None:
+            # The TOML store alone: its save already checks what is in effect and reads back
+            # what it wrote. (Reading every directory before and after it again made each
+            # define cost three looks at every definitions file.)
+            return self.toml.save(wanted)
         with self._lock:
             view = self._read()
             current = view.result.definitions.get(uuid)
@@ -122,6 +127,9 @@ class CompatStore:
         directory defines it.
         """
         uuid = validate.uuid(uuid)
+        if self.mdevctl is None:
+            self.toml.remove(uuid)  # it raises NotFound and ReadOnly itself
+            return
         with self._lock:
             view = self._read()
             in_toml = uuid in view.toml.definitions

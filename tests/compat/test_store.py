@@ -148,6 +148,33 @@ def test_without_compatibility_new_definitions_are_toml(tree: Tree) -> None:
     assert not (tree.mdevctl / "mtty" / U1).exists()
 
 
+def test_without_compatibility_a_save_or_removal_looks_at_the_directories_once(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every look stats every definitions file: three looks per define (before, inside and
+    after the TOML store's save) made a define cost three times O(all definitions)."""
+    for index in range(5):
+        tree.toml_file(f"other-{index}.toml", f"{index:08x}-0000-4000-8000-000000000000")
+    store = tree.store(compat=False)
+    store.load()
+    looks = 0
+    real = DefinitionStore._load_state
+
+    def counted(self: DefinitionStore) -> object:
+        nonlocal looks
+        looks += 1
+        return real(self)
+
+    monkeypatch.setattr(DefinitionStore, "_load_state", counted)
+    store.save(Definition(U1, "mtty", "mtty-1"))
+    assert looks == 1
+    store.save(Definition(U1, "mtty", "mtty-2"))  # an update, in place
+    assert looks == 2
+    store.remove(U1)
+    assert looks == 3
+    assert U1 not in store.load().definitions
+
+
 def test_changes_to_an_mdevctl_definition_are_made_in_place(tree: Tree) -> None:
     path = tree.mdevctl_file("mtty", U1.upper(), _mdevctl_json("mtty-1"))  # mdevctl takes it
     store = tree.store()

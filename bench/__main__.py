@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="run the daemon under cProfile, one file per daemon start in DIR, with a text "
-        "summary beside each (the timings are then not comparable)",
+        help="sample every daemon with py-spy: one file per daemon start in DIR, with a "
+        "text summary beside each",
     )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else rows.Settings()

@@ -59,6 +59,10 @@ def _mount(*argv: str) -> None:
     subprocess.run(["mount", *argv], check=True, capture_output=True)
 
 
+#: py-spy's sampling rate with `--profile`.
+SAMPLES_PER_SECOND = 250
+
+
 @dataclass
 class Bench:
     """The shared environment: emulated kernel, bus, and the paths both tools use."""
@@ -69,12 +73,13 @@ class Bench:
     devices_dir: Path
     stack: ExitStack = field(default_factory=ExitStack)
     daemon: DaemonProcess | None = None
-    #: With a directory, every daemon runs under cProfile and leaves `<label>-<n>.pstats`
-    #: there (written when it exits); its timings are then not comparable.
+    #: With a directory, py-spy samples every daemon from its readiness to its exit, every
+    #: thread, idle or not, into `<label>-<n>.stacks` there (py-spy's raw format).
     profile_dir: Path | None = None
     #: The group now running, for the profile's name.
     profile_label: str = "daemon"
     _profiles: int = 0
+    _sampler: subprocess.Popen[bytes] | None = None
 
     # ---- mdevctl ---------------------------------------------------------------------------
 
@@ -112,11 +117,6 @@ class Bench:
     def start_daemon(self) -> float:
         """Start mdevd; the seconds from exec to owning its bus name (its readiness)."""
         self.stop_daemon()
-        program: tuple[str, ...] = ("-m", "mdevd")
-        if self.profile_dir is not None:
-            self._profiles += 1
-            output = self.profile_dir / f"{self.profile_label}-{self._profiles}.pstats"
-            program = ("-m", "cProfile", "-o", str(output), *program)
         started = time.perf_counter()
         context = running_daemon(
             self.bus_address,
@@ -125,17 +125,40 @@ class Bench:
             extra_args=["--log-level", "warning"],
             print_log=False,
             start_timeout=300,
-            program=program,
         )
         self.daemon = context.__enter__()
         ready = time.perf_counter() - started
         self._daemon_context = context
+        if self.profile_dir is not None:
+            self._start_sampler(self.daemon.process.pid, self.profile_dir)
         return ready
+
+    def _start_sampler(self, pid: int, directory: Path) -> None:
+        # Sampling from outside (ptrace, no instrumentation): the daemon runs at nearly its
+        # normal speed, and the worker threads, where the sysfs and file work runs, show too.
+        self._profiles += 1
+        output = directory / f"{self.profile_label}-{self._profiles}.stacks"
+        self._sampler = subprocess.Popen(
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+             "--idle", "--threads", "--nonblocking", "--rate", str(SAMPLES_PER_SECOND),
+             "--format", "raw", "--output", str(output)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def stop_daemon(self) -> None:
         if self.daemon is not None:
             self._daemon_context.__exit__(None, None, None)
             self.daemon = None
+        if self._sampler is not None:
+            # py-spy writes its file once it sees the process gone.
+            try:
+                self._sampler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._sampler.kill()
+                self._sampler.wait()
+            self._sampler = None
 
     def daemon_rss_mib(self) -> float:
         assert self.daemon is not None

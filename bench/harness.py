@@ -24,6 +24,7 @@ import pyudev
 from mdevd.client import Client
 from mdevd.definitions import render
 from mdevd.model import Definition
+from mdevd.sim.uevent import recorded_host_namespaces
 from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
@@ -42,17 +43,32 @@ def bench_uuid(row: int, index: int) -> str:
     return f"{row:08x}-0000-4000-8000-{index:012x}"
 
 
+NAMESPACE_KINDS = ("mnt", "net")
+
+
+def _namespace(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
 def in_private_namespaces() -> bool:
-    """True when this process has mount and network namespaces its parent does not share.
+    """True when this process has mount and network namespaces the host does not share.
 
-    The parent, not PID 1: /proc/1/ns is not readable in every sandbox; `scripts/bench` execs
-    us through `unshare`, so our parent is the shell that ran it, outside.
+    The host's are what `scripts/bench` recorded before `unshare` (`HOST_NAMESPACES_VARIABLE`,
+    which the emulated kernel reads too), or else our parent's (not PID 1's: /proc/1/ns is not
+    readable in every sandbox; and a parent that exited leaves PID 1 as the parent, hence the
+    recorded ones).
     """
-
-    def ns(pid: int | str, kind: str) -> int:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-
-    return all(ns("self", kind) != ns(os.getppid(), kind) for kind in ("mnt", "net"))
+    mine = [_namespace("self", kind) for kind in NAMESPACE_KINDS]
+    recorded = recorded_host_namespaces()
+    if recorded is not None:
+        return all(m != r for m, r in zip(mine, recorded, strict=True))
+    try:
+        theirs = [_namespace(os.getppid(), kind) for kind in NAMESPACE_KINDS]
+    except OSError as exc:
+        raise SystemExit(
+            f"bench: cannot read the parent's namespaces ({exc}); run through scripts/bench"
+        ) from None
+    return all(m != t for m, t in zip(mine, theirs, strict=True))
 
 
 def _mount(*argv: str) -> None:

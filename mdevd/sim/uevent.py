@@ -89,12 +89,27 @@ def _parent_pid(pid: str) -> str | None:
     return None
 
 
+#: Set by whoever unshared before starting us (`scripts/bench`): the inode numbers of the host's
+#: mount and network namespaces, "MNT NET".
+HOST_NAMESPACES_VARIABLE = "MDEVD_HOST_NAMESPACES"
+
+
+def recorded_host_namespaces() -> tuple[int, int] | None:
+    """The host's (mount, network) namespace inodes from `HOST_NAMESPACES_VARIABLE`, if set."""
+    fields = os.environ.get(HOST_NAMESPACES_VARIABLE, "").split()
+    if len(fields) != 2 or not all(f.isdigit() for f in fields):
+        return None
+    return int(fields[0]), int(fields[1])
+
+
 def in_private_netns() -> bool:
     """True when this process's network namespace is not PID 1's.
 
-    Some sandboxes deny reading PID 1's namespace links even to root. Then the namespace counts
+    Some sandboxes deny reading PID 1's namespace links even to root. Then the host's is the
+    one recorded in the environment (`HOST_NAMESPACES_VARIABLE`), or else the namespace counts
     as private when one of this process's ancestors lives in another one (whoever started us
-    unshared it); if every readable ancestor shares it, it is treated as the host's.
+    unshared it); if every readable ancestor shares it, it is treated as the host's. (An
+    ancestor that exited breaks that walk: a benchmark run in the background found it.)
     """
     own = _netns("self")
     if own is None:
@@ -102,6 +117,9 @@ def in_private_netns() -> bool:
     init = _netns("1")
     if init is not None:
         return own != init
+    recorded = recorded_host_namespaces()
+    if recorded is not None:
+        return own != recorded[1]
     pid = _parent_pid("self")
     while pid not in (None, "0", "1"):
         assert pid is not None

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cycles",
         type=int,
-        help="create/remove cycles for the memory row (default 5000; 100000 takes ~25 min)",
+        help="create/remove cycles for the memory row (default 5000; 100000 takes ~30 min)",
     )
     parser.add_argument(
         "--profile",

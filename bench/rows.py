@@ -38,7 +38,7 @@ class Settings:
     parallel: int = 16
     autostart_sizes: tuple[int, ...] = (1, 16, 256)
     daemon_devices: int = 10_000
-    #: 100,000 (what the memory question asks) takes ~25 min on the emulated kernel: run it
+    #: 100,000 (what the memory question asks) takes ~30 min on the emulated kernel: run it
     #: with `--cycles 100000`; the default keeps the whole run within a few minutes.
     cycles: int = 5_000
     events: int = 200

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench import rows
-from bench.harness import bench_environment
+from bench.harness import PY_SPY, bench_environment
 from bench.profiles import write_summaries
 from bench.report import Report, machine_description
 
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         "text summary beside each",
     )
     args = parser.parse_args(argv)
+    if args.profile is not None and not PY_SPY.exists():
+        parser.error(f"--profile needs py-spy ({PY_SPY}): pip install py-spy, or scripts/bootstrap")
     settings = QUICK if args.quick else rows.Settings()
     if args.cycles is not None:
         settings = dataclasses.replace(settings, cycles=max(1, args.cycles))

@@ -53,10 +53,10 @@ def _namespace(pid: int | str, kind: str) -> int:
 def in_private_namespaces() -> bool:
     """True when this process has mount and network namespaces the host does not share.
 
-    The host's are what `scripts/bench` recorded before `unshare` (`HOST_NAMESPACES_VARIABLE`,
-    which the emulated kernel reads too), or else our parent's (not PID 1's: /proc/1/ns is not
-    readable in every sandbox; and a parent that exited leaves PID 1 as the parent, hence the
-    recorded ones).
+    The host's are what `scripts/bench` recorded before `unshare`
+    (`mdevd.sim.uevent.HOST_NAMESPACES_VARIABLE`, which the emulated kernel reads too), or else
+    our parent's (not PID 1's: /proc/1/ns is not readable in every sandbox; and a parent that
+    exited leaves PID 1 as the parent, hence the recorded ones).
     """
     mine = [_namespace("self", kind) for kind in NAMESPACE_KINDS]
     recorded = recorded_host_namespaces()
@@ -77,6 +77,8 @@ def _mount(*argv: str) -> None:
 
 #: py-spy's sampling rate with `--profile`.
 SAMPLES_PER_SECOND = 250
+#: py-spy as the project's virtualenv has it (the `test` extra).
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Bench:
         self._profiles += 1
         output = directory / f"{self.profile_label}-{self._profiles}.stacks"
         self._sampler = subprocess.Popen(
-            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+            [str(PY_SPY), "record", "--pid", str(pid),
              "--idle", "--threads", "--nonblocking", "--rate", str(SAMPLES_PER_SECOND),
              "--format", "raw", "--output", str(output)],
             stdin=subprocess.DEVNULL,

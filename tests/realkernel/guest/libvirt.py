@@ -209,17 +209,12 @@ def outcome(done: subprocess.CompletedProcess[str]) -> str:
 
 def start_everything(r: Report, stack: GuestStack, libvirt: Libvirt) -> None:
     MDEVCTL_DIR.mkdir(exist_ok=True)  # as the mdevctl package leaves it: compatibility is on
-    print("TIMING", time.monotonic(), flush=True)
     stack.start_system()
-    print("TIMING system", time.monotonic(), flush=True)
     stack.mdevd.start(timeout=WAIT)
-    print("TIMING mdevd", time.monotonic(), flush=True)
     loaded = run(["modprobe", "mtty"], check=False)
     r.check("modprobe mtty", loaded.returncode == 0, loaded.stderr)
     run(["udevadm", "settle", "--timeout=60"], check=False, timeout=90)
-    print("TIMING modprobe", time.monotonic(), flush=True)
     libvirt.start()
-    print("TIMING libvirt", time.monotonic(), flush=True)
     r.check(
         "libvirt sees the mtty parent",
         waited(lambda: "mtty_mtty" in libvirt.virsh("nodedev-list").stdout.split(), "mtty_mtty"),

@@ -37,7 +37,16 @@ import pyudev
 
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.report import Report
-from tests.realkernel.guest.stack import LOGS, REPO, SHARED, GuestStack, StackError, run, wait_for
+from tests.realkernel.guest.stack import (
+    LOGS,
+    REPO,
+    SHARED,
+    GuestStack,
+    StackError,
+    came_true,
+    run,
+    wait_for,
+)
 
 LIBVIRTD = Path("/usr/sbin/libvirtd")
 NODEDEV_DRIVER = Path(
@@ -87,11 +96,7 @@ def in_kernel(uuid: str, type_id: str) -> bool:
 
 
 def waited(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> bool:
-    try:
-        wait_for(condition, timeout, what)
-    except StackError:
-        return False
-    return True
+    return came_true(condition, timeout, what)
 
 
 class Libvirt:

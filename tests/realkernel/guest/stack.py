@@ -51,6 +51,15 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def came_true(condition: Callable[[], bool], timeout: float, what: str) -> bool:
+    """`wait_for` as a check: whether `condition` came true within `timeout` seconds."""
+    try:
+        wait_for(condition, timeout, what)
+    except StackError:
+        return False
+    return True
+
+
 def run(
     argv: Sequence[str],
     *,

@@ -31,10 +31,9 @@ from tests.realkernel.guest.stack import (
     LOGS,
     REPO,
     SHARED,
-    StackError,
+    came_true,
     name_has_owner,
     run,
-    wait_for,
 )
 from tests.systemd.container import copy_dependencies
 
@@ -96,11 +95,7 @@ def mdevdctl(*args: str) -> tuple[int, str]:
 
 
 def waited(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> bool:
-    try:
-        wait_for(condition, timeout, what)
-    except StackError:
-        return False
-    return True
+    return came_true(condition, timeout, what)
 
 
 def check_start(r: Report, expected_status: str) -> None:

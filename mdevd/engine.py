@@ -131,7 +131,10 @@ class _NoHooks:
         return False
 
 
-class _NullListener:
+class NullListener:
+    """A listener that ignores everything: the engine's default, and a base for listeners
+    that hear only some of it."""
+
     def device_changed(self, state: DeviceState) -> None:
         pass
 
@@ -197,7 +200,7 @@ class Engine:
         self.kernel = kernel
         self.store = store
         self.settings = settings or EngineSettings()
-        self.listener: Listener = _NullListener()
+        self.listener: Listener = NullListener()
         self.hooks: OperationHooks = hooks or _NoHooks()
         self._executor = ThreadPoolExecutor(
             max_workers=self.settings.io_workers, thread_name_prefix="mdevd-io"
@@ -457,17 +460,22 @@ class Engine:
             self._event(state, "defined", REASON_API)
             return state
 
-    async def undefine(self, uuid: str, *, force: bool = False) -> DeviceState | None:
-        """Drop the definition; a running device keeps running (as a transient one)."""
-        uuid = validate.uuid(uuid)
+    def _definition_of(self, uuid: str) -> Definition:
+        """The definition of `uuid`: NotDefined for a device that only runs, else NotFound."""
         definition = self._definitions.get(uuid)
         if definition is None:
             if uuid in self._active:
                 raise NotDefined(f"device {uuid} is not defined")
             raise NotFound(f"device {uuid} is neither defined nor active")
-        async with self._locks(uuid, definition.parent):
+        return definition
+
+    async def undefine(self, uuid: str, *, force: bool = False) -> DeviceState | None:
+        """Drop the definition; a running device keeps running (as a transient one)."""
+        uuid = validate.uuid(uuid)
+        parent = self._definition_of(uuid).parent
+        async with self._locks(uuid, parent):
             definition = self._definitions.get(uuid)
-            if definition is None:
+            if definition is None:  # undefined while we waited for the lock
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
             async with self._config_lock:
@@ -496,11 +504,7 @@ class Engine:
     ) -> DeviceState:
         """Change a definition; with `live`, also write the attributes to the running device."""
         uuid = validate.uuid(uuid)
-        definition = self._definitions.get(uuid)
-        if definition is None:
-            if uuid in self._active:
-                raise NotDefined(f"device {uuid} is not defined")
-            raise NotFound(f"device {uuid} is neither defined nor active")
+        definition = self._definition_of(uuid)
         if type_id is not None:
             type_id = validate.type_id(type_id)
         if attributes is not None:

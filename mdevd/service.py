@@ -31,7 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 
-from mdevd.engine import Listener
+from mdevd.engine import Listener, NullListener
 from mdevd.model import DeviceState, Parent
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,14 @@ def watchdog_interval(environ: MutableMapping[str, str] | None = None) -> float 
     return usec / 2_000_000
 
 
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a periodic task and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class Watchdog:
     """Pings the service manager from the event loop every `interval` seconds."""
 
@@ -157,11 +165,8 @@ class Watchdog:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
 
 
 class StartupExtender:
@@ -209,32 +214,17 @@ class StartupExtender:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await _cancel(self._task)
+        self._task = None
 
 
-class AutostartProgress:
+class AutostartProgress(NullListener):
     """An engine listener for the startup, when only autostart changes devices: each attempt
     that ends (started or failed) is progress. The tree's listener takes over after it."""
 
     def __init__(self, on_progress: Callable[[], None]) -> None:
         self.on_progress = on_progress
         self.attempted: set[str] = set()
-
-    def device_changed(self, state: DeviceState) -> None:
-        pass
-
-    def device_removed(self, uuid: str) -> None:
-        pass
-
-    def parent_changed(self, parent: Parent) -> None:
-        pass
-
-    def parent_removed(self, name: str) -> None:
-        pass
 
     def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
         if event in ("started", "start-failed"):  # autostart's (or, adopted, the kernel's)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from mdevd.engine import Engine, EngineSettings
+from mdevd.engine import Engine, EngineSettings, NullListener
 from mdevd.kernel import Sysfs
-from mdevd.model import ActiveDevice, DeviceState, Parent
+from mdevd.model import ActiveDevice, DeviceState
 from mdevd.store import DefinitionStore
 from tests.support.sim import RunningSim, running_sim
 from tests.udev.support import SCENARIO, Wanted, uuid_for, write_definitions
@@ -28,23 +28,11 @@ from tests.udev.support import SCENARIO, Wanted, uuid_for, write_definitions
 pytestmark = pytest.mark.timeout(60, method="thread")
 
 
-class Recorder:
+class Recorder(NullListener):
     """An engine listener keeping every DeviceEvent as (uuid, event, reason)."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
-
-    def device_changed(self, state: DeviceState) -> None:
-        pass
-
-    def device_removed(self, uuid: str) -> None:
-        pass
-
-    def parent_changed(self, parent: Parent) -> None:
-        pass
-
-    def parent_removed(self, name: str) -> None:
-        pass
 
     def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
         self.events.append((state.uuid, event, details["reason"]))

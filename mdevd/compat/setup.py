@@ -48,14 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def effective_config(config: MdevctlConfig, args: argparse.Namespace) -> MdevctlConfig:
-    changes: dict[str, object] = {}
-    if getattr(args, "mdevctl_compat", None):
-        changes["compatibility"] = args.mdevctl_compat
-    if getattr(args, "mdevctl_dir", None):
-        changes["config_dir"] = args.mdevctl_dir
-    if getattr(args, "mdevctl_scripts_dir", None):
-        changes["scripts_dir"] = args.mdevctl_scripts_dir
-    return replace(config, **changes)  # type: ignore[arg-type]
+    # Options the command line did not give (absent or None) leave the config file's value.
+    return replace(
+        config,
+        compatibility=getattr(args, "mdevctl_compat", None) or config.compatibility,
+        config_dir=getattr(args, "mdevctl_dir", None) or config.config_dir,
+        scripts_dir=getattr(args, "mdevctl_scripts_dir", None) or config.scripts_dir,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,10 @@ def _records(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def _client_call(stack: Stack, method: str, *args: object, **kwargs: object) -> object:
-    async def run() -> object:
+def _client_call(stack: Stack, method: str, *args: object, **kwargs: object) -> Any:
+    """A `Client` method's result (whatever that method returns)."""
+
+    async def run() -> Any:
         client = await Client.connect(stack.address)
         try:
             return await getattr(client, method)(*args, **kwargs)
@@ -266,7 +268,7 @@ def test_get_attributes_fills_a_definition_of_a_running_device(
         "attrs": [{"assign_adapter": "7"}, {"assign_domain": "8"}],
     }
     device_info = _client_call(stack, "device", D)
-    assert device_info.attributes == (("assign_adapter", "7"), ("assign_domain", "8"))  # type: ignore[attr-defined]
+    assert device_info.attributes == (("assign_adapter", "7"), ("assign_domain", "8"))
     define_pre = next(
         c for c in _invocations(log) if c["event"] == "pre" and c["action"] == "define"
     )

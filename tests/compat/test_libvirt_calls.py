@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,8 @@ def _stdin(name: str) -> list[str]:
     return [line for line in (CALLS / name).read_text().splitlines() if line.strip()]
 
 
-def _defined(stack: Stack) -> object:
+def _defined(stack: Stack) -> Any:
+    """`mdevctl list --defined --dumpjson`, parsed."""
     done = stack.mdevctl(*_commands("mdevctl-list-defined.argv")[0])
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -210,7 +212,7 @@ def test_create_transient_and_define_without_uuid(start_stack: StackFactory) -> 
     )
     assert done.stdout == generated + "\n"
     assert stack.file(GPU, generated).exists()
-    assert list(_defined(stack)[0][GPU][0]) == [generated]  # type: ignore[index]
+    assert list(_defined(stack)[0][GPU][0]) == [generated]
 
 
 def test_nodedev_update_defined_live_and_both(start_stack: StackFactory) -> None:

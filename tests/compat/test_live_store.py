@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,10 @@ U2 = "59e8b599-afdd-4766-a59e-415ef4f5a492"
 U3 = "3a7c02f1-62b9-4d0e-9d41-7f1e0c9a5b33"
 
 
-def _call(stack: Stack, method: str, *args: object, **kwargs: object) -> object:
-    async def run() -> object:
+def _call(stack: Stack, method: str, *args: object, **kwargs: object) -> Any:
+    """A `Client` method's result (whatever that method returns)."""
+
+    async def run() -> Any:
         client = await Client.connect(stack.address)
         try:
             return await getattr(client, method)(*args, **kwargs)
@@ -66,7 +69,7 @@ def test_a_definition_made_over_dbus_is_the_file_mdevctl_would_write(
     assert [r.returncode for r in done] == [0, 0, 0], done
     assert ours == (reference / "matrix" / U1).read_bytes()
     device = _call(stack, "device", U1)
-    assert device.config_file == str(stack.file("matrix", U1))  # type: ignore[attr-defined]
+    assert device.config_file == str(stack.file("matrix", U1))
 
 
 def test_mdevctl_definitions_are_the_daemons_at_startup(
@@ -78,8 +81,8 @@ def test_mdevctl_definitions_are_the_daemons_at_startup(
     )
     stack = start_stack()
     device = _call(stack, "device", U1)
-    assert device.defined and device.autostart and device.active  # type: ignore[attr-defined]
-    assert device.config_file == str(dirs.mdevctl / "mtty" / U1)  # type: ignore[attr-defined]
+    assert device.defined and device.autostart and device.active
+    assert device.config_file == str(dirs.mdevctl / "mtty" / U1)
 
 
 def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
@@ -106,7 +109,7 @@ def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
         recorder.wait_for(
             lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
         )
-        assert _call(stack, "device", U1).type_id == "mtty-2"  # type: ignore[attr-defined]
+        assert _call(stack, "device", U1).type_id == "mtty-2"
 
         # A new file dropped in by another tool is a new definition.
         (stack.dirs.mdevctl / "mtty" / U2).write_text(
@@ -148,7 +151,7 @@ def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
         recorder.wait_for(
             lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
         )
-        assert _call(stack, "device", U1).type_id == "mtty-2"  # type: ignore[attr-defined]
+        assert _call(stack, "device", U1).type_id == "mtty-2"
 
         # A parent directory arriving whole, and going.
         arriving = stack.dirs.root / "incoming"

@@ -40,6 +40,21 @@ def test_sighup_rereads_the_definitions_between_reloading_and_ready(
         assert in_kernel(sim, DEVICE_B)
 
 
+def reload_states(notify: NotifySocket) -> list[str]:
+    """The RELOADING=1 and READY=1 notifications received, in order, as words."""
+    return [
+        "reloading" if is_reloading(m) else "ready"
+        for m in notify.messages
+        if is_reloading(m) or is_ready(m)
+    ]
+
+
+def assert_paired(states: list[str]) -> None:
+    """Each RELOADING=1 followed by its READY=1, the last one a READY=1."""
+    assert states[-1] == "ready"
+    assert all(a != b for a, b in itertools.pairwise(states)), states
+
+
 def test_a_burst_of_sighups_gives_paired_reloading_and_ready(
     bus: str, sim: RunningSim, notify: NotifySocket, devices_dir: Path
 ) -> None:
@@ -54,13 +69,8 @@ def test_a_burst_of_sighups_gives_paired_reloading_and_ready(
         notify.wait_for(is_ready, what="READY=1")
         time.sleep(1)  # any reload the burst still owes
         notify.drain()
-    states = [
-        "reloading" if is_reloading(m) else "ready"
-        for m in notify.messages
-        if is_reloading(m) or is_ready(m)
-    ]
-    assert states[-1] == "ready"
-    assert all(a != b for a, b in itertools.pairwise(states)), states
+    states = reload_states(notify)
+    assert_paired(states)
 
 
 def test_a_dbus_reload_is_announced_like_sighup(
@@ -101,11 +111,6 @@ def test_dbus_reloads_and_sighups_together_stay_paired(
             notify.drain()  # as systemd reads them: a datagram socket queues only a few
         time.sleep(1)  # any reload the signals still owe
         notify.drain()
-    states = [
-        "reloading" if is_reloading(m) else "ready"
-        for m in notify.messages
-        if is_reloading(m) or is_ready(m)
-    ]
+    states = reload_states(notify)
     assert states.count("reloading") >= 4  # three D-Bus reloads and at least one SIGHUP
-    assert states[-1] == "ready"
-    assert all(a != b for a, b in itertools.pairwise(states)), states
+    assert_paired(states)

@@ -161,8 +161,7 @@ def test_the_rpm_holds_the_programs_the_unit_the_policies_and_the_documentation(
     assert sorted(re.sub(r"\.(gz|bz2|xz|zst)$", "", path) for path in man_pages) == sorted(
         MAN_PAGES
     )
-    doc = f"/usr/share/doc/mdevd-{built.version}"
-    licenses = f"/usr/share/licenses/mdevd-{built.version}"
+    doc, licenses = "/usr/share/doc/mdevd", "/usr/share/licenses/mdevd"
     documentation = {doc, f"{doc}/README.md", f"{doc}/NEWS.md", licenses, f"{licenses}/LICENSE"}
     assert outside_python - man_pages == DATA_FILES | documentation
 

@@ -9,16 +9,8 @@ engine decides and publishes; this class only translates.
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from dbus_fast.annotations import (
-    DBusBool,
-    DBusDict,
-    DBusInt32,
-    DBusObjectPath,
-    DBusSignature,
-    DBusStr,
-)
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+from dbus_fast.service import ServiceInterface
 
 from mdevd import validate
 from mdevd.bus import options as opts
@@ -26,6 +18,16 @@ from mdevd.bus.errors import dbus_errors
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
 from mdevd.bus.paths import parent_path
+from mdevd.bus.signatures import (
+    DBusBool,
+    DBusDict,
+    DBusInt32,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    dbus_method,
+    dbus_property,
+)
 from mdevd.errors import InvalidArgument
 from mdevd.model import DeviceState
 

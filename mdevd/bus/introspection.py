@@ -11,6 +11,7 @@ tests/daemon/test_introspection.py checks the live result against the XML.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -63,3 +64,23 @@ def describe(
     for name, prop in properties.items():
         value = "const" if name in const_properties else "true"
         prop.introspection.annotations = {EMITS_CHANGED_SIGNAL: value}
+        _serialize_annotations(prop.introspection)
+
+
+def _serialize_annotations(introspection: Any) -> None:
+    """Make a property's XML carry its annotations also where dbus-fast leaves them out.
+
+    dbus-fast before 2.x has no annotations on properties: its `to_xml()` writes none. The
+    element it builds gets them added here; where dbus-fast writes them itself, nothing is
+    added twice.
+    """
+    library_to_xml = introspection.to_xml
+
+    def to_xml() -> ET.Element:
+        element: ET.Element = library_to_xml()
+        if element.find("annotation") is None:
+            for key, value in introspection.annotations.items():
+                ET.SubElement(element, "annotation", {"name": key, "value": value})
+        return element
+
+    introspection.to_xml = to_xml

@@ -5,9 +5,8 @@
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from dbus_fast.annotations import DBusDict, DBusObjectPath, DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
 from mdevd import __version__, validate
@@ -16,12 +15,22 @@ from mdevd.bus.errors import dbus_errors
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import MANAGER_INTERFACE
 from mdevd.bus.paths import device_path
+from mdevd.bus.signatures import (
+    DBusDict,
+    DBusObjectPath,
+    DBusSignature,
+    DBusStr,
+    dbus_method,
+    dbus_property,
+    dbus_signal,
+)
 
 if TYPE_CHECKING:
     from mdevd.bus.tree import ObjectTree
 
 DBusStrList = Annotated[list[str], DBusSignature("as")]
-DBusDeviceEvent = Annotated[tuple[str, str, str, dict[str, Variant]], DBusSignature("ossa{sv}")]
+# Several arguments: a list, which every dbus-fast takes (before 2.x, a tuple is refused).
+DBusDeviceEvent = Annotated[list[Any], DBusSignature("ossa{sv}")]
 
 #: Capability words clients test instead of probing (the contract's `Features`).
 FEATURES = (
@@ -115,7 +124,7 @@ class ManagerInterface(ServiceInterface):
     def DeviceEvent(
         self, device: str, uuid: str, event: str, details: dict[str, Variant]
     ) -> DBusDeviceEvent:
-        return (device, uuid, event, details)
+        return [device, uuid, event, details]
 
 
 describe(

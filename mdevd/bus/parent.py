@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from dbus_fast.annotations import DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface, dbus_property
+from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import PARENT_INTERFACE
+from mdevd.bus.signatures import DBusSignature, DBusStr, dbus_property
 from mdevd.model import Parent
 
 DBusTypes = Annotated[dict[str, dict[str, Variant]], DBusSignature("a{sa{sv}}")]

@@ -10,12 +10,12 @@ import textwrap
 import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusStr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 
 from mdevd.bus import auth, names
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.errors import dbus_errors
+from mdevd.bus.signatures import DBusStr, dbus_method
 from mdevd.errors import NotAuthorized
 from tests.support.bus import REPO
 

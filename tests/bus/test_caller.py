@@ -12,10 +12,10 @@ from typing import Annotated
 import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature, DBusStr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 
 from mdevd.bus import caller
+from mdevd.bus.signatures import DBusSignature, DBusStr, dbus_method
 from mdevd.errors import Failed
 
 pytestmark = pytest.mark.timeout(60)

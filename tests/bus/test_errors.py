@@ -8,11 +8,11 @@ import logging
 import pytest
 from dbus_fast import DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusStr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 
 from mdevd import errors
 from mdevd.bus.errors import dbus_errors, to_dbus_error
+from mdevd.bus.signatures import DBusStr, dbus_method
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from dbus_fast import Message, RequestNameReply
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusStr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 
 from mdevd.bus import names
+from mdevd.bus.signatures import DBusStr, dbus_method
 from tests.support.bus import PROJECT_POLICY, REPO, private_bus
 
 pytestmark = pytest.mark.timeout(60)

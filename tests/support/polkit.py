@@ -47,9 +47,9 @@ from typing import Annotated, Literal
 
 from dbus_fast import DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature, DBusStr
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 
+from mdevd.bus.signatures import DBusSignature, DBusStr, dbus_method
 from tests.support.bus import REPO
 from tests.support.daemon import name_has_owner
 

@@ -149,7 +149,7 @@ class Daemon:
             await self.engine.start()
         finally:
             await extender.stop()
-        sendfix.install()
+        sendfix.warn_if_untested()
         if self.settings.bus_address:
             bus = ManagedObjectBus(bus_address=self.settings.bus_address)
         else:

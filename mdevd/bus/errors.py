@@ -8,6 +8,7 @@ versions and internals without helping it act.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -23,6 +24,22 @@ _LOGGER = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+#: The tasks carrying out D-Bus calls right now. Every handler passes through `dbus_errors`, so
+#: this is where the daemon learns which calls must finish before it stops (dbus-fast keeps
+#: its own list only in some versions, and privately).
+_running: set[asyncio.Task[Any]] = set()
+
+
+async def calls_finished(timeout: float) -> int:
+    """Wait until the calls being carried out have ended, at most `timeout` seconds; how many
+    still run then. Their replies are sent as they end (before this returns)."""
+    calls = [call for call in _running if not call.done()]
+    if calls:
+        await asyncio.wait(calls, timeout=timeout)
+        # One more turn of the loop: dbus-fast sends a reply from its task's done callback.
+        await asyncio.sleep(0)
+    return sum(not call.done() for call in calls)
 
 
 def to_dbus_error(exc: Exception, where: str = "") -> DBusError:
@@ -54,10 +71,15 @@ def dbus_errors(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            if task is not None:
+                _running.add(task)
             try:
                 return await async_fn(*args, **kwargs)
             except Exception as exc:
                 raise to_dbus_error(exc, where) from None
+            finally:
+                _running.discard(task)
 
         return cast(Callable[_P, _R], async_wrapper)
 

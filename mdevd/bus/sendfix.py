@@ -1,125 +1,200 @@
-"""Keep dbus-fast connected when the socket's send buffer is full.
+"""Keep a dbus-fast connection alive when its socket's send buffer is full.
 
-dbus-fast's asyncio writer (`dbus_fast.aio.message_bus._MessageWriter.write_callback`) sends on
-a non-blocking socket and treats every exception as fatal. When the kernel's send buffer is
-full, `send()` raises `BlockingIOError` (EAGAIN), and the bus disconnects: the daemon would
-lose its name and every client its objects. It happens whenever a reply is still partly
-queued and another one is sent, e.g. a handful of concurrent `GetManagedObjects` replies of a
-few hundred KB (dbus-next issue #153; still present in dbus-fast 5.2.0).
+The bug (dbus-next #153, present in every dbus-fast from 1.x to 5.2; docs/dbus-fast-send-buffer.md
+is the report for upstream): the asyncio writer sends on a non-blocking socket and takes every
+exception for a broken connection. When a message is still partly unsent and another one is
+sent, the writer first retries the unsent rest at once, without waiting for the socket to be
+writable; if the kernel's send buffer is still full, `send()` raises `BlockingIOError` (EAGAIN)
+and the bus disconnects: the daemon loses its name and every client its objects. A few clients
+reading large replies slowly are enough.
 
-The fix: the writer's socket is wrapped so that EAGAIN reads as "0 bytes sent". The writer's
-own logic then does the right thing unchanged: a message not fully sent stays current and the
-writer waits for the socket to become writable. File descriptors (SCM_RIGHTS) refused with
-EAGAIN are kept and sent with the first byte that does go out, since the writer forgets them
-after its `sendmsg()` call.
+The fix owns the order of sends instead of patching the writer. `PacedMessageBus` overrides the
+public `MessageBus.send()` (every outgoing message of dbus-fast's own, replies and signals
+included, goes through it, in every version) and hands dbus-fast one message at a time, and only
+when
 
-`install()` patches the writer class for connections made afterwards. It checks the dbus-fast
-version the fix was verified against and that the writer is the pure-Python one (a compiled
-writer could not be patched) and refuses otherwise: a silently inactive fix would bring the
-disconnects back. tests/bus/test_send_buffer.py proves the failure without the fix and its
-absence with it.
+- dbus-fast has written the previous one completely (the future `send()` returns is done), and
+- the socket is writable now (a zero-timeout poll of the connection's socket).
+
+The writer then never meets a full buffer: its first attempt finds room, and it writes any rest
+only when the event loop says the socket is writable. Messages that must wait stay in this
+class's queue, in order (which also keeps dbus-fast 1.x's writer, whose queue is last-in
+first-out, from reordering them). Waiting for writability uses a duplicate of the socket's
+descriptor, so dbus-fast's own writer registration on the original is never disturbed.
+
+What this relies on in dbus-fast: the public `send()` and its future, and the connection's
+socket (`_sock`, a public attribute of the compiled class in every version). Without a socket
+to watch, the bus works unpaced and says so in the log.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterable
+import asyncio
+import functools
+import logging
+import os
+import select
+from collections import deque
 from typing import Any
 
-import dbus_fast.aio.message_bus as _aio_message_bus
-from dbus_fast.__version__ import __version__ as _dbus_fast_version
+from dbus_fast.aio import MessageBus
+from dbus_fast.message import Message
 
-#: Versions the fix was verified against (tests/bus/test_send_buffer.py); keep in step with the
-#: dbus-fast pin in pyproject.toml.
-VERIFIED_VERSIONS = "5.2.x"
-_VERIFIED_MAJOR_MINOR = (5, 2)
+try:
+    from dbus_fast.__version__ import __version__ as DBUS_FAST_VERSION
+except ImportError:  # pragma: no cover - every version so far has the module
+    DBUS_FAST_VERSION = "unknown"
 
-_ancdata = list[tuple[int, int, Any]]
+_log = logging.getLogger(__name__)
 
-_installed = False
+#: dbus-fast versions (major.minor) the stress tests ran against (README, "Tested with").
+#: Another version gets a warning in the log, never a refusal to start.
+TESTED_VERSIONS = ("1.84", "2.44", "5.2")
+
+_POLL_READY = select.POLLOUT | select.POLLERR | select.POLLHUP
 
 
-class UnsupportedDbusFast(RuntimeError):
-    """The installed dbus-fast is not one the fix was verified against."""
+def tested_version(version: str = DBUS_FAST_VERSION) -> bool:
+    return ".".join(version.split(".")[:2]) in TESTED_VERSIONS
 
 
-class _SendBufferTolerantSocket:
-    """The writer's view of the socket: a full send buffer means nothing was sent yet."""
+def warn_if_untested(version: str = DBUS_FAST_VERSION) -> None:
+    """Log a warning when the installed dbus-fast is not one the stress tests ran against."""
+    if not tested_version(version):
+        _log.warning(
+            "dbus-fast %s is installed; mdevd was tested with %s: it should work, "
+            "but if the bus connection drops under load, report it with this version",
+            version,
+            ", ".join(f"{v}.x" for v in TESTED_VERSIONS),
+        )
 
-    __slots__ = ("_pending_ancdata", "_sock")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        # Ancillary data (file descriptors) of a sendmsg() that hit EAGAIN: the writer has
-        # already dropped it, so it rides along with the next send of the same message.
-        self._pending_ancdata: _ancdata | None = None
+class _SocketWatch:
+    """Whether a socket can take data now, and a callback for when it can."""
 
-    def send(self, data: memoryview) -> int:
-        if self._pending_ancdata is not None:
-            return self.sendmsg([data], self._pending_ancdata)
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        # A duplicate, so that registering it with the loop leaves dbus-fast's registration
+        # of the original descriptor alone (the loop keeps one writer per descriptor).
+        self._fd = os.dup(fd)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLOUT)
 
-    def sendmsg(self, buffers: Iterable[memoryview], ancdata: _ancdata) -> int:
-        try:
-            sent = self._sock.sendmsg(buffers, ancdata)
-        except BlockingIOError:
-            self._pending_ancdata = ancdata
-            return 0
-        self._pending_ancdata = None
+    def writable(self) -> bool:
+        # An error or hang-up counts as "go": dbus-fast's writer then meets it and disconnects
+        # as it should.
+        return any(events & _POLL_READY for _, events in self._poll.poll(0))
+
+    def call_when_writable(self, callback: Any) -> None:
+        def fire() -> None:
+            self._loop.remove_writer(self._fd)
+            callback()
+
+        self._loop.add_writer(self._fd, fire)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _copy_outcome(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
+
+
+class PacedMessageBus(MessageBus):
+    """A dbus-fast asyncio MessageBus that never makes its writer send into a full buffer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: deque[tuple[Message, asyncio.Future[None]]] = deque()
+        #: The future of the message dbus-fast is writing (done once it has all been written).
+        self._in_library: asyncio.Future[None] | None = None
+        self._watch: _SocketWatch | None = None
+
+    async def connect(self) -> PacedMessageBus:
+        await super().connect()
+        loop = asyncio.get_running_loop()
+        sock = getattr(self, "_sock", None)
+        fileno = getattr(sock, "fileno", None)
+        if fileno is None:
+            _log.warning(
+                "dbus-fast %s: no socket to watch; sending unpaced (a full send buffer may "
+                "drop the connection)",
+                DBUS_FAST_VERSION,
+            )
+            return self
+        self._watch = _SocketWatch(loop, fileno())
+        ended = loop.create_task(self.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        ended.add_done_callback(self._disconnected_now)
+        return self
+
+    # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        watch = self._watch
+        if watch is None or self._disconnected:
+            # Connecting (the Hello exchange), unpaced, or gone: dbus-fast decides.
+            sent: asyncio.Future[None] = super().send(msg)
+            return sent
+        if not msg.serial:
+            # Numbered when sent, as dbus-fast would, even if it waits here.
+            msg.serial = self.next_serial()
+        if not self._waiting and self._library_idle() and watch.writable():
+            return self._hand_over(msg)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((msg, future))
+        if len(self._waiting) == 1:
+            # Otherwise a wake-up is already armed for the head of the queue.
+            self._pump()
+        return future
+
+    def _library_idle(self) -> bool:
+        return self._in_library is None or self._in_library.done()
+
+    def _hand_over(self, msg: Message) -> asyncio.Future[None]:
+        sent: asyncio.Future[None] = super().send(msg)
+        self._in_library = sent
         return sent
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
+    def _pump(self, *_: object) -> None:
+        """Hand waiting messages over while it is safe; else arm exactly one wake-up."""
+        watch = self._watch
+        while self._waiting:
+            if watch is None or self._disconnected:
+                self._fail_waiting()
+                return
+            in_library = self._in_library
+            if in_library is not None and not in_library.done():
+                in_library.add_done_callback(self._pump)
+                return
+            if not watch.writable():
+                watch.call_when_writable(self._pump)
+                return
+            msg, future = self._waiting.popleft()
+            sent = self._hand_over(msg)
+            if sent.done():
+                _copy_outcome(sent, future)
+            else:
+                sent.add_done_callback(functools.partial(_copy_outcome, target=future))
 
+    def _fail_waiting(self) -> None:
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("the bus connection is closed"))
 
-def _major_minor(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return ()
-
-
-def check_supported() -> None:
-    """Raise `UnsupportedDbusFast` unless the fix can be applied to the installed dbus-fast."""
-    version = _dbus_fast_version
-    if _major_minor(version) != _VERIFIED_MAJOR_MINOR:
-        raise UnsupportedDbusFast(
-            f"dbus-fast {version} is installed, but the send-buffer fix in {__name__} was "
-            f"verified against {VERIFIED_VERSIONS} only: re-verify it (tests/bus/"
-            "test_send_buffer.py) and update VERIFIED_VERSIONS and the pin in pyproject.toml"
-        )
-    writer = getattr(_aio_message_bus, "_MessageWriter", None)
-    module_file = getattr(_aio_message_bus, "__file__", "") or ""
-    if writer is None or not module_file.endswith(".py"):
-        raise UnsupportedDbusFast(
-            f"dbus-fast {version}: the asyncio message writer is not the pure-Python "
-            f"_MessageWriter this fix patches ({module_file or 'unknown module file'})"
-        )
-
-
-def install() -> None:
-    """Apply the fix to every dbus-fast asyncio connection made from now on. Idempotent.
-
-    Call it before connecting: a connection's writer is made in `MessageBus.connect()`.
-    """
-    global _installed
-    if _installed:
-        return
-    check_supported()
-    writer_class = _aio_message_bus._MessageWriter
-    original_init = writer_class.__init__
-
-    def __init__(self: Any, bus: Any) -> None:
-        original_init(self, bus)
-        self.sock = _SendBufferTolerantSocket(self.sock)
-
-    __init__.__doc__ = original_init.__doc__
-    writer_class.__init__ = __init__  # type: ignore[method-assign]
-    _installed = True
-
-
-def installed() -> bool:
-    return _installed
+    def _disconnected_now(self, ended: asyncio.Future[None]) -> None:
+        if not ended.cancelled():
+            ended.exception()  # retrieved: the bus's owner learns it from wait_for_disconnect
+        self._fail_waiting()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None

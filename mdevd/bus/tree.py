@@ -19,11 +19,13 @@ from dbus_fast.introspection import Node
 from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
+from mdevd.bus import errors
 from mdevd.bus.device import DeviceInterface
 from mdevd.bus.manager import FEATURES, ManagerInterface
 from mdevd.bus.names import MANAGER_PATH, OBJECT_MANAGER_INTERFACE, ROOT_PATH
 from mdevd.bus.parent import ParentInterface
 from mdevd.bus.paths import device_path, parent_path
+from mdevd.bus.sendfix import PacedMessageBus
 from mdevd.engine import Engine
 from mdevd.model import DeviceState, Parent
 
@@ -57,8 +59,10 @@ def _variants(properties: dict[str, Any]) -> dict[str, Variant]:
     return {name: Variant(_SIGNATURES[name], value) for name, value in properties.items()}
 
 
-class ManagedObjectBus(MessageBus):
+class ManagedObjectBus(PacedMessageBus):
     """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH.
+
+    Paced (mdevd.bus.sendfix): a full send buffer never disconnects it.
 
     dbus-fast answers GetManagedObjects on any path, but introspects a path that has no
     exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
@@ -79,11 +83,8 @@ class ManagedObjectBus(MessageBus):
 
     async def calls_finished(self, timeout: float) -> int:
         """Wait until the method calls being served have ended, at most `timeout` seconds;
-        how many still run then. (dbus-fast keeps each call's task until its reply is sent.)"""
-        calls = [call for call in getattr(self, "_pending_futures", ()) if not call.done()]
-        if calls:
-            await asyncio.wait(calls, timeout=timeout)
-        return sum(not call.done() for call in calls)
+        how many still run then."""
+        return await errors.calls_finished(timeout)
 
     def _introspect_export_path(self, path: str) -> Node:
         node: Node = super()._introspect_export_path(path)

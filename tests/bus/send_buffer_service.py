@@ -28,11 +28,11 @@ import uuid as uuid_module
 from typing import Annotated
 
 from dbus_fast.aio import MessageBus
-from dbus_fast.annotations import DBusSignature
-from dbus_fast.service import ServiceInterface, dbus_method
+from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
 from mdevd.bus import names, paths, sendfix
+from mdevd.bus.signatures import DBusSignature, dbus_method
 
 EXIT_DISCONNECTED = 3
 
@@ -55,7 +55,7 @@ def device_properties(index: int) -> dict[str, Variant]:
         "Active": Variant("b", True),
         "Defined": Variant("b", True),
         "Autostart": Variant("b", False),
-        "Attributes": Variant("a(ss)", [("assign_adapter", "5"), ("assign_domain", "4")]),
+        "Attributes": Variant("a(ss)", [["assign_adapter", "5"], ["assign_domain", "4"]]),
         "SysfsPath": Variant("s", f"/sys/devices/pci0000:00/{parent}/{uuid}"),
         "IommuGroup": Variant("i", 42),
         "ConfigFile": Variant("s", f"/etc/mdevd/devices.d/{uuid}.toml"),
@@ -84,8 +84,9 @@ class Snapshot(ServiceInterface):
         return self.devices
 
 
-async def serve(address: str, devices: int, report_after: int) -> int:
-    bus = await MessageBus(bus_address=address).connect()
+async def serve(address: str, devices: int, report_after: int, *, without_fix: bool) -> int:
+    bus_class = MessageBus if without_fix else sendfix.PacedMessageBus
+    bus = await bus_class(bus_address=address).connect()
     bus.export(names.ROOT_PATH, Snapshot(devices, report_after))
     await bus.request_name(names.BUS_NAME)
     stop = asyncio.Event()
@@ -109,9 +110,16 @@ def main() -> None:
     parser.add_argument("--without-fix", action="store_true")
     parser.add_argument("--report-after", type=int, default=0, metavar="CALLS")
     options = parser.parse_args()
-    if not options.without_fix:
-        sendfix.install()
-    sys.exit(asyncio.run(serve(options.address, options.devices, options.report_after)))
+    sys.exit(
+        asyncio.run(
+            serve(
+                options.address,
+                options.devices,
+                options.report_after,
+                without_fix=options.without_fix,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Print where `make install` puts the mdevd package for PREFIX (argv[1]), for this Python.
 
 A directory on this interpreter's own path directly under PREFIX wins (Debian's

@@ -29,8 +29,14 @@ def _log(message: str) -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    # Imported here so that `ctl` works without mfusepy and libfuse3.
-    from mdevd.sim import fs
+    # Imported here so that `ctl` works without mfusepy and libfuse3. A wheel installed without
+    # the `sim` extra still has this command (a console script cannot depend on an extra), so a
+    # missing mfusepy is a message, not a traceback (mfusepy raises OSError without libfuse3).
+    try:
+        from mdevd.sim import fs
+    except (ImportError, OSError) as exc:
+        _log(f"mount needs mfusepy and libfuse3 (pip install 'mdevd[sim]'): {exc}")
+        return 2
 
     try:
         loaded = scenario.load(args.scenario)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 # Installing mdevd:
 #
 #     make install                          # PREFIX=/usr/local
@@ -8,6 +9,14 @@
 # in fixed places (systemd, dbus-daemon, polkitd, bash-completion) go there whatever PREFIX
 # is; each directory can be overridden. The default configuration never replaces an existing
 # /etc/mdevd/mdevd.toml.
+#
+# For distribution packages, the two halves are separate targets: `install-python` (the
+# package, its launchers, the libexec mdevctl link) and `install-data` (everything else). A
+# package that installs the Python part from the wheel (pybuild, %pyproject_install: they
+# write the dist-info metadata and console scripts) runs only `make install-data`; see
+# debian/rules. COMPILE=0 skips byte-compiling, for packages whose tools compile at install
+# time (dh_python3, %py_byte_compile); the default compiles, because the installed unit's
+# ProtectSystem=strict would keep the daemon from ever caching its bytecode.
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -32,20 +41,26 @@ PYTHONDIR ?= $(shell $(PYTHON) tools/python-dir.py $(PREFIX))
 PACKAGE_FILES = $(shell find mdevd -name '*.py' -not -path 'mdevd/sim/*') mdevd/py.typed
 MAN_PAGES = docs/man/mdevd.8 docs/man/mdevdctl.1 docs/man/mdevd.toml.5
 
+COMPILE ?= 1
 INSTALL ?= install
 D = $(DESTDIR)
 
-.PHONY: all install uninstall check
+.PHONY: all install install-python install-data uninstall check
 
 all:
 	@echo "Nothing to build: 'make install' (DESTDIR=, PREFIX=; see the Makefile's header)."
 
-install:
+install: install-python install-data
+
+install-python:
 	@test -n "$(PYTHONDIR)" || { echo "make: cannot run $(PYTHON)" >&2; exit 1; }
 	@for f in $(PACKAGE_FILES); do \
 		$(INSTALL) -D -m 0644 "$$f" "$(D)$(PYTHONDIR)/$$f" || exit 1; \
 	done
-	$(PYTHON) -m compileall -q -d "$(PYTHONDIR)/mdevd" "$(D)$(PYTHONDIR)/mdevd"
+	@if [ "$(COMPILE)" != 0 ]; then \
+		echo "$(PYTHON) -m compileall -q -d $(PYTHONDIR)/mdevd $(D)$(PYTHONDIR)/mdevd"; \
+		$(PYTHON) -m compileall -q -d "$(PYTHONDIR)/mdevd" "$(D)$(PYTHONDIR)/mdevd"; \
+	fi
 	$(INSTALL) -d -m 0755 "$(D)$(BINDIR)"
 	@for tool in mdevd:mdevd.main mdevdctl:mdevd.ctl mdevd-mdevctl:mdevd.compat.frontend; do \
 		name=$${tool%%:*}; module=$${tool#*:}; \
@@ -55,6 +70,8 @@ install:
 	done
 	$(INSTALL) -d -m 0755 "$(D)$(LIBEXECDIR)/mdevd"
 	ln -sf "$(BINDIR)/mdevd-mdevctl" "$(D)$(LIBEXECDIR)/mdevd/mdevctl"
+
+install-data:
 	$(INSTALL) -d -m 0755 "$(D)$(UNITDIR)"
 	sed -e 's|^ExecStart=/usr/bin/mdevd|ExecStart=$(BINDIR)/mdevd|' systemd/mdevd.service \
 		> "$(D)$(UNITDIR)/mdevd.service.tmp"

@@ -153,7 +153,7 @@ def resolve_kernel() -> tuple[str, str]:
     raise PreparationError("linux-image-amd64 depends on no linux-image-* package")
 
 
-def _download(packages: Sequence[str], destination: Path) -> list[Path]:
+def download(packages: Sequence[str], destination: Path) -> list[Path]:
     """`apt-get download` into `destination`; once more after `apt-get update` if it fails
     (the lists may name a version the security archive no longer has)."""
     destination.chmod(0o777)  # apt downloads as its sandbox user `_apt`
@@ -231,7 +231,7 @@ def _build_kernel_directory(release: str, version: str, scratch: Path) -> dict[s
     packages = [f"{p}={version}" for p in packages] + [f"linux-source-{series}={version}"]
     downloads = scratch / "downloads"
     downloads.mkdir()
-    debs = _download(packages, downloads)
+    debs = download(packages, downloads)
     step("download")
 
     _run(["dpkg-deb", "-x", str(_deb(debs, f"linux-image-{release}")), str(scratch / "image")])

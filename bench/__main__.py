@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`python -m bench`: every benchmark row, as a table on stdout and files under bench/results/.
 
 Run it through `scripts/bench`, which installs what it needs and enters the private namespaces

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Benchmark: loading 10,000 definitions, from 10,000 files and from one file.
 
     python -m bench.bench_store [--devices N] [--keep DIR]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """One emulated kernel that mdevd and Debian's mdevctl both see, for side-by-side measurements.
 
 The benchmark process runs in private network and mount namespaces (`scripts/bench` enters

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """What the daemon spent its time on in a `--profile` run: py-spy's samples, summed up.
 
 The benchmark's rows say how fast mdevd is beside mdevctl; these say why (docs/performance.md

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Rows of measurements, and the table, JSON and plot they become.
 
 A row is one thing measured in one run: mdevd's samples, the samples of its mdevctl counterpart

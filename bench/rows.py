@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The measurements: each function runs one group of rows and adds them to the report.
 
 Every row alternates its contenders repetition by repetition (mdevctl, mdevd, mdevctl, ...),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`python -m mdevd`: the same as the `mdevd` program."""
 
 import sys

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Crash-safe replacement and removal of small files.
 
 A reader (or the next boot) sees a file's old content or its new content, never a mix and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A small asyncio client for mdevd's D-Bus API, for `mdevdctl` and for managers to import.
 
 It speaks only the public contract (`dbus/org.mdevd.Mdevd1.xml`): no private channel exists.

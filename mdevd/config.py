@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The daemon's own configuration file (`/etc/mdevd/mdevd.toml`, shipped as `config/mdevd.toml`).
 
 One frozen dataclass per `[section]`, each field with its default, so a missing file or a

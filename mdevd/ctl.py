@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`mdevdctl`: the command-line client of mdevd. It talks only D-Bus, through `mdevd.client`.
 
 Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;

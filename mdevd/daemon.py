@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The daemon: startup order, the event loop's wiring, signals and readiness.
 
 Startup order matters and is fixed: configuration and definitions are loaded, the uevent

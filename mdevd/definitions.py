@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The device definition file format: its only parser, validator, renderer and editor.
 
 A definitions file is TOML holding one or more `[[device]]` tables:

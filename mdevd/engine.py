@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The engine: the one place that decides what happens to a device.
 
 It holds the daemon's view of every UUID (its definition, its kernel presence, or both),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The project's errors: one class per condition a caller can act on.
 
 Every layer (kernel, store, engine) raises these and nothing else for expected failures. Each

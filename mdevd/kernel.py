@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The kernel's mdev sysfs interface: the only module that touches /sys (and /dev/vfio).
 
 Every path is built under a configurable root (`/sys` in production, an emulated kernel's mount

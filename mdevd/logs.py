@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Where the daemon's log goes: the journal under systemd, readable stderr elsewhere.
 
 Under systemd (stderr is the journal stream named by `$JOURNAL_STREAM`), records go through

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The `mdevd` command: the daemon (without a subcommand) and its offline tools.
 
     mdevd [DAEMON OPTIONS]                 the daemon (`run_daemon`)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's JSON definitions: read with mdevctl's own acceptance rules, exported in its
 `list --defined --dumpjson` shape, and imported into the definition store.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Plain data shared by the layers: what the kernel shows and what the store holds.
 
 Immutable on purpose: a snapshot read from sysfs or a file never changes under its reader.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Talking to the service manager: sd_notify(3) readiness, status, reload, stop and watchdog.
 
 The protocol is one datagram of newline-separated `KEY=VALUE` assignments to the socket named

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The persistent definition store: a stack of drop-in directories of definitions files.
 
 Directories are searched highest precedence first (by default `/etc/mdevd/devices.d`, then

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Kernel events: a pyudev monitor read from the asyncio loop.
 
 The monitor listens on udev's netlink group (events after udevd's rule processing, the way

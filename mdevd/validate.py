@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Validation of every name that becomes a sysfs path component.
 
 mdevd runs as root and joins parent, type, UUID and attribute names onto paths under /sys.

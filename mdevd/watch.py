@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Watching the definition directories for changes: inotify (through ctypes), debounced.
 
 Each definition directory is watched for files appearing, changing, being renamed or going.

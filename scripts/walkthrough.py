@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The README's main job: mdevd on the emulated kernel, driven by `mdevdctl`, step by step.
 
 Run it through `scripts/demo`, which installs what it needs and enters private network and

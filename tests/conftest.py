@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Session-wide isolation for the test suite.
 
 The emulated kernel sends uevents on the udev netlink group, and tests mount FUSE filesystems.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The README's command lines are ones the programs accept (a renamed option breaks this)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Every authorization decision of the D-Bus API: one table, default deny.
 
 `METHOD_ACTIONS` maps each method to the polkit action it needs, or to `NO_CHECK` for reads.

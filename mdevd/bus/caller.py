@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Who is calling: the method-call message being served, and its sender's uid.
 
 dbus-fast hands a service method its arguments, not the message. A message handler, which

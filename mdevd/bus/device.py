@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`org.mdevd.Mdevd1.Device`: one object per UUID that is defined, active, or both.
 
 Every handler has one shape: check arguments -> authorize -> let the engine act -> reply. The

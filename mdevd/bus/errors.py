@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Translation of the project's errors into D-Bus errors, in one place.
 
 A caller sees `org.mdevd.Mdevd1.Error.<Name>` with the error's own message for every condition

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """What dbus-fast's decorators cannot say about our interfaces, added to their introspection.
 
 dbus-fast derives a member's introspection from the Python signature: argument types, and the

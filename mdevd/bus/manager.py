@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`org.mdevd.Mdevd1.Manager`: creating and defining devices, resolving UUIDs, reloading."""
 
 # No `from __future__ import annotations`: dbus-fast reads `-> None` as a signature only

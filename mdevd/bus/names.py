@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Every name the public D-Bus contract fixes, in one place (see dbus/org.mdevd.Mdevd1.xml).
 
 Nothing else in the project spells a bus name, interface, object path, error name or polkit

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Checking the `a{sv}` dictionaries every method takes, before anything else happens.
 
 An unknown key is `InvalidArgument`, so a typo fails loudly instead of being ignored; a value of

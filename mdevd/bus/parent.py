@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`org.mdevd.Mdevd1.Parent`: one object per device registered with the mdev core."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Object paths from identities, and back.
 
 Paths are derived from what an object is (a parent's sysfs name, a device's UUID), never from

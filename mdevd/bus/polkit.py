@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Asking polkitd: one `CheckAuthorization` for a caller, asynchronous and bounded in time.
 
 The subject is always `system-bus-name` with the caller's unique name: polkitd resolves the

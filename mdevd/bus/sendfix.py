@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Keep a dbus-fast connection alive when its socket's send buffer is full.
 
 The bug (dbus-next #153, present in every dbus-fast from 1.x to 5.2; docs/dbus-fast-send-buffer.md

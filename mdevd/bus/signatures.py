@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """D-Bus signatures for exported members, spelled so that every supported dbus-fast reads them.
 
 dbus-fast learns a member's D-Bus signature from the Python annotations of its handler. Since

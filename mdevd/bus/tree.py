@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The exported object tree: the engine's listener, mirroring its state as D-Bus objects.
 
 Every engine change arrives here synchronously, before the operation that caused it replies,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl compatibility: what lets libvirt, OpenStack and the s390 tools use mdevd unchanged.
 
 - `directory`: mdevctl's definitions directory (`/etc/mdevctl.d/<parent>/<uuid>`), read with

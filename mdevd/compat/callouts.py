@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's callout and notifier scripts: finding them and running them, as mdevctl does.
 
 The protocol (mdevctl's `src/callouts.rs` is the caller side; s390-tools' `ap-check` a script):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's definitions directory: `<root>/<parent>/<uuid>` files in mdevctl's JSON format.
 
 Reading follows mdevctl's own acceptance rules (`mdevd.mdevctl_format`); every write is atomic

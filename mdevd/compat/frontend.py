@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`mdevctl` for mdevd: mdevctl's command line, carried out by the daemon over D-Bus.
 
 Installed where an admin puts it first in PATH (for libvirt: first in libvirtd's PATH), it

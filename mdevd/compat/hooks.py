@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's callouts around the engine's operations (the engine's `OperationHooks`).
 
 Every operation on a device, whoever asked for it (a D-Bus client, the `mdevctl` front end,

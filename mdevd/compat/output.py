@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's output formats, byte for byte: `list` and `types`, as text and as `--dumpjson`.
 
 mdevctl builds each listing as a string and prints it with `println!`, so every output ends

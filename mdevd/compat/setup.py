@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Turning `[mdevctl]` of the configuration (and the daemon's flags) into the compat parts.
 
 Compatibility mode is decided once, at startup: `auto` (the default) turns it on when

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's directory as a live definition store beside the TOML drop-ins.
 
 What the daemon holds is the union of two sources:

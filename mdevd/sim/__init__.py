@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd-sim: an emulated kernel serving the mdev sysfs interface through FUSE.
 
 `scenario` describes parents and types, `state` holds the kernel's behaviour (create, remove,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The `mdevd-sim` command: `mount` serves an emulated kernel, `ctl` drives a mounted one.
 
 `mount` runs in the foreground. libfuse's loop runs in a thread; the main thread owns the signals

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The control channel of a mounted emulated kernel: its command grammar and a client.
 
 Commands are one line written to `<mount>/.sim/control` in a single write; an error comes back as

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """FUSE glue: serves the emulated kernel's tree (`tree.build`) through mfusepy and libfuse3.
 
 FUSE holds an inode's lock for the whole of a write, so writes to one file are serialized even

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Scenario files: which parents, types and limits the emulated kernel starts with.
 
 A scenario is a TOML file (the shipped ones live in `config/sim/`)::

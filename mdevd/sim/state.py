@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The emulated kernel's behaviour: the mdev core, the parent drivers and vfio, as one model.
 
 Everything observable goes through `Kernel`: creating and removing devices (with the errnos and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The sysfs view of the emulated kernel: every directory, attribute file and link.
 
 `build` renders the model (`state.Kernel`) as an immutable map from path (relative to the mount

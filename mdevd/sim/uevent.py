@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """uevents of the emulated kernel: numbered, logged, and sent as udevd rebroadcasts them.
 
 The real path is kernel -> udevd (rules) -> netlink multicast group 2 with a "libudev" header,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The benchmark command still runs end to end (tiny sizes) and writes its results.
 
 Measurements are never asserted: only that every group produced its rows, with a ratio where

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The benchmark's check that it is not in the host's namespaces (it binds over /sys)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures of the D-Bus tests: a private bus, and a Python that runs as `nobody`."""
 
 from __future__ import annotations

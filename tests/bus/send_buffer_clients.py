@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The clients of the send-buffer stress test, in their own process so they can be stalled.
 
 Run as `python -m tests.bus.send_buffer_clients ADDRESS CLIENTS BACKLOG ROUNDS`. It connects

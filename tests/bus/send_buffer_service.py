@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A service that answers with large replies, to load the send path of dbus-fast.
 
 Run as `python -m tests.bus.send_buffer_service ADDRESS [--without-fix] [--devices N]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Authorization: the method -> action table, default deny, and root-only decisions while
 polkitd is not on the bus (these buses have none; tests/security runs a real polkitd)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Each method call sees its own caller, with many calls from root and nobody in flight."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """What a caller sees when a method fails: the contract's error names, never a traceback."""
 
 from __future__ import annotations

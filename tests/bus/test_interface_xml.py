@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """dbus/org.mdevd.Mdevd1.xml covers the contract (dbus-api.md), member by member, documented.
 
 The expected members are written out here, so the check runs without the shared notes; when

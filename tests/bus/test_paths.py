@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Object paths: the contract's examples, round trips, and validity for any input."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """dbus/org.mdevd.Mdevd1.conf on a real dbus-daemon with the system bus's default policy.
 
 Only root may own org.mdevd.Mdevd1; everyone may call mdevd's interfaces and the standard

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """dbus-fast must stay connected when its socket's send buffer fills (mdevd.bus.sendfix).
 
 The load: 64 clients each send 2 calls for a ~216 KB `a{oa{sa{sv}}}` (300 devices' worth of

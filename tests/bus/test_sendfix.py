@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd.bus.sendfix in isolation: a bus daemon that stops reading fills the send buffer for
 certain, so the pacing is shown deterministically here (the end-to-end proof under real load
 is test_send_buffer.py and tests/daemon/test_stress.py)."""

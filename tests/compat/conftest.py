@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures for the mdevctl-compatibility tests: the real daemon on a private bus and the
 emulated kernel, with mdevctl's directories relocated under /tmp (never /etc or /usr/lib)."""
 

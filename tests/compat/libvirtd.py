@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Debian's unmodified libvirtd (node-device driver only) beside mdevd, on the emulated kernel.
 
 libvirtd runs in a mount namespace of its own (`unshare --mount --propagation private`)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Callout scripts written for the tests, each a small Python program.
 
 - `recorder`: logs every call (script name, argv, stdin, parent PID) as a JSON line and answers

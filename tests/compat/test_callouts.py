@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Callouts and notifiers with mdevctl's protocol, around every operation (part 3).
 
 The scripts are written for the tests (tests/compat/scripts.py); one of them speaks s390's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The front end against the real mdevctl: the same commands on two fresh emulated kernels.
 
 Debian's mdevctl 1.2.0 runs in a private mount namespace (the emulation over /sys, a test

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's own golden test data, through the front end against the daemon.
 
 tests/data/mdevctl-testdata/ is mdevctl's testdata/ (define, list, modify, start, types,

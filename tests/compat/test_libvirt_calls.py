@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """libvirt's exact mdevctl calls (tests/data/libvirt-mdevctl-calls/) through the front end.
 
 Each `.argv` file holds command lines exactly as libvirt's node-device driver builds them, and

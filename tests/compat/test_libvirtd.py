@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """libvirt itself, unchanged, managing mediated devices through mdevd (with the front end as
 its `mdevctl`), and seeing changes made through mdevd directly.
 

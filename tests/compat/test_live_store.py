@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The daemon keeps mdevctl's directory as a live store (part 1 of issue 10).
 
 The real daemon runs on a private bus and the emulated kernel, with mdevctl's directory

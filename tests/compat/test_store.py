@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's directory as a live store beside the TOML drop-ins (mdevd.compat.store).
 
 Real directories under tmp_path stand for /etc/mdevd/devices.d, /usr/lib/mdevd/devices.d and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A D-Bus caller that runs as another user (`nobody`), driven line by line over stdin.
 
 Its source is handed to an unprivileged interpreter with `python -c` (see `tests/daemon/

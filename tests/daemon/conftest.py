@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures of the daemon tests: the real daemon on a private bus and the emulated kernel.
 
 Most modules share one stack (bus, emulated kernel, daemon, a test client) per module: tests use

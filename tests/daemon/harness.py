@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A synchronous D-Bus client for the daemon tests, recording every signal the daemon sends.
 
 The tests are plain functions; the connection lives on its own thread with its own asyncio

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Calling the daemon as an unprivileged user: a long-lived `caller_script` running as nobody.
 
 The process is started (and connected) before a test needs it, so a call's answer comes back

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The clients of the daemon-level stress test, in a process of their own.
 
 Run as `python -m tests.daemon.stress_clients ADDRESS CLIENTS SECONDS DEVICES`. It connects

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Stopping with a call in progress, and the bus going away: clean ends.
 
 When the bus goes away the daemon stops with status 1 (its service manager restarts it).

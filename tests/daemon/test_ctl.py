@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`mdevdctl` against the real daemon: every command, its output, its messages, its exit codes.
 
 Exit status (mdevd/ctl.py): 0 ok, 1 the operation failed, 2 usage, 3 daemon unreachable,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The Device interface's methods: Start, Stop, Define, Undefine, Update (also live)."""
 
 from __future__ import annotations

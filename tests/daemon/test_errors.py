@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Every contract error name a condition can produce, from the real daemon.
 
 Each error must come with the contract's name (never a generic one for a condition that has a

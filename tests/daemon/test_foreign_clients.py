@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Clients nobody here wrote: systemd's busctl and GLib's gdbus and GDBusObjectManagerClient.
 
 They parse the introspection data, marshal the arguments and read the signals their own way,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The live daemon's Introspect() of every kind of object is the contract's XML.
 
 dbus/org.mdevd.Mdevd1.xml is the machine-readable contract (tests/bus/test_interface_xml.py

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The Manager interface and the read-only state the daemon exports (Manager, Parent, Device).
 
 Each method against the real daemon: what its reply says, what the kernel (the emulator's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A restarted daemon adopts what runs: nothing removed, nothing recreated; definitions survive.
 
 The emulated kernel's uevent log is the witness: a device removed or created again would show

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The contract's behaviour rules 1-7, against the real daemon and the emulated kernel.
 
 Ordering and overlap are shown by the emulator's uevent log (one sequence, numbered as the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """PropertiesChanged, DeviceEvent and InterfacesAdded/Removed for every change, whoever made it.
 
 Changes made through the API are signalled before the reply (the harness records signals on

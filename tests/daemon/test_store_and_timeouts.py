@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Errors that need a daemon configured otherwise: ReadOnly, and Timeout.
 
 This module's daemon reads its definition directories from its configuration file (as in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The daemon stays on the bus under load: 64 clients reading GetManagedObjects, 1,000 devices.
 
 Each reply is ~0.7 MB, several times the socket's send buffer. When the bus daemon takes the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`python -m tests.daemon.unfixed_daemon`: the real daemon without dbus-fast's send-buffer fix.
 
 The control of tests/daemon/test_stress.py: the same daemon, with the pacing of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The engine's per-UUID bookkeeping does not grow with the number of UUIDs ever used.
 
 A daemon runs for months and managers create devices with fresh UUIDs: locks, records of

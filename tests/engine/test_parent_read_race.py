@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A re-read of a parent that a kernel event asked for never undoes an operation's own.
 
 A device's uevent makes the engine read the device back and, when it changed, its parent's

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A resync racing the engine's own operations never undoes them.
 
 A resync reads the kernel in a worker thread; an API call can create a device while that read

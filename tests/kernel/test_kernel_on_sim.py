@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The kernel layer against the emulated kernel: every read, every write, every errno mapping."""
 
 from __future__ import annotations

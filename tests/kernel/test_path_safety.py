@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The kernel layer refuses every name that could lead a write outside its directory.
 
 These tests build a plain directory tree shaped like sysfs, because the attack they model (a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures of the real-kernel suite: the prepared kernel, and one guest boot for all scenarios.
 
 The suite skips, with the reason in pytest's summary, only where the guest cannot run at all

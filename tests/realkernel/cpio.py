@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Writing an initramfs: a gzip-compressed cpio archive in the kernel's `newc` format.
 
 Just enough of the format for what the harness packs (directories, regular files, symlinks),

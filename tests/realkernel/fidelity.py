@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The same probe of the mdev sysfs interface, run on the real kernel and on the emulated one.
 
 `probe(kernel)` does a fixed sequence of things to mtty, mdpy and mbochs (the layout of parents,

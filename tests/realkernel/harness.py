@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Booting a real Linux kernel under qemu and running one command in it: the harness's API.
 
     kernel = RealKernel.prepare()                # cached after the first time (prepare.py)

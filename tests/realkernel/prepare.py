@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Preparing a real Debian kernel with the mdev sample drivers, once, from the Debian archive.
 
 `prepare()` returns a `PreparedKernel`: the kernel image, its module tree with `mtty`, `mdpy`

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A guest boot that ran the scenarios, and the assertions the tests make on its report."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The .deb built from this checkout, installed with apt on the real kernel under systemd.
 
 The host builds the packages (tests/packaging/build.py: sdist, then dpkg-buildpackage) and

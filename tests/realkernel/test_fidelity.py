@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The emulated kernel behaves like the real one: the same probe (`fidelity.py`) on both.
 
 The probe runs in a guest on the real kernel with the sample drivers, and here against

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The harness itself: what a guest run hands back, and the initramfs archive it packs."""
 
 from __future__ import annotations

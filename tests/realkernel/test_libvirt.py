@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """libvirt itself, unchanged, on mdevd on the real kernel (`guest/libvirt.py`, one guest boot).
 
 Debian's libvirtd (node-device driver) in the guest, with mdevd's front end as the `mdevctl`

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd on a real Linux kernel: the mdev core and the mtty/mdpy sample drivers under qemu.
 
 All five run in one guest boot (`guest/scenarios.py`, in this order); each test here asserts

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd supervised by a real systemd as PID 1, on the real kernel (`guest/under_systemd.py`).
 
 One boot with systemd as PID 1: mdevd runs as a Type=notify service (a transient unit with the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A D-Bus client process that runs as some user and makes the calls its parent asks for.
 
 Run as `python -c SOURCE ADDRESS` (the source of this file, so the user need not be able to

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Callers of the daemon, each a separate process running as one user (root, a user the
 example polkit rule grants, an unprivileged user), driven synchronously from the tests.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The world of the security tests: the real daemon on the emulated kernel, on a private bus
 that loads the project's bus policy, with callers running as three users, and a real polkitd
 with the project's actions and the example rules whenever a test asks for one.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Every place a running process tries to change in the filesystem, observed with strace.
 
     with traced_writes(pid) as writes:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Who may call what: every mutating method for root, a user the example polkit rule grants
 and an unprivileged user, with a real polkitd and with none on the bus.
 

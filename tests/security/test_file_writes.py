@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The strace observer of `file_writes` sees what a process writes, in any of its threads."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Random and hostile arguments to every method and property, from root (so every check the
 daemon makes is reached, none skipped by a denial), for a bounded time.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """polkit as the contract uses it, against a real polkitd: the actions as polkitd reads them,
 interactive authentication only when asked, the NotAuthorized* names, the example rule and
 the imply annotation, and the failures that deny (a timeout, a missing .policy file).

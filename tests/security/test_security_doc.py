@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """docs/security.md states the same table, timeouts and policy facts as the code."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures for the emulated kernel's own tests: a mounted emulation, a udev monitor, helpers."""
 
 from __future__ import annotations

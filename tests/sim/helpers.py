@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Helpers of the emulated kernel's tests: single writes with their errno, common paths."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Writable device attributes: vfio-ap's matrix assignments and scenario-declared ones."""
 
 from __future__ import annotations

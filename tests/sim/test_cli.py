@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The `mdevd-sim` command: mounting, clean unmounts on signals, `ctl`, and option checks."""
 
 from __future__ import annotations

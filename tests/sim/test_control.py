@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The control channel: faults, delays, a VM holding a device, and the channel's own errors."""
 
 from __future__ import annotations

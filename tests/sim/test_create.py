@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Writing `create`: the UUID rules, EEXIST, and the two ways a type runs out of instances."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The served tree: parents, types, devices, links and modes, as Linux lays them out."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fidelity: the unmodified Debian `mdevctl` binary, run against the emulated kernel.
 
 mdevctl only knows the real paths (/sys, /etc/mdevctl.d). Each session runs in its own mount

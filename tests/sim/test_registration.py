@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Parents registering and unregistering while mounted (a driver loaded or unloaded)."""
 
 from __future__ import annotations

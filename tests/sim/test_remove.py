@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Writing a device's `remove`: `1` removes, `0` does nothing, the rest is EINVAL."""
 
 from __future__ import annotations

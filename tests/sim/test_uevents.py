@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """uevents, as a pyudev monitor on udev's netlink group (the daemon's production path) sees them."""
 
 from __future__ import annotations

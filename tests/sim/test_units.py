@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The emulation's parsers on their own: scenarios, kernel number and UUID parsing, commands."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures for the store tests: a directory stack under tmp_path, never /etc."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A writer for the crash-safety test: rewrites definitions in a loop until it is SIGKILLed.
 
 Run as `python -m tests.store.crash_writer DIR`. It prints `ready` once every file has been

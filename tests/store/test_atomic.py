@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Atomic file replacement: old or new content, durable, no stray files taken for definitions."""
 
 from __future__ import annotations

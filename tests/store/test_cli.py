@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The `mdevd` command line: check-config, import-mdevctl, export-mdevctl, exit codes."""
 
 from __future__ import annotations

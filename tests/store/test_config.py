@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The daemon's config file: defaults, relocation, and problems with lines."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A writer killed at any moment leaves each file whole: its old content or its new one."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The definition file format: what loads, what is reported, and where."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The documented examples are valid, and the benchmark still runs."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd's reading of mdevctl files, compared with the real mdevctl on the same files.
 
 Each case builds an mdevctl config tree, bind-mounts it over /etc/mdevctl.d in a private mount

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevctl's format, checked against mdevctl's own golden test data."""
 
 from __future__ import annotations

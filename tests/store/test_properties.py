@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Property tests: malformed TOML and malformed definitions only ever produce the store's own
 problems and errors, never a crash, and never cost a good neighbour.
 """

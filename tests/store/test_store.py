@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The directory stack: precedence, masking, conflicts, and the API's writes."""
 
 from __future__ import annotations

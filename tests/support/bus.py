@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A private system-type dbus-daemon for tests and benchmarks (no pytest needed).
 
     with private_bus() as address:                      # everything allowed

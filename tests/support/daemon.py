@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Running the real daemon as a subprocess on a private bus and an emulated kernel.
 
     with private_bus() as address, mounted_sim(SCENARIO) as sim:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Entering private network and mount namespaces from Python 3.11 (no os.unshare yet)."""
 
 from __future__ import annotations

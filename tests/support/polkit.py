@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A real polkitd for tests, with the project's actions and rules, never touching the host.
 
     with extra_accounts([Account("mdevd-tester", groups=("mdevd",))]) as accounts:

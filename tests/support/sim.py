@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Run the emulated kernel (`mdevd-sim mount`) for the length of a `with` block.
 
     with running_sim("default") as sim:

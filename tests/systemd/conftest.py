@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures for the service-manager tests: a private bus, the emulated mtty, a notify socket."""
 
 from __future__ import annotations

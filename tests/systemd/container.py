@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A real systemd as PID 1, in private PID and mount namespaces, running the installed mdevd.
 
     with installed_tree() as root, running_sim("mtty") as sim:

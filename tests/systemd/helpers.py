@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Small things the service-manager tests share."""
 
 from __future__ import annotations

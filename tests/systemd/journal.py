@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A real systemd-journald for the test process, and a stdout stream to it as systemd makes one.
 
 journald runs with its sockets and its storage on tmpfs mounts made in the test's private

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """A stand-in for systemd's notification socket: a datagram socket the test reads.
 
     with NotifySocket() as notify:

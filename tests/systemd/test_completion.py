@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Bash completion, run by real bash-completion: commands, options, and the daemon's devices."""
 
 from __future__ import annotations

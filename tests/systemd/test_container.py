@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """mdevd.service under a real systemd, installed by `make install`, in its full sandbox.
 
 Each test boots a container (tests/systemd/container.py: systemd as PID 1, journald,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`make install`: every file where distributions expect it, with its mode; a unit that verifies."""
 
 from __future__ import annotations

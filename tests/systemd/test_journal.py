@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Logging: the journal under systemd, with the device fields; readable stderr elsewhere."""
 
 from __future__ import annotations

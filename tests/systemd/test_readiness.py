@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Readiness and status: READY=1 means the name is owned and the whole tree is exported."""
 
 from __future__ import annotations

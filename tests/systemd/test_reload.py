@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """SIGHUP (systemctl reload): RELOADING=1, the definitions re-read, then READY=1."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """SIGTERM (systemctl stop) leaves every device running; the next start adopts them."""
 
 from __future__ import annotations

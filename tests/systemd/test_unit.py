@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The unit file: readiness type, hardening score, and a sandbox that fits what mdevd does."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Watchdog keep-alives: sent when asked, from the event loop: a wedged loop stops them."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Reading systemd unit files: sections of `Key=value` lines, keys may repeat."""
 
 from __future__ import annotations

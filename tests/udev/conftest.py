@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Fixtures of the event tests: a private bus, the emulated kernel, and a way to start the
 real daemon (a subprocess) on both, with a recorder of its signals already listening."""
 

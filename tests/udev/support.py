@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """What the event tests observe: the daemon's signals, its objects, and the emulated kernel.
 
 `Recorder` subscribes to the daemon's signals on the bus (DeviceEvent, InterfacesAdded,

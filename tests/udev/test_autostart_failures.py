@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Autostart failures: each is a `start-failed` event and the device's LastError; transient
 ones (EBUSY, a parent that lists no types yet) are retried a bounded number of times with
 growing delays, permanent ones never. Attempts are counted in the emulated kernel's uevent log

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Definition files added, changed and removed while the daemon runs: picked up without a
 restart (inotify), and on `Reload` and SIGHUP; the daemon's own writes are not reported back
 as outside changes."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The emulated kernel's modes the event tests rely on, checked on their own.
 
 - Without MDEV_STATE events (`mdev-state-events off`, or `mdev_state_events = false` in a

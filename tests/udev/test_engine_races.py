@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Races between method calls and kernel events, forced in-process: the real engine on the
 emulated kernel, with one of the kernel layer's functions paused or preceded by another
 tool's write at a chosen moment (the clearest way to make the interleaving deterministic).

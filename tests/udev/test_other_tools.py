@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Devices made and removed by other tools (here: writes straight into the emulated sysfs, as
 `echo $uuid > create` or mdevctl would do) are reflected as objects and signals, and never
 fought: mdevd does not remove what it did not define, nor recreate what someone removed."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """When the uevent socket overflows (ENOBUFS), the daemon rescans everything.
 
 The daemon is given a tiny receive buffer and frozen (SIGSTOP); the buffer is filled with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Parents registering and unregistering: autostart, hot-unplug, and what the bus shows.
 
 The daemon runs as a subprocess on a private bus; the emulated kernel sends its uevents on

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Kernel events never hold method calls up for long, and method calls never lose an event.
 
 - While a registration's autostart of 64 slow creates runs, reads answer, a create on another

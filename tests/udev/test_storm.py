@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The storm: 64 autostart definitions on one parent, and its driver unloaded and loaded 50
 times. Every registration starts every device exactly once (counted in the emulated kernel's
 uevent log: one create, one bind per device per registration), and at the end the kernel and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """`mdevd.watch.DefinitionsWatcher` on its own, in-process on real directories and inotify:
 what counts as a change, debouncing, directories that come and go."""
 

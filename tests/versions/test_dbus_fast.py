@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The bus and stress tests, again, against each dbus-fast a host may have.
 
 mdevd runs on whatever dbus-fast the distribution ships: Debian 12's 1.84.2 (compiled, with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The Debian package, installed with apt on the real kernel, under systemd as PID 1.
 
     python -m tests.realkernel.guest.debian_package

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Debian's libvirtd, unchanged, managing mdevs through mdevd on the real kernel (one guest boot).
 
     python -m tests.realkernel.guest.libvirt      # in the guest, as root, from the checkout

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """Per-check results of a guest run, written to the shared folder as they happen.
 
 A guest script records each check (`report.check(name, ok, detail)`) under the scenario it

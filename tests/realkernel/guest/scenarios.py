@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The real-kernel scenarios, run inside one guest boot as a scripted sequence of checks.
 
     python -m tests.realkernel.guest.scenarios      # in the guest, as root, from the checkout

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The system services of a real-kernel guest, started the way a distribution would start them.
 
 Runs inside the guest (as root, with the checkout's `.venv` Python): systemd-udevd (so the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The guest kernel's mdev state read straight from /sys, independently of mdevd's own code.
 
 Checks compare what mdevd says (over D-Bus) with what these functions read, so a bug in

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
 """The shipped mdevd.service under systemd as PID 1, on the real kernel (a guest booted with
 `systemd=True`).
 

@@ -46,6 +46,8 @@ METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "CreateDevice": ACTION_MANAGE_DEVICES,
         "DefineDevice": ACTION_CONFIGURE_DEVICES,
         "GetDevice": NO_CHECK,
+        # Every device in one compact reply (issue 15: reads at scale); open like the properties.
+        "ListDevices": NO_CHECK,
         "Reload": ACTION_CONFIGURE_DEVICES,
         # org.mdevd.Mdevd1.Device
         "Start": ACTION_MANAGE_DEVICES,

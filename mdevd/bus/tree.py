@@ -23,9 +23,21 @@ from dbus_fast.signature import Variant
 from mdevd.bus import errors
 from mdevd.bus.device import DeviceInterface
 from mdevd.bus.manager import FEATURES, ManagerInterface
-from mdevd.bus.names import MANAGER_PATH, OBJECT_MANAGER_INTERFACE, ROOT_PATH
+from mdevd.bus.names import (
+    DEVICES_PATH,
+    MANAGER_PATH,
+    OBJECT_MANAGER_INTERFACE,
+    PARENTS_PATH,
+    ROOT_PATH,
+)
 from mdevd.bus.parent import ParentInterface
-from mdevd.bus.paths import device_path, parent_path
+from mdevd.bus.paths import (
+    device_path,
+    parent_name_from_path,
+    parent_path,
+    uuid_from_device_path,
+)
+from mdevd.bus.reads import ReadServer, variants
 from mdevd.bus.sendfix import PacedMessageBus
 from mdevd.engine import Engine
 from mdevd.model import DeviceState, Parent
@@ -35,37 +47,14 @@ Authorize = Callable[[str, bool], Awaitable[None]]
 #: `reload()`: an explicit reload of the definitions (the daemon's tells the service manager).
 Reload = Callable[[], Awaitable[object]]
 
-_SIGNATURES = {
-    "Version": "s",
-    "Features": "as",
-    "Name": "s",
-    "SysfsPath": "s",
-    "Subsystem": "s",
-    "Types": "a{sa{sv}}",
-    "UUID": "s",
-    "Parent": "s",
-    "ParentObject": "o",
-    "Type": "s",
-    "Active": "b",
-    "Defined": "b",
-    "Autostart": "b",
-    "Attributes": "a(ss)",
-    "IommuGroup": "i",
-    "ConfigFile": "s",
-    "LastError": "s",
-}
-
-
-def _variants(properties: dict[str, Any]) -> dict[str, Variant]:
-    return {name: Variant(_SIGNATURES[name], value) for name, value in properties.items()}
-
 
 class ManagedObjectBus(PacedMessageBus):
     """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH.
 
     Paced (mdevd.bus.sendfix): a full send buffer never disconnects it.
 
-    dbus-fast answers GetManagedObjects on any path, but introspects a path that has no
+    GetManagedObjects is answered by the tree's `ReadServer` (dbus-fast's own handler costs the
+    square of the number of objects). dbus-fast introspects a path that has no
     exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
     with the standard interfaces (ObjectManager among them), as the contract places it there.
 
@@ -115,7 +104,7 @@ class ManagedObjectBus(PacedMessageBus):
                 interface=OBJECT_MANAGER_INTERFACE,
                 member="InterfacesAdded",
                 signature="oa{sa{sv}}",
-                body=[path, {interface.name: _variants(properties())}],
+                body=[path, {interface.name: variants(properties())}],
             )
         )
 
@@ -156,6 +145,8 @@ class ObjectTree:
         self.manager = ManagerInterface(self)
         self._devices: dict[str, DeviceInterface] = {}
         self._parents: dict[str, ParentInterface] = {}
+        #: GetManagedObjects and ListDevices, from a cache this tree keeps current.
+        self.reads = ReadServer(bus, self.interface_at)
 
     def export_all(self) -> None:
         """Export the manager and every object the engine knows; then follow its changes.
@@ -168,6 +159,7 @@ class ObjectTree:
             bus.quiet_exports = True
         try:
             self.bus.export(MANAGER_PATH, self.manager)
+            self.reads.changed(MANAGER_PATH)
             for parent in self.engine.parents().values():
                 self.parent_changed(parent)
             for state in self.engine.devices().values():
@@ -175,7 +167,20 @@ class ObjectTree:
         finally:
             if bus is not None:
                 bus.quiet_exports = False
+        self.reads.install()
         self.engine.attach(self)
+
+    def interface_at(
+        self, path: str
+    ) -> ManagerInterface | ParentInterface | DeviceInterface | None:
+        """Our interface exported at `path`, if any (each object has exactly one)."""
+        if path == MANAGER_PATH:
+            return self.manager
+        if path.startswith(DEVICES_PATH + "/"):
+            return self._devices.get(uuid_from_device_path(path))
+        if path.startswith(PARENTS_PATH + "/"):
+            return self._parents.get(parent_name_from_path(path))
+        return None
 
     # ---- engine.Listener -------------------------------------------------------------------
 
@@ -185,31 +190,37 @@ class ObjectTree:
             interface = DeviceInterface(self, state)
             self._devices[state.uuid] = interface
             self.bus.export(device_path(state.uuid), interface)
+            self.reads.changed(device_path(state.uuid))
             return
         before = interface.properties()
         interface.state = state
+        self.reads.changed(device_path(state.uuid))
         _emit_changes(interface, before)
 
     def device_removed(self, uuid: str) -> None:
         interface = self._devices.pop(uuid, None)
         if interface is not None:
             self.bus.unexport(device_path(uuid), interface)
+            self.reads.changed(device_path(uuid))
 
     def parent_changed(self, parent: Parent) -> None:
         interface = self._parents.get(parent.name)
         if interface is None:
             self._parents[parent.name] = ParentInterface(parent)
             self.bus.export(parent_path(parent.name), self._parents[parent.name])
+            self.reads.changed(parent_path(parent.name))
             self._refresh_parent_objects(parent.name)
             return
         before = interface.properties()
         interface.parent = parent
+        self.reads.changed(parent_path(parent.name))
         _emit_changes(interface, before)
 
     def parent_removed(self, name: str) -> None:
         interface = self._parents.pop(name, None)
         if interface is not None:
             self.bus.unexport(parent_path(name), interface)
+            self.reads.changed(parent_path(name))
             self._refresh_parent_objects(name)
 
     def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
@@ -224,6 +235,7 @@ class ObjectTree:
         """A parent came or went: its devices' `ParentObject` changes."""
         for interface in self._devices.values():
             if interface.state.parent == parent:
+                self.reads.changed(device_path(interface.state.uuid))
                 interface.emit_properties_changed(
                     {"ParentObject": interface.properties()["ParentObject"]}
                 )

@@ -1,0 +1,274 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""GetManagedObjects and ListDevices as mdevd.bus.reads serves them, against dbus-fast's own.
+
+The daemon's object tree runs here in-process (the real engine on the emulated kernel, a private
+bus), so that the same GetManagedObjects can be answered twice: by mdevd's handler, and by
+dbus-fast's own once that handler is taken off the bus. The answers must be equal, and the work
+mdevd's costs is counted: one entry per object for the first read, one per change after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from mdevd.bus import names
+from mdevd.bus.caller import CallerTracker
+from mdevd.bus.reads import ReadLimiter
+from mdevd.bus.tree import ManagedObjectBus, ObjectTree
+from mdevd.engine import Engine
+from mdevd.errors import Busy
+from mdevd.kernel import Sysfs
+from mdevd.store import DefinitionStore
+from tests.daemon.conftest import SCENARIO
+from tests.support.sim import RunningSim, running_sim
+
+pytestmark = pytest.mark.timeout(120)
+
+DEFINITIONS = 300
+#: Present parents and an absent one, so that the objects differ (ParentObject "/", Active).
+TARGETS = (
+    ("mtty", "mtty-1"),
+    ("par-a", "par-a-1"),
+    ("par-b", "par-b-1"),
+    ("0000:66:00.0", "nvidia-556"),
+)
+#: Every Device property, in ListDevices' struct order (after the object path).
+DEVICE_FIELDS = (
+    "UUID",
+    "Parent",
+    "ParentObject",
+    "Type",
+    "Active",
+    "Defined",
+    "Autostart",
+    "Attributes",
+    "SysfsPath",
+    "IommuGroup",
+    "ConfigFile",
+    "LastError",
+)
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {key: unwrap(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [unwrap(item) for item in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[RunningSim]:
+    with running_sim(SCENARIO, uevents="none") as running:
+        yield running
+
+
+@pytest.fixture
+def devices_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "devices.d"
+    directory.mkdir()
+    for index in range(DEFINITIONS):
+        uuid = f"7e7e7e7e-0000-4000-8000-{index:012x}"
+        parent, type_id = TARGETS[index % len(TARGETS)]
+        (directory / f"{uuid}.toml").write_text(
+            f'[[device]]\nuuid = "{uuid}"\nparent = "{parent}"\ntype = "{type_id}"\n'
+            f"autostart = {'true' if index % 3 == 0 else 'false'}\n"
+            f'attributes = [{{ name = "setting", value = "{index}" }}]\n'
+        )
+    return directory
+
+
+@dataclass
+class Served:
+    engine: Engine
+    tree: ObjectTree
+    client: MessageBus
+    destination: str
+
+    async def call(
+        self, path: str, interface: str, member: str, signature: str = "", body: Any = ()
+    ) -> Message:
+        message = Message(
+            destination=self.destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=list(body),
+        )
+        async with asyncio.timeout(60):
+            reply = await self.client.call(message)
+        assert reply is not None
+        return reply
+
+    async def managed_objects(self, path: str = names.ROOT_PATH) -> dict[str, Any]:
+        reply = await self.call(path, names.OBJECT_MANAGER_INTERFACE, "GetManagedObjects")
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        assert reply.signature == "a{oa{sa{sv}}}"
+        result: dict[str, Any] = unwrap(reply.body[0])
+        return result
+
+    async def list_devices(self, options: dict[str, Variant] | None = None) -> Message:
+        return await self.call(
+            names.MANAGER_PATH, names.MANAGER_INTERFACE, "ListDevices", "a{sv}", [options or {}]
+        )
+
+    async def dbus_fasts_own(self, path: str = names.ROOT_PATH) -> dict[str, Any]:
+        """The same call answered by dbus-fast's built-in handler."""
+        self.tree.reads.uninstall()
+        try:
+            return await self.managed_objects(path)
+        finally:
+            self.tree.reads.install()
+
+
+@asynccontextmanager
+async def served(address: str, sim: RunningSim, devices_dir: Path) -> AsyncIterator[Served]:
+    engine = Engine(Sysfs(sim.root), DefinitionStore([devices_dir]))
+    await engine.start()
+    bus = await ManagedObjectBus(bus_address=address).connect()
+    client = await MessageBus(bus_address=address).connect()
+    try:
+        CallerTracker(bus).install()
+
+        async def allow(method: str, interactive: bool) -> None:
+            return None
+
+        tree = ObjectTree(bus, engine, allow)
+        tree.export_all()
+        assert bus.unique_name is not None
+        yield Served(engine, tree, client, bus.unique_name)
+    finally:
+        client.disconnect()
+        bus.disconnect()
+        engine.close()
+
+
+def test_get_managed_objects_is_dbus_fasts_own_answer(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            uuid = "7e7e7e7e-1111-4000-8000-000000000001"
+            await daemon.engine.create_device("par-a", "par-a-1", uuid=uuid)
+            ours = await daemon.managed_objects()
+            theirs = await daemon.dbus_fasts_own()
+            assert len(ours) == 1 + len(daemon.engine.parents()) + DEFINITIONS + 1
+            assert ours == theirs
+            for path in ("/", "/org", names.DEVICES_PATH, names.MANAGER_PATH, "/elsewhere"):
+                assert await daemon.managed_objects(path) == await daemon.dbus_fasts_own(path)
+            # A change, then the same again: the reply follows it.
+            await daemon.engine.stop_device(uuid)
+            await daemon.engine.undefine("7e7e7e7e-0000-4000-8000-000000000001")
+            ours = await daemon.managed_objects()
+            assert ours == await daemon.dbus_fasts_own()
+            assert len(ours) == 1 + len(daemon.engine.parents()) + DEFINITIONS - 1
+
+    asyncio.run(check())
+
+
+def test_the_work_is_one_entry_per_object_then_one_per_change(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    """Linear: the first read builds each object's entry once; later reads only the changed."""
+
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reads = daemon.tree.reads
+            objects = len(await daemon.managed_objects())
+            assert reads.entries_built == objects
+            for _ in range(3):
+                await daemon.managed_objects()
+                await daemon.list_devices()
+            assert reads.entries_built == objects
+            uuid = "7e7e7e7e-1111-4000-8000-000000000002"
+            await daemon.engine.create_device("par-b", "par-b-1", uuid=uuid)
+            await daemon.managed_objects()
+            # The new device, and its parent (available_instances changed).
+            assert reads.entries_built == objects + 2
+            await daemon.engine.stop_device(uuid)
+
+    asyncio.run(check())
+
+
+def test_list_devices_is_every_device_objects_properties(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            uuid = "7e7e7e7e-1111-4000-8000-000000000003"
+            await daemon.engine.create_device(
+                "par-a", "par-a-1", uuid=uuid, attributes=(("setting", "42"),)
+            )
+            reply = await daemon.list_devices()
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+            assert reply.signature == "a(ossosbbba(ss)sissa{sv})"
+            listed = {
+                entry[0]: dict(zip(DEVICE_FIELDS, entry[1:-1], strict=True))
+                for entry in unwrap(reply.body[0])
+            }
+            assert all(entry[-1] == {} for entry in reply.body[0])
+            devices = {
+                path: interfaces[names.DEVICE_INTERFACE]
+                for path, interfaces in (await daemon.dbus_fasts_own()).items()
+                if names.DEVICE_INTERFACE in interfaces
+            }
+            assert len(listed) == len(daemon.engine.devices()) == DEFINITIONS + 1
+            assert listed == devices
+            assert listed[f"{names.DEVICES_PATH}/{uuid.replace('-', '_')}"]["Active"] is True
+            await daemon.engine.stop_device(uuid)
+
+    asyncio.run(check())
+
+
+def test_list_devices_refuses_unknown_options(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reply = await daemon.list_devices({"frobnicate": Variant("b", True)})
+            assert reply.message_type is MessageType.ERROR
+            assert reply.error_name == names.error_name("InvalidArgument")
+            assert "frobnicate" in reply.body[0]
+
+    asyncio.run(check())
+
+
+def test_turns_are_fair_between_callers_and_a_flood_is_busy() -> None:
+    async def check() -> None:
+        limiter = ReadLimiter(max_in_flight=1, per_caller=1, per_caller_waiting=3)
+        order: list[str] = []
+
+        everyone_waits = asyncio.Event()
+
+        async def read(caller: str) -> None:
+            await limiter.acquire(caller, "GetManagedObjects")
+            order.append(caller)
+            await everyone_waits.wait()
+            limiter.release(caller)
+
+        flood = [asyncio.create_task(read(":1.flood")) for _ in range(4)]
+        await asyncio.sleep(0)
+        with pytest.raises(Busy, match=r"caller :1\.flood already has 3 such calls waiting"):
+            await limiter.acquire(":1.flood", "GetManagedObjects")
+        others = [asyncio.create_task(read(caller)) for caller in (":1.a", ":1.b")]
+        await asyncio.sleep(0)
+        assert order == [":1.flood"]
+        everyone_waits.set()
+        await asyncio.gather(*flood, *others)
+        # The flood's queued calls take turns with the others, not before them.
+        assert order == [":1.flood", ":1.flood", ":1.a", ":1.b", ":1.flood", ":1.flood"]
+        assert limiter.in_flight == 0
+
+    asyncio.run(check())

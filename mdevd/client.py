@@ -30,6 +30,8 @@ from mdevd.bus.names import (
 )
 
 DEFAULT_TIMEOUT = 60.0
+#: What the bus answers for a method the daemon does not have.
+UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 
 
 class ClientError(Exception):
@@ -83,6 +85,41 @@ class DeviceInfo:
     config_file: str
     last_error: str
     parent_object: str = "/"
+
+    @classmethod
+    def from_struct(cls, struct: Sequence[Any]) -> DeviceInfo:
+        """From one ListDevices entry: the path, the Device properties in the contract's
+        order, then a dictionary of later additions (ignored here)."""
+        (
+            path,
+            uuid,
+            parent,
+            parent_object,
+            type_id,
+            active,
+            defined,
+            autostart,
+            attributes,
+            sysfs_path,
+            iommu_group,
+            config_file,
+            last_error,
+        ) = struct[:13]
+        return cls(
+            path=path,
+            uuid=uuid,
+            parent=parent,
+            type_id=type_id,
+            active=active,
+            defined=defined,
+            autostart=autostart,
+            attributes=tuple((str(n), str(v)) for n, v in attributes),
+            sysfs_path=sysfs_path,
+            iommu_group=iommu_group,
+            config_file=config_file,
+            last_error=last_error,
+            parent_object=parent_object,
+        )
 
     @classmethod
     def from_properties(cls, path: str, props: Mapping[str, Any]) -> DeviceInfo:
@@ -199,16 +236,29 @@ class Client:
         result: dict[str, dict[str, dict[str, Any]]] = _unwrap(objects)
         return result
 
+    async def list_devices(self) -> list[DeviceInfo]:
+        """Every device, from one ListDevices call (a third of GetManagedObjects' size), in no
+        particular order."""
+        (structs,) = await self.call(
+            MANAGER_PATH, MANAGER_INTERFACE, "ListDevices", "a{sv}", [_options()]
+        )
+        return [DeviceInfo.from_struct(struct) for struct in structs]
+
     async def devices(self) -> list[DeviceInfo]:
-        objects = await self.managed_objects()
-        return sorted(
-            (
+        """Every device, sorted by parent and UUID."""
+        try:
+            devices = await self.list_devices()
+        except DaemonError as error:
+            # A daemon older than ListDevices (its Features lack "list-devices").
+            if error.name != UNKNOWN_METHOD:
+                raise
+            objects = await self.managed_objects()
+            devices = [
                 DeviceInfo.from_properties(path, interfaces[DEVICE_INTERFACE])
                 for path, interfaces in objects.items()
                 if DEVICE_INTERFACE in interfaces
-            ),
-            key=lambda d: (d.parent, d.uuid),
-        )
+            ]
+        return sorted(devices, key=lambda d: (d.parent, d.uuid))
 
     async def parents(self) -> list[ParentInfo]:
         objects = await self.managed_objects()

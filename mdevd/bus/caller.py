@@ -6,12 +6,22 @@ dbus-fast runs for every incoming message before dispatching it, stores method c
 ContextVar. A sync method runs inside that same dispatch and sees its own message; an async
 method runs as a Task, and a Task copies the context when it is created, i.e. during that
 dispatch, so it keeps seeing its own message however many calls are in flight.
+
+A caller's uid comes from the bus daemon (`GetConnectionUnixUser`). The bus never gives a unique
+name to a second connection, so `CallerTracker` remembers each answer until the bus announces
+that the connection has left (NameOwnerChanged), within a bound, and asks about one connection
+once however many of its calls arrive together. Its questions share the daemon's one
+connection, and its 128 pending replies, with everything else the daemon asks, so at most
+`MAX_LOOKUPS_IN_FLIGHT` are in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import OrderedDict
 from contextvars import ContextVar
+from typing import Final
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -22,6 +32,13 @@ from mdevd.errors import Failed, Timeout
 #: How long the bus daemon may take to answer a question about a connection. It answers from
 #: memory, so this only bounds the damage of a wedged bus.
 BUS_QUERY_TIMEOUT = 5.0
+#: Connections whose uid is remembered; the longest unused is forgotten first. The system bus
+#: admits 2048 connections by default (`max_completed_connections`), so this holds them all.
+MAX_REMEMBERED_CALLERS: Final = 4096
+#: uid questions waiting for the bus daemon at once (it answers from memory, in microseconds).
+MAX_LOOKUPS_IN_FLIGHT: Final = 16
+
+log = logging.getLogger(__name__)
 
 _current_call: ContextVar[Message | None] = ContextVar("mdevd_current_call", default=None)
 
@@ -85,12 +102,27 @@ async def sender_uid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TI
 
 
 class CallerTracker:
-    """The same, bound to one connection: what the interface objects and the authorizer hold."""
+    """The same, bound to one connection: what the interface objects and the authorizer hold.
 
-    def __init__(self, bus: MessageBus, timeout: float = BUS_QUERY_TIMEOUT) -> None:
+    `uid` remembers its answers (see the module's docstring).
+    """
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        timeout: float = BUS_QUERY_TIMEOUT,
+        max_remembered: int = MAX_REMEMBERED_CALLERS,
+    ) -> None:
         self.bus = bus
         self.timeout = timeout
+        self.max_remembered = max_remembered
         self._installed = False
+        self._uids: OrderedDict[str, int] = OrderedDict()
+        self._lookups: dict[str, asyncio.Task[int]] = {}
+        # Connections that left while their uid was being looked up: not to be remembered.
+        self._departed: set[str] = set()
+        self._lookup_slots = asyncio.Semaphore(MAX_LOOKUPS_IN_FLIGHT)
+        self._watch: asyncio.Task[None] | None = None
 
     def install(self) -> None:
         """Start tracking calls on the connection. Idempotent."""
@@ -101,5 +133,83 @@ class CallerTracker:
     def current_sender(self) -> str:
         return current_sender()
 
+    def remembered(self) -> int:
+        """How many connections' uids are remembered now."""
+        return len(self._uids)
+
     async def uid(self, sender: str) -> int:
-        return await sender_uid(self.bus, sender, self.timeout)
+        """`sender_uid`, remembered for the life of the connection `sender`."""
+        self._watch_departures()
+        uid = self._uids.get(sender)
+        if uid is not None:
+            self._uids.move_to_end(sender)
+            return uid
+        lookup = self._lookups.get(sender)
+        if lookup is None:
+            lookup = asyncio.get_running_loop().create_task(self._look_up(sender))
+            self._lookups[sender] = lookup
+            # A lookup whose every waiter was cancelled must not log "never retrieved".
+            lookup.add_done_callback(lambda task: task.cancelled() or task.exception())
+        # Shielded: one waiter's cancellation must not fail the others' shared lookup.
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, sender: str) -> int:
+        try:
+            async with self._lookup_slots:
+                uid = await sender_uid(self.bus, sender, self.timeout)
+        finally:
+            del self._lookups[sender]
+            departed = sender in self._departed
+            self._departed.discard(sender)
+        if not departed:
+            self._uids[sender] = uid
+            while len(self._uids) > self.max_remembered:
+                self._uids.popitem(last=False)
+        return uid
+
+    def _watch_departures(self) -> None:
+        if self._watch is not None:
+            return
+        self.bus.add_message_handler(self._on_message)
+        self._watch = asyncio.get_running_loop().create_task(self._subscribe())
+
+    async def _subscribe(self) -> None:
+        # Only departures (new owner ""): unique names that leave, and well-known names
+        # released, which the handler ignores.
+        rule = (
+            f"type='signal',sender='{names.DBUS_BUS_NAME}',interface='{names.DBUS_INTERFACE}',"
+            "member='NameOwnerChanged',arg2=''"
+        )
+        query = Message(
+            destination=names.DBUS_BUS_NAME,
+            path=names.DBUS_PATH,
+            interface=names.DBUS_INTERFACE,
+            member="AddMatch",
+            signature="s",
+            body=[rule],
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self.bus.call(query)
+        except Exception as error:  # a timeout, a closed connection
+            failure = str(error) or type(error).__name__
+        else:
+            if reply is not None and reply.message_type is not MessageType.ERROR:
+                return
+            failure = "no reply" if reply is None else str(reply.error_name)
+        # Still correct (a unique name is never reused): uids are only kept until evicted.
+        log.warning("cannot follow callers leaving the bus: %s", failure)
+
+    def _on_message(self, message: Message) -> None:
+        # Returns None, never True: the message goes on to whoever else handles it.
+        if (
+            message.message_type is MessageType.SIGNAL
+            and message.member == "NameOwnerChanged"
+            and message.sender == names.DBUS_BUS_NAME
+            and message.signature == "sss"
+        ):
+            name, _, new_owner = message.body
+            if name.startswith(":") and not new_owner:
+                self._uids.pop(name, None)
+                if name in self._lookups:
+                    self._departed.add(name)

@@ -20,8 +20,6 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyudev
-
 from mdevd.client import Client
 from mdevd.definitions import render
 from mdevd.model import Definition
@@ -206,38 +204,6 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError("benchmark: a condition did not come true in time")
             time.sleep(0.002)
-
-
-class BindWatcher:
-    """The emulated kernel's `bind` uevents of mdev devices, read from udev's netlink group.
-
-    A clock that stops at the last device's `bind` needs no polling of sysfs, which would
-    load the emulated kernel the contenders are timed on.
-    """
-
-    def __init__(self) -> None:
-        self.monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source="udev")
-        self.monitor.set_receive_buffer_size(32 * 1024 * 1024)
-        self.monitor.start()
-
-    def drain(self) -> None:
-        while self.monitor.poll(timeout=0) is not None:
-            pass
-
-    def wait_for_binds(self, uuids: set[str], timeout: float = 300) -> float:
-        """Block until every one of `uuids` was bound; the perf_counter time of the last."""
-        missing = set(uuids)
-        deadline = time.monotonic() + timeout
-        last = time.perf_counter()
-        while missing:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(missing)} of {len(uuids)} devices were never bound")
-            # None also when libudev dropped a message it read: not a timeout, poll again.
-            device = self.monitor.poll(timeout=max(0.01, deadline - time.monotonic()))
-            if device is not None and device.action == "bind" and device.subsystem == "mdev":
-                missing.discard(device.sys_name)
-                last = time.perf_counter()
-        return last
 
 
 @contextmanager

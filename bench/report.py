@@ -3,7 +3,10 @@
 
 A row is one thing measured in one run: mdevd's samples, the samples of its mdevctl counterpart
 (taken alternately with mdevd's, so that drift in the machine's load hits both), and a floor
-where one exists. The ratio is mdevctl's median over mdevd's: above 1, mdevd is faster.
+where one exists (the least any tool must spend: the raw sysfs writes, a durable file write, an
+interpreter that does nothing). Two ratios: mdevctl's median over mdevd's (above 1, mdevd is
+faster), and mdevd's median over the floor's (how many times the floor mdevd takes; 1 is the
+best possible).
 """
 
 from __future__ import annotations
@@ -67,11 +70,48 @@ class Row:
             return None
         return self.mdevctl.median / self.mdevd.median
 
+    @property
+    def floor_ratio(self) -> float | None:
+        """mdevd's median over the floor's: how many times the floor mdevd takes."""
+        if self.floor is None or not self.floor.samples or self.floor.median == 0:
+            return None
+        if not self.mdevd.samples:
+            return None
+        return self.mdevd.median / self.floor.median
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Row:
+        """A row as `Report.to_json` wrote it (the real-kernel guest's rows reach the host so)."""
+
+        def stats(value: object) -> Stats | None:
+            if not isinstance(value, dict):
+                return None
+            return Stats(tuple(float(s) for s in value["samples"]))
+
+        mdevd = stats(data["mdevd"])
+        assert mdevd is not None, data
+        return cls(
+            group=str(data["group"]),
+            name=str(data["name"]),
+            unit=str(data["unit"]),
+            mdevd=mdevd,
+            mdevctl=stats(data.get("mdevctl")),
+            floor=stats(data.get("floor")),
+            note=str(data.get("note", "")),
+        )
+
+
+#: What the emulated-kernel run is (the first line of its table and the plot's title).
+EMULATED_TITLE = "mdevd beside mdevctl on the same emulated kernel (mdevd-sim, FUSE)"
+
 
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
+    title: str = EMULATED_TITLE
+    #: The results' file names: `<stem>.md`, `<stem>.json`, `<stem>.png`.
+    stem: str = "latest"
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -80,27 +120,34 @@ class Report:
     @staticmethod
     def format_row(row: Row) -> str:
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        floor_ratio = f"{row.floor_ratio:.1f}x" if row.floor_ratio is not None else ""
         mdevctl = row.mdevctl.cell(row.unit) if row.mdevctl else ""
         floor = row.floor.cell(row.unit) if row.floor else ""
         return (
             f"| {row.group} | {row.name} | {row.mdevd.cell(row.unit)} | {mdevctl} | {ratio} "
-            f"| {floor} | {row.note} |"
+            f"| {floor} | {floor_ratio} | {row.note} |"
         )
 
     def table(self) -> str:
         lines = [
             "| group | measurement | mdevd median [min-max] | mdevctl median [min-max] "
-            "| ratio (mdevctl/mdevd) | floor | note |",
-            "|---|---|---|---|---|---|---|",
+            "| ratio (mdevctl/mdevd) | floor median [min-max] | mdevd/floor | note |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines.extend(self.format_row(row) for row in self.rows)
         return "\n".join(lines)
 
     def to_json(self) -> str:
         data = {
+            "title": self.title,
             "machine": self.machine,
             "rows": [
-                {**asdict(row), "ratio": row.ratio, "mdevd_median": row.mdevd.median}
+                {
+                    **asdict(row),
+                    "ratio": row.ratio,
+                    "floor_ratio": row.floor_ratio,
+                    "mdevd_median": row.mdevd.median,
+                }
                 for row in self.rows
             ],
         }
@@ -108,10 +155,10 @@ class Report:
 
     def write(self, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
-        written = [directory / "latest.md", directory / "latest.json"]
-        written[0].write_text(self.machine_line() + "\n\n" + self.table() + "\n")
+        written = [directory / f"{self.stem}.md", directory / f"{self.stem}.json"]
+        written[0].write_text(f"{self.title}\n\n{self.machine_line()}\n\n{self.table()}\n")
         written[1].write_text(self.to_json() + "\n")
-        plot = directory / "latest.png"
+        plot = directory / f"{self.stem}.png"
         if self.plot(plot):
             written.append(plot)
         return written
@@ -140,7 +187,7 @@ class Report:
         axes.set_xscale("log")
         axes.invert_yaxis()
         axes.set_xlabel("mdevctl time / mdevd time (log scale; right of 1: mdevd is faster)")
-        axes.set_title("mdevd beside mdevctl on the same emulated kernel")
+        axes.set_title(self.title, fontsize=9)
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)

@@ -22,12 +22,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from bench.harness import MDEVCTL_DIR, PARENT, TYPE, Bench, BindWatcher, bench_uuid
+from bench.harness import MDEVCTL_DIR, PARENT, TYPE, Bench, bench_uuid
+from bench.measure import BindWatcher, Measure, alternate, timed_command
 from bench.report import Report, Row, Stats
 from mdevd.bus.names import BUS_NAME, OBJECT_MANAGER_INTERFACE, ROOT_PATH
 from mdevd.client import Client, Event
-
-Measure = Callable[[], Awaitable[float]]
 
 
 @dataclass(frozen=True)
@@ -43,24 +42,6 @@ class Settings:
     #: with `--cycles 100000`; the default keeps the whole run within a few minutes.
     cycles: int = 5_000
     events: int = 200
-
-
-async def alternate(repetitions: int, *measures: Measure) -> list[Stats]:
-    """Run each measure once per repetition, in turn; their samples, in the same order."""
-    samples: list[list[float]] = [[] for _ in measures]
-    for _ in range(repetitions):
-        for index, measure in enumerate(measures):
-            samples[index].append(await measure())
-    return [Stats(tuple(s)) for s in samples]
-
-
-def timed_command(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return elapsed
 
 
 def mdevdctl_argv(bench: Bench, *args: str) -> list[str]:

@@ -53,7 +53,8 @@ def test_the_quick_run_measures_every_group(tmp_path: Path) -> None:
     assert with_mdevctl and all(row["ratio"] is not None for row in with_mdevctl)
     table = (tmp_path / "latest.md").read_text()
     assert "ratio (mdevctl/mdevd)" in table
-    assert len(table.splitlines()) == len(data["rows"]) + 4  # machine line, blank, head, rule
+    # title, blank, machine line, blank, head, rule
+    assert len(table.splitlines()) == len(data["rows"]) + 6
 
 
 def test_a_profile_run_leaves_the_daemons_profile(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 
 Run it through `scripts/bench`, which installs what it needs and enters the private namespaces
 the side-by-side setup requires. `--quick` shrinks every size (a smoke run for tests).
+`--real-kernel` runs the rows on real kernels instead (`bench/realkernel.py`): this host's
+sysfs and disk, and a guest booted with Debian's kernel and the mtty sample driver.
 """
 
 from __future__ import annotations
@@ -65,7 +67,20 @@ def main(argv: list[str] | None = None) -> int:
         help="sample every daemon with py-spy: one file per daemon start in DIR, with a "
         "text summary beside each",
     )
+    parser.add_argument(
+        "--real-kernel",
+        action="store_true",
+        help="the rows on this host's sysfs and in a real-kernel guest (with --quick: CI's "
+        "short run), instead of the emulated kernel",
+    )
     args = parser.parse_args(argv)
+    if args.real_kernel:
+        if args.only or args.cycles is not None:
+            parser.error("--real-kernel runs its own groups: no --only, no --cycles")
+        from bench import realkernel  # imports the guest harness, which the default run needs not
+
+        asyncio.run(realkernel.run(args.results, short=args.quick, profile=args.profile))
+        return 0
     if args.profile is not None and not PY_SPY.exists():
         parser.error(f"--profile needs py-spy ({PY_SPY}): pip install py-spy, or scripts/bootstrap")
     settings = QUICK if args.quick else rows.Settings()

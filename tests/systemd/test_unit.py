@@ -95,3 +95,15 @@ def test_every_directory_mdevd_writes_is_writable_in_the_sandbox() -> None:
 def test_runtime_definitions_survive_a_restart() -> None:
     # A provisioning tool may have written /run/mdevd/devices.d before mdevd started.
     assert service()["RuntimeDirectoryPreserve"] == ["yes"]
+
+
+def test_libvirt_starts_after_mdevd_monolithic_or_modular() -> None:
+    # libvirt's node-device driver runs `mdevctl list` when it starts: inside libvirtd
+    # (monolithic, Debian 12) or virtnodedevd (modular: Fedora, RHEL, Debian 13); VMs that
+    # autostart run in libvirtd or virtqemud. Each must find mdevd's devices and name there.
+    before = " ".join(read_unit(UNIT)["Unit"]["Before"]).split()
+    for unit in ("libvirtd.service", "virtnodedevd.service", "virtqemud.service"):
+        assert unit in before, f"{unit} may start before mdevd: {before}"
+    # and never the other way round, which would make a cycle
+    after = " ".join(read_unit(UNIT)["Unit"].get("After", [])).split()
+    assert not {"libvirtd.service", "virtnodedevd.service", "virtqemud.service"} & set(after)

@@ -3,8 +3,8 @@
 
 Every path is built under a configurable root (`/sys` in production, an emulated kernel's mount
 in tests) from names that passed `mdevd.validate` first, and every errno the kernel answers is
-turned into one of the project's typed errors. The facts this follows are in
-`shared/notes/kernel-mdev-abi.md`.
+turned into one of the project's typed errors. The facts this follows (paths, errnos,
+uevents, the 36/37-byte UUID write) are in docs/kernel-abi.md.
 
 The functions are synchronous: sysfs I/O is fast except where the kernel blocks (removing a
 device a VM holds open), so the daemon calls them from worker threads, never on its event loop.

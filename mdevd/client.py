@@ -2,23 +2,39 @@
 """A small asyncio client for mdevd's D-Bus API, for `mdevdctl` and for managers to import.
 
 It speaks only the public contract (`dbus/org.mdevd.Mdevd1.xml`): no private channel exists.
-Every call has a timeout (dbus-fast has none of its own). Errors from the daemon arrive as
-`DaemonError` carrying the contract's error name, so callers branch on names, not on text.
+Every call has a timeout (dbus-fast has none of its own); running out of it raises
+`CallTimeout`, which is the client's own verdict, never the daemon's `Error.Timeout`. Errors
+from the daemon arrive as one subclass of `DaemonError` per contract error (`NotFound`,
+`Exists`, ...), each keeping the full D-Bus name in `name`, so callers branch on classes or on
+names, not on text. `SyncClient` is the same API for programs without an asyncio loop.
+docs/client.md is the guide.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import threading
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from mdevd.bus.names import (
     BUS_NAME,
+    DBUS_BUS_NAME,
+    DBUS_INTERFACE,
+    DBUS_PATH,
     DEVICE_INTERFACE,
     DEVICES_PATH,
     ERROR_PREFIX,
@@ -26,20 +42,38 @@ from mdevd.bus.names import (
     MANAGER_PATH,
     OBJECT_MANAGER_INTERFACE,
     PARENT_INTERFACE,
+    PARENTS_PATH,
+    PROPERTIES_INTERFACE,
     ROOT_PATH,
 )
 
 DEFAULT_TIMEOUT = 60.0
 #: What the bus answers for a method the daemon does not have.
 UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+#: What dbus-fast answers for a path it exports nothing at (versions differ).
+_NO_SUCH_OBJECT = {"org.freedesktop.DBus.Error.UnknownObject", UNKNOWN_METHOD}
 
 
 class ClientError(Exception):
-    """Anything that kept a call from getting the daemon's answer."""
+    """Anything that kept a call from getting the daemon's answer (base of every error here)."""
+
+
+class CallTimeout(ClientError, TimeoutError):
+    """No answer within the client's own timeout. The daemon may still complete the call (a
+    create may have happened): retry with the same UUID, which is safe."""
+
+    def __init__(self, member: str, timeout: float) -> None:
+        super().__init__(f"{member}: no answer within {timeout:g} s")
+        self.member = member
+        self.timeout = timeout
 
 
 class DaemonError(ClientError):
-    """The daemon answered with an error; `name` is the full D-Bus error name."""
+    """An error answer; `name` is the full D-Bus error name.
+
+    Constructing `DaemonError(name, message)` directly still works (older callers do); answers
+    from the daemon arrive as the subclass for their name (`error_for`).
+    """
 
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
@@ -50,6 +84,133 @@ class DaemonError(ClientError):
     def short_name(self) -> str:
         """`NotFound` for `org.mdevd.Mdevd1.Error.NotFound`; the full name for foreign errors."""
         return self.name.removeprefix(ERROR_PREFIX)
+
+
+class DaemonNotRunning(DaemonError):
+    """The bus answered that nobody owns `org.mdevd.Mdevd1` (ServiceUnknown, NameHasNoOwner):
+    mdevd is not running, or not yet. A DaemonError for callers written before it existed."""
+
+
+# One class per error of the contract (docs/dbus-api.md, "Errors"), named as the contract names
+# it. The three NotAuthorized* share a base so "was I refused?" is one except clause.
+class Failed(DaemonError):
+    """The operation failed for a reason the contract has no other name for."""
+
+
+class NotAuthorized(DaemonError):
+    """polkit refused the caller."""
+
+
+class NotAuthorizedCanObtain(NotAuthorized):
+    """Refused, but interactive authentication (`auth.interactive`) could grant it."""
+
+
+class NotAuthorizedDismissed(NotAuthorized):
+    """The user dismissed the authentication dialog."""
+
+
+class InvalidArgument(DaemonError):
+    """A malformed argument or an unknown option key."""
+
+
+class ParentNotFound(DaemonError):
+    """No such parent device (not registered with mdev)."""
+
+
+class TypeNotSupported(DaemonError):
+    """The parent does not support that type."""
+
+
+class NoInstancesAvailable(DaemonError):
+    """The type has no room left on the parent."""
+
+
+class Exists(DaemonError):
+    """The UUID is in use by a different device or definition."""
+
+
+class NotFound(DaemonError):
+    """No device with that UUID."""
+
+
+class AlreadyActive(DaemonError):
+    """Start of a running device."""
+
+
+class NotActive(DaemonError):
+    """Stop of a device that is not running."""
+
+
+class NotDefined(DaemonError):
+    """The operation needs a definition and the device has none."""
+
+
+class Busy(DaemonError):
+    """The device is in use (a VM holds its vfio group), or the caller has too many calls
+    waiting; in the latter case nothing was done: retry once the earlier calls are answered."""
+
+
+class AttributeRejected(DaemonError):
+    """The kernel refused an attribute write; the device was rolled back."""
+
+
+class Timeout(DaemonError):
+    """The daemon's own deadline (e.g. the kernel did not answer) expired. Not `CallTimeout`."""
+
+
+class ConfigInvalid(DaemonError):
+    """A definition file or the configuration is invalid."""
+
+
+class ReadOnly(DaemonError):
+    """The definition cannot be changed (read-only directory or file)."""
+
+
+class Vetoed(DaemonError):
+    """An mdevctl callout script refused the operation; the message carries its output."""
+
+
+#: Contract error short name -> its class.
+ERRORS: dict[str, type[DaemonError]] = {
+    cls.__name__: cls
+    for cls in (
+        Failed,
+        NotAuthorized,
+        NotAuthorizedCanObtain,
+        NotAuthorizedDismissed,
+        InvalidArgument,
+        ParentNotFound,
+        TypeNotSupported,
+        NoInstancesAvailable,
+        Exists,
+        NotFound,
+        AlreadyActive,
+        NotActive,
+        NotDefined,
+        Busy,
+        AttributeRejected,
+        Timeout,
+        ConfigInvalid,
+        ReadOnly,
+        Vetoed,
+    )
+}
+_NOT_RUNNING = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+}
+
+
+def error_for(name: str, message: str) -> DaemonError:
+    """The exception for an error answer: its contract class, else a plain DaemonError."""
+    if name in _NOT_RUNNING:
+        return DaemonNotRunning(name, message)
+    cls = (
+        ERRORS.get(name.removeprefix(ERROR_PREFIX), DaemonError)
+        if name.startswith(ERROR_PREFIX)
+        else DaemonError
+    )
+    return cls(name, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +303,20 @@ class DeviceInfo:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One thing the daemon reported: a `DeviceEvent`, or an object added or removed."""
+    """One thing the daemon reported, or the bus reported about the daemon.
 
-    kind: str  # "device-event", "added", "removed"
+    `kind`: "device-event" (a DeviceEvent: `event`, `details`), "added", "removed" (objects),
+    and, when asked for, "properties-changed" (`properties`: the new values of a device's or a
+    parent's properties) and "daemon-stopped" / "daemon-started" (the bus name lost or got an
+    owner: mdevd stopped, crashed or restarted; `details["owner"]` is the new unique name).
+    """
+
+    kind: str
     path: str
     uuid: str = ""
     event: str = ""
     details: dict[str, str] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 def _unwrap(value: Any) -> Any:
@@ -159,6 +327,13 @@ def _unwrap(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_unwrap(v) for v in value]
     return value
+
+
+def _uuid_of(path: str) -> str:
+    """The UUID in a device's object path, "" for any other path."""
+    if path.startswith(DEVICES_PATH + "/"):
+        return path.rsplit("/", 1)[-1].replace("_", "-")
+    return ""
 
 
 def _options(**values: Any) -> dict[str, Variant]:
@@ -219,14 +394,12 @@ class Client:
             async with asyncio.timeout(self.timeout):
                 reply = await self.bus.call(message)
         except TimeoutError as exc:
-            raise DaemonError(
-                ERROR_PREFIX + "Timeout", f"{member}: no answer within {self.timeout:g} s"
-            ) from exc
+            raise CallTimeout(member, self.timeout) from exc
         if reply is None:
             raise ClientError(f"{member}: no reply")
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
-            raise DaemonError(reply.error_name or "", str(text))
+            raise error_for(reply.error_name or "", str(text))
         return list(reply.body)
 
     # ---- reads -------------------------------------------------------------------------------
@@ -313,7 +486,28 @@ class Client:
         uuid: str | None = None,
         attributes: Sequence[tuple[str, str]] = (),
         force: bool | None = None,
+    ) -> DeviceInfo:
+        """Create a transient device; return it as it is once created (one more read).
+
+        Pass `uuid` (uuid4) to make a retry after a `CallTimeout` safe: the same request
+        again returns the same device instead of making a second one.
+        """
+        path = await self.create_device_path(
+            parent, type_id, uuid=uuid, attributes=attributes, force=force
+        )
+        return await self._device_at(path, parent, type_id, attributes)
+
+    async def create_device_path(
+        self,
+        parent: str,
+        type_id: str,
+        *,
+        uuid: str | None = None,
+        attributes: Sequence[tuple[str, str]] = (),
+        force: bool | None = None,
     ) -> str:
+        """As `create_device`, returning only the object path (what `create_device` returned
+        before it returned the device): one round trip, for loops that need no more."""
         options = _options(
             uuid=uuid, attributes=attributes or None, force=force, auth_interactive=self._auth()
         )
@@ -321,6 +515,34 @@ class Client:
             MANAGER_PATH, MANAGER_INTERFACE, "CreateDevice", "ssa{sv}", [parent, type_id, options]
         )
         return str(path)
+
+    async def _device_at(
+        self, path: str, parent: str, type_id: str, attributes: Sequence[tuple[str, str]]
+    ) -> DeviceInfo:
+        try:
+            (props,) = await self.call(
+                path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE]
+            )
+        except DaemonError as error:
+            if error.name not in _NO_SUCH_OBJECT:
+                raise
+            # Created, then stopped by someone else before we looked: the create did happen,
+            # so report the device as it now is (gone) rather than fail the call.
+            return DeviceInfo(
+                path=path,
+                uuid=path.rsplit("/", 1)[-1].replace("_", "-"),
+                parent=parent,
+                type_id=type_id,
+                active=False,
+                defined=False,
+                autostart=False,
+                attributes=tuple(attributes),
+                sysfs_path="",
+                iommu_group=-1,
+                config_file="",
+                last_error="",
+            )
+        return DeviceInfo.from_properties(path, _unwrap(props))
 
     async def define_device(
         self,
@@ -426,8 +648,20 @@ class Client:
 
     # ---- events ------------------------------------------------------------------------------
 
-    async def events(self, ready: Callable[[], None] | None = None) -> AsyncIterator[Event]:
+    async def events(
+        self,
+        ready: Callable[[], None] | None = None,
+        *,
+        property_changes: bool = False,
+        daemon_restarts: bool = False,
+    ) -> AsyncGenerator[Event, None]:
         """Every DeviceEvent and object added/removed, until the caller stops iterating.
+
+        `property_changes` adds a "properties-changed" event per PropertiesChanged of a device
+        or parent; `daemon_restarts` adds "daemon-stopped"/"daemon-started" when the daemon's
+        bus name loses or gains an owner. Both are opt-in so that consumers written before them
+        see the stream they expect. The subscription survives a daemon restart (the bus matches
+        the name's current owner), so one iteration spans restarts.
 
         `ready` is called once the subscription is in place: whatever happens after that is
         seen. Losing the bus connection raises ClientError (a monitor must not wait forever).
@@ -437,23 +671,56 @@ class Client:
         def on_message(message: Message) -> None:
             if message.message_type != MessageType.SIGNAL:
                 return
+            signal_path = message.path or ""
             if message.member == "DeviceEvent" and message.interface == MANAGER_INTERFACE:
                 device, uuid, event, details = message.body
                 queue.put_nowait(Event("device-event", device, uuid, event, _unwrap(details)))
             elif message.interface == OBJECT_MANAGER_INTERFACE and message.path == ROOT_PATH:
                 path = message.body[0]
                 kind = "added" if message.member == "InterfacesAdded" else "removed"
-                uuid = (
-                    path.rsplit("/", 1)[-1].replace("_", "-")
-                    if path.startswith(DEVICES_PATH + "/")
-                    else ""
+                queue.put_nowait(Event(kind, path, _uuid_of(path)))
+            elif (
+                property_changes
+                and message.interface == PROPERTIES_INTERFACE
+                and message.member == "PropertiesChanged"
+                and signal_path.startswith((DEVICES_PATH + "/", PARENTS_PATH + "/"))
+            ):
+                _, changed, _ = message.body
+                queue.put_nowait(
+                    Event(
+                        "properties-changed",
+                        signal_path,
+                        _uuid_of(signal_path),
+                        properties=_unwrap(changed),
+                    )
                 )
-                queue.put_nowait(Event(kind, path, uuid))
+            elif (
+                daemon_restarts
+                and message.sender == DBUS_BUS_NAME
+                and message.member == "NameOwnerChanged"
+                and message.body[0] == BUS_NAME
+            ):
+                _, old_owner, new_owner = message.body
+                # A replacement (both set) is a stop and a start: report both.
+                if old_owner:
+                    queue.put_nowait(Event("daemon-stopped", "", details={"owner": ""}))
+                if new_owner:
+                    queue.put_nowait(Event("daemon-started", "", details={"owner": new_owner}))
 
         rules = [
             f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_INTERFACE}',member='DeviceEvent'",
             f"type='signal',sender='{BUS_NAME}',interface='{OBJECT_MANAGER_INTERFACE}'",
         ]
+        if property_changes:
+            rules.append(
+                f"type='signal',sender='{BUS_NAME}',interface='{PROPERTIES_INTERFACE}',"
+                "member='PropertiesChanged'"
+            )
+        if daemon_restarts:
+            rules.append(
+                f"type='signal',sender='{DBUS_BUS_NAME}',interface='{DBUS_INTERFACE}',"
+                f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
+            )
         self.bus.add_message_handler(on_message)
         # dbus-fast leaves wait_for_disconnect unannotated.
         disconnected = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
@@ -466,11 +733,18 @@ class Client:
                 while not queue.empty():
                     yield queue.get_nowait()
                 next_event = asyncio.ensure_future(queue.get())
-                await asyncio.wait({next_event, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-                if next_event.done():
+                try:
+                    await asyncio.wait(
+                        {next_event, disconnected}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    # Cancelled while waiting (a SyncClient's idle timeout, Ctrl-C): leave no
+                    # getter behind on the queue.
+                    if not next_event.done():
+                        next_event.cancel()
+                if next_event.done() and not next_event.cancelled():
                     yield next_event.result()
                     continue
-                next_event.cancel()
                 while not queue.empty():
                     yield queue.get_nowait()
                 reason = "" if disconnected.cancelled() else disconnected.exception()
@@ -483,9 +757,9 @@ class Client:
 
     async def _add_match(self, rule: str) -> None:
         message = Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
+            destination=DBUS_BUS_NAME,
+            path=DBUS_PATH,
+            interface=DBUS_INTERFACE,
             member="AddMatch",
             signature="s",
             body=[rule],
@@ -494,3 +768,137 @@ class Client:
             reply = await self.bus.call(message)
         if reply is not None and reply.message_type == MessageType.ERROR:
             raise ClientError(f"AddMatch failed: {reply.error_name}")
+
+
+# ---- the synchronous facade ---------------------------------------------------------------------
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _blocking(
+    method: Callable[Concatenate[Client, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncClient, P], T]:
+    """`Client.method` as a blocking method of SyncClient, with the same parameters."""
+
+    def call(self: SyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self.client, *args, **kwargs))
+
+    call.__name__ = method.__name__
+    call.__qualname__ = f"SyncClient.{method.__name__}"
+    call.__doc__ = method.__doc__
+    return call
+
+
+class SyncClient:
+    """The Client API for programs without an asyncio loop (Nova-style managers, scripts).
+
+    dbus-fast is asyncio only, so the connection lives on a private loop in a daemon thread of
+    its own; each method hands its call to that loop and blocks until the answer (or the
+    client's timeout). The methods and exceptions are `Client`'s. Safe to use from several
+    threads: calls are queued on the one connection. Close it (or use `with`) when done.
+    """
+
+    def __init__(self, address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="mdevd-client", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.client: Client = self._run(Client.connect(address, timeout))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def interactive(self) -> bool:
+        return self.client.interactive
+
+    @interactive.setter
+    def interactive(self, value: bool) -> None:
+        self.client.interactive = value
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("SyncClient called from its own loop; use Client there")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def disconnect() -> None:
+            self.client.close()
+
+        self._run(disconnect())
+        self._stop_loop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    list_devices = _blocking(Client.list_devices)
+    devices = _blocking(Client.devices)
+    parents = _blocking(Client.parents)
+    device = _blocking(Client.device)
+    get_device = _blocking(Client.get_device)
+    manager_properties = _blocking(Client.manager_properties)
+    managed_objects = _blocking(Client.managed_objects)
+    create_device = _blocking(Client.create_device)
+    create_device_path = _blocking(Client.create_device_path)
+    define_device = _blocking(Client.define_device)
+    start = _blocking(Client.start)
+    stop = _blocking(Client.stop)
+    define = _blocking(Client.define)
+    undefine = _blocking(Client.undefine)
+    query_attributes = _blocking(Client.query_attributes)
+    update = _blocking(Client.update)
+    reload = _blocking(Client.reload)
+
+    def events(
+        self,
+        ready: Callable[[], None] | None = None,
+        *,
+        property_changes: bool = False,
+        daemon_restarts: bool = False,
+        idle_timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """`Client.events` as a blocking iterator. Events arriving between two `next()` are
+        kept, not lost. `idle_timeout`: end the iteration (no exception) after that many
+        seconds without an event; None waits for ever. `ready` runs on the client's thread."""
+        stream = self.client.events(
+            ready, property_changes=property_changes, daemon_restarts=daemon_restarts
+        )
+        try:
+            while True:
+                pending = asyncio.run_coroutine_threadsafe(
+                    _next_or_idle(stream, idle_timeout), self._loop
+                )
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                if event is None:
+                    return
+                yield event
+        finally:
+            if not self._loop.is_closed():
+                asyncio.run_coroutine_threadsafe(stream.aclose(), self._loop).result()
+
+
+async def _next_or_idle(stream: AsyncIterator[Event], idle_timeout: float | None) -> Event | None:
+    """The next event, or None after `idle_timeout` seconds without one."""
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await anext(stream)
+    except TimeoutError:
+        return None

@@ -321,8 +321,16 @@ class Session:
                 )
         raise CommandError(f"Unable to find parent device '{name}'")
 
-    async def check_creatable(self, uuid: str, parent_name: str, type_id: str) -> None:
-        """mdevctl's checks before writing `create`, in its order and with its words."""
+    async def check_not_running(self, uuid: str, parent_name: str, type_id: str) -> None:
+        """mdevctl's first check before writing `create`, with its words.
+
+        Only this one is made here: the daemon takes an identical create of a running device
+        for a retry that succeeded, and would answer it without an error. The parent and the
+        type are left to the daemon, which checks them inside the callout transaction, so
+        that `pre`, `post` with `failure` and the notifiers run as mdevctl runs them
+        (`start_failure` then words the refusal as mdevctl does). Nor is
+        `available_instances` looked at: the kernel's answer to the create is the truth.
+        """
         existing = await self.device(uuid)
         if existing is not None and existing.active:
             if existing.parent != parent_name:
@@ -330,11 +338,18 @@ class Session:
             if existing.type_id != type_id:
                 raise CommandError("Device exists with different type")
             raise CommandError("Device already exists")
-        parent = await self.parent(parent_name)
-        if type_id not in parent.types:
-            raise CommandError(f"Parent {parent_name} does not support mdev type {type_id}")
-        # No look at available_instances: the kernel's answer to the create is the truth
-        # (NoInstancesAvailable, in mdevctl's words below), a count read earlier is not.
+
+    async def start_failure(
+        self, e: DaemonError, uuid: str, parent: str, type_id: str
+    ) -> CommandError:
+        """The daemon's refusal of a create, in mdevctl's words; a missing parent with the
+        case hint mdevctl gives (`-p MTTY`: "Did you mean 'mtty'?")."""
+        if e.short_name == "ParentNotFound":
+            try:
+                await self.parent(parent)
+            except CommandError as worded:
+                return worded
+        return _create_error(e, uuid, parent, type_id)
 
 
 _NO_ATTRIBUTE_RE = re.compile(r"has no attribute '(?P<name>.*)'\Z")
@@ -374,7 +389,7 @@ def _create_error(e: DaemonError, uuid: str, parent: str, type_id: str) -> Comma
         return CommandError(f"No available instances of {type_id} on {parent}")
     if short == "AlreadyActive":
         return CommandError("Device already exists")
-    # Exists here is not a running twin (`check_creatable` answered that in mdevctl's
+    # Exists here is not a running twin (`check_not_running` answered that in mdevctl's
     # words) but mdevd's one device per UUID: a definition elsewhere. Its message says so.
     return _daemon_error(e)
 
@@ -460,11 +475,13 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                     f"{existing.parent}); mdevd keeps one device per UUID: start it with "
                     f"`mdevctl start -u {uuid}` or change its definition first"
                 )
-            await session.check_creatable(uuid, existing.parent, existing.type_id)
+            await session.check_not_running(uuid, existing.parent, existing.type_id)
             try:
                 await client.start(uuid, force=args.force or None)
             except DaemonError as e:
-                raise _create_error(e, uuid, existing.parent, existing.type_id) from None
+                raise await session.start_failure(
+                    e, uuid, existing.parent, existing.type_id
+                ) from None
         else:
             await _create_transient(session, wanted, args.force)
     else:
@@ -479,11 +496,13 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                     f"Device {defined.uuid} already exists on parent {defined.parent} "
                     f"with type {defined.type_id}"
                 )
-            await session.check_creatable(defined.uuid, defined.parent, defined.type_id)
+            await session.check_not_running(defined.uuid, defined.parent, defined.type_id)
             try:
                 await client.start(defined.uuid, force=args.force or None)
             except DaemonError as e:
-                raise _create_error(e, defined.uuid, defined.parent, defined.type_id) from None
+                raise await session.start_failure(
+                    e, defined.uuid, defined.parent, defined.type_id
+                ) from None
             return
         if args.mdev_type is not None and args.parent is None:
             raise CommandError("can't provide type without parent")
@@ -496,7 +515,7 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
 
 
 async def _create_transient(session: Session, wanted: Definition, force: bool) -> None:
-    await session.check_creatable(wanted.uuid, wanted.parent, wanted.type_id)
+    await session.check_not_running(wanted.uuid, wanted.parent, wanted.type_id)
     try:
         await session.client.create_device(
             wanted.parent,
@@ -506,7 +525,7 @@ async def _create_transient(session: Session, wanted: Definition, force: bool) -
             force=force or None,
         )
     except DaemonError as e:
-        raise _create_error(e, wanted.uuid, wanted.parent, wanted.type_id) from None
+        raise await session.start_failure(e, wanted.uuid, wanted.parent, wanted.type_id) from None
 
 
 def _caller_holds_group(group: int) -> bool:

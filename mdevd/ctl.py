@@ -2,22 +2,33 @@
 """`mdevdctl`: the command-line client of mdevd. It talks only D-Bus, through `mdevd.client`.
 
 Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
-3 the daemon could not be reached; 4 not authorized; 5 no such device or parent.
+3 the daemon could not be reached; 4 not authorized; 5 no such device or parent; 6 no answer
+within --timeout (the client gave up waiting; the operation may still complete).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import signal
 import sys
+import uuid as uuid_module
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, NoReturn
 
 from mdevd import __version__
-from mdevd.client import Client, ClientError, DaemonError, DeviceInfo, Event
+from mdevd.client import (
+    CallTimeout,
+    Client,
+    ClientError,
+    DaemonError,
+    DaemonNotRunning,
+    DeviceInfo,
+    Event,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,6 +36,11 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_NOT_AUTHORIZED = 4
 EXIT_NOT_FOUND = 5
+#: The client's own --timeout ran out; distinct from 1 because the outcome is unknown.
+EXIT_TIMEOUT = 6
+
+#: What an admin should look at when the daemon cannot be reached.
+_WHAT_TO_DO = "see `systemctl status mdevd` and `journalctl -u mdevd` (is mdevd running?)"
 
 _NOT_FOUND = {"NotFound", "ParentNotFound", "NotDefined"}
 _NOT_AUTHORIZED = {"NotAuthorized", "NotAuthorizedCanObtain", "NotAuthorizedDismissed"}
@@ -32,6 +48,14 @@ _NOT_AUTHORIZED = {"NotAuthorized", "NotAuthorizedCanObtain", "NotAuthorizedDism
 
 class UsageError(Exception):
     pass
+
+
+class Unreachable(Exception):
+    """The bus or the daemon is not there (exit 3)."""
+
+
+class NoAnswer(Exception):
+    """The client's --timeout ran out (exit 6); the message says what may have happened."""
 
 
 def _attribute(text: str) -> tuple[str, str]:
@@ -46,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mdevdctl",
         description="Manage mediated devices through the mdevd daemon.",
         epilog="Exit status: 0 ok, 1 operation failed, 2 usage, 3 daemon unreachable, "
-        "4 not authorized, 5 not found.",
+        "4 not authorized, 5 not found, 6 no answer within --timeout.",
     )
     parser.add_argument("--version", action="version", version=f"mdevdctl {__version__}")
     parser.add_argument(
@@ -85,7 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("parent")
         p.add_argument("type")
-        p.add_argument("-u", "--uuid", help="the device's UUID (generated if absent)")
+        p.add_argument(
+            "-u",
+            "--uuid",
+            help="the device's UUID (generated here if absent; the same one again is a safe retry)",
+        )
         p.add_argument(
             "--attr",
             type=_attribute,
@@ -128,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("monitor", help="print lifecycle events as they happen")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--timestamp",
+        action="store_true",
+        help="prefix each event with its local time (ISO 8601, milliseconds)",
+    )
 
     sub.add_parser("reload", help="re-read the definition directories")
     return parser
@@ -174,6 +207,10 @@ def _print_device(device: DeviceInfo) -> None:
 
 
 def _event_line(event: Event) -> str:
+    if event.kind == "daemon-stopped":
+        return "daemon-stopped"
+    if event.kind == "daemon-started":
+        return f"daemon-started owner={event.details.get('owner', '')}"
     if event.kind == "device-event":
         extra = " ".join(f"{k}={v}" for k, v in sorted(event.details.items()))
         return f"{event.event} {event.uuid} {extra}".rstrip()
@@ -210,8 +247,16 @@ def _edited_attributes(
     return kept
 
 
+def _now() -> str:
+    """Local time with its offset, to the millisecond: 2026-12-07T17:56:20.123+01:00."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
 async def run(args: argparse.Namespace) -> int:
-    client = await Client.connect(args.address, timeout=args.timeout)
+    try:
+        client = await Client.connect(args.address, timeout=args.timeout)
+    except ClientError as exc:
+        raise Unreachable(str(exc)) from exc
     client.interactive = args.interactive
     try:
         return await _dispatch(client, args)
@@ -276,20 +321,33 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
             _print_device(device)
         return EXIT_OK
     if command in ("create", "define"):
-        if command == "create":
-            path = await client.create_device(
-                args.parent, args.type, uuid=args.uuid, attributes=args.attr
-            )
-        else:
-            path = await client.define_device(
-                args.parent,
-                args.type,
-                uuid=args.uuid,
-                attributes=args.attr,
-                autostart=args.autostart or None,
-                start=args.start or None,
-            )
-        print(path.rsplit("/", 1)[-1].replace("_", "-"))
+        # Chosen here, not by the daemon, so that after a timeout the user knows the UUID and
+        # can retry with --uuid: the contract answers an identical retry with the same device.
+        uuid = args.uuid or str(uuid_module.uuid4())
+        try:
+            if command == "create":
+                device = await client.create_device(
+                    args.parent, args.type, uuid=uuid, attributes=args.attr
+                )
+                uuid = device.uuid
+            else:
+                path = await client.define_device(
+                    args.parent,
+                    args.type,
+                    uuid=uuid,
+                    attributes=args.attr,
+                    autostart=args.autostart or None,
+                    start=args.start or None,
+                )
+                uuid = path.rsplit("/", 1)[-1].replace("_", "-")
+        except CallTimeout as exc:
+            done = "created" if command == "create" else "defined"
+            raise NoAnswer(
+                f"no answer within {exc.timeout:g} s; the device may have been {done}: "
+                f"UUID {uuid} (check with `mdevdctl show {uuid}`; repeating the command with "
+                f"--uuid {uuid} is safe)"
+            ) from exc
+        print(uuid)
         return EXIT_OK
     if command == "start":
         await client.start(args.uuid)
@@ -322,9 +380,19 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
             # On stderr, like busctl's "Monitoring bus message stream.": stdout stays the events.
             print("Monitoring mdevd's device events (Ctrl-C to stop).", file=sys.stderr, flush=True)
 
-        async for event in client.events(subscribed):
+        # Across a daemon restart: the bus keeps delivering the new daemon's signals to the
+        # same subscription, so the monitor only says that the daemon went and came back.
+        async for event in client.events(subscribed, daemon_restarts=True):
             if args.json:
-                print(json.dumps(asdict(event)), flush=True)
+                data: dict[str, Any] = {}
+                if args.timestamp:
+                    data["timestamp"] = _now()
+                data.update(asdict(event))
+                if not data["properties"]:
+                    del data["properties"]  # only properties-changed has any; not asked here
+                print(json.dumps(data), flush=True)
+            elif args.timestamp:
+                print(f"{_now()} {_event_line(event)}", flush=True)
             else:
                 print(_event_line(event), flush=True)
         return EXIT_OK
@@ -354,6 +422,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         _fail(EXIT_USAGE, str(exc))
+    except NoAnswer as exc:
+        _fail(EXIT_TIMEOUT, str(exc))
+    except CallTimeout as exc:
+        # The client gave up, not the daemon: never reported under the daemon's Error.Timeout.
+        _fail(
+            EXIT_TIMEOUT,
+            f"no answer from mdevd within {exc.timeout:g} s (--timeout); the operation may "
+            "still complete",
+        )
+    except Unreachable as exc:
+        _fail(EXIT_UNREACHABLE, f"{exc}\nmdevdctl: {_WHAT_TO_DO}")
+    except DaemonNotRunning as exc:
+        _fail(
+            EXIT_UNREACHABLE,
+            f"mdevd is not running: nobody owns org.mdevd.Mdevd1 on the bus [{exc.short_name}]"
+            f"\nmdevdctl: {_WHAT_TO_DO}",
+        )
     except DaemonError as exc:
         short = exc.short_name
         code = (
@@ -361,8 +446,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             if short in _NOT_FOUND
             else EXIT_NOT_AUTHORIZED
             if short in _NOT_AUTHORIZED
-            else EXIT_UNREACHABLE
-            if exc.name.startswith("org.freedesktop.DBus.Error.ServiceUnknown")
             else EXIT_FAILED
         )
         _fail(code, f"{exc.message} [{short}]")

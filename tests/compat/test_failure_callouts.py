@@ -10,6 +10,7 @@ status and mdevctl's `Error:` line.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -42,6 +43,11 @@ def _records(log: Path) -> list[dict[str, Any]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _notified(log: Path, count: int) -> bool:
+    notified: int = sum(r["script"] == "n1" for r in _records(log))
+    return notified == count
 
 
 def _seen(records: list[dict[str, Any]]) -> list[tuple[str, tuple[str, ...], str]]:
@@ -91,10 +97,7 @@ def test_a_refused_start_runs_pre_post_and_notifiers_as_mdevctl_does(
             _error_lines(want.stderr),
         ), command
         # The daemon runs the notifiers in the background: wait for this command's.
-        wait_until(
-            lambda done=done: sum(r["script"] == "n1" for r in _records(log)) == done,
-            what="the notifier",
-        )
+        wait_until(functools.partial(_notified, log, done), what="the notifier")
 
     ours = _records(log)
     assert _seen([r for r in ours if r["script"] != "n1"]) == _seen(

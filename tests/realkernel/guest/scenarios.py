@@ -38,7 +38,6 @@ import pyudev
 
 from mdevd.client import Client, DaemonError, DeviceInfo, Event
 from tests.realkernel.guest import sysfs
-from tests.realkernel.guest.bench import short_bench_after_scenarios
 from tests.realkernel.guest.report import Report
 from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, REPO, SHARED, GuestStack, run
 
@@ -560,7 +559,7 @@ async def full_mdpy(g: Guest) -> None:
     made: list[str] = []
     try:
         while sysfs.available("mdpy", "mdpy-vga") > 0 and len(made) < 8:
-            made.append(await g.dbus().create_device("mdpy", "mdpy-vga"))
+            made.append(await g.dbus().create_device_path("mdpy", "mdpy-vga"))
         r.equal("mdpy-vga is full after the creates", sysfs.available("mdpy", "mdpy-vga"), 0)
         await expect_error(
             g,
@@ -781,9 +780,7 @@ SCENARIOS: Sequence[tuple[str, Callable[[Guest], Awaitable[None]]]] = (
 )
 
 
-async def run_scenarios(report: Report, names: Sequence[str], bench: bool = False) -> None:
-    """The scenarios named (all if none); with `bench`, then the benchmark's short run on the
-    same services (CI's check that it still runs, without a boot of its own)."""
+async def run_scenarios(report: Report, names: Sequence[str]) -> None:
     stack = GuestStack()
     guest = Guest(report, stack)
     with report.scenario("system"):
@@ -799,17 +796,12 @@ async def run_scenarios(report: Report, names: Sequence[str], bench: bool = Fals
                 await scenario(guest)
     finally:
         guest.stop_watching()
-        try:
-            if bench:
-                await short_bench_after_scenarios(report, stack)
-        finally:
-            stack.stop_all()
+        stack.stop_all()
 
 
 def main(argv: Sequence[str]) -> int:
     report = Report(SHARED / "report.json")
-    names = [name for name in argv if name != "--bench"]
-    asyncio.run(run_scenarios(report, names, bench="--bench" in argv))
+    asyncio.run(run_scenarios(report, argv))
     failed = [c for s in report.scenarios.values() for c in s.failed]
     print(f"{len(failed)} failed checks")
     return 1 if failed else 0

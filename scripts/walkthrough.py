@@ -4,11 +4,20 @@
 Run it through `scripts/demo`, which installs what it needs and enters private network and
 mount namespaces first (the emulated kernel's uevents must reach only this run's daemon).
 Every command shown is run for real; its output follows it.
+
+`scripts/demo --shell` instead leaves the same world running (emulated kernel, private bus,
+daemon) and opens a shell inside it with `mdevdctl`, `mdevctl` (mdevd's front end) and
+`mdevd-sim` on PATH; leaving the shell stops everything. A shell rather than a background
+daemon: the emulated kernel's mount and uevents exist only in the demo's private mount and
+network namespaces, where a command started from the host's own shell would not be.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +72,87 @@ def wait_for(daemon: DaemonProcess, uuid: str, active: bool, timeout: float = 15
     raise SystemExit(f"walkthrough: device {uuid} did not become {'in' * (not active)}active")
 
 
+#: What the shell's banner suggests; each works on the default scenario.
+SHELL_HINTS = (
+    "mdevdctl types --parent mtty",
+    "mdevdctl define mtty mtty-2 --autostart --start",
+    "mdevdctl list",
+    "mdevdctl monitor &        # lifecycle events as they happen, in the background",
+    "mdevd-sim ctl $MDEVD_DEMO_SYSFS unregister mtty    # the driver goes; register brings it back",
+    "mdevctl list --defined    # mdevctl's command line, carried out by mdevd",
+)
+
+
+def shell() -> int:
+    """Keep the emulated kernel, the bus and the daemon running while a shell runs in their
+    namespaces; they stop when it exits. Without a terminal the shell reads commands from
+    stdin (how the test drives it)."""
+    workdir = Path(tempfile.mkdtemp(prefix="mdevd-demo-"))
+    devices_dir = workdir / "devices.d"
+    devices_dir.mkdir()
+    # Only the three programs, under the names a user types: the venv's other programs
+    # (python, pip) must not shadow the system's in the shell.
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    venv_bin = Path(sys.executable).parent
+    for name, target in (
+        ("mdevdctl", "mdevdctl"),
+        ("mdevctl", "mdevd-mdevctl"),
+        ("mdevd-sim", "mdevd-sim"),
+    ):
+        (bin_dir / name).symlink_to(venv_bin / target)
+    with (
+        private_bus() as address,
+        running_sim("default") as sim,
+        running_daemon(address, sim.root, [devices_dir], print_log=False) as daemon,
+    ):
+        env = dict(daemon.env)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        env["MDEVD_DEMO_SYSFS"] = str(sim.root)
+        env["PS1"] = "(mdevd demo) \\w# "
+        rcfile = workdir / "bashrc"
+        rcfile.write_text(f"PS1={shlex.quote(env['PS1'])}\n")
+        print(
+            "mdevd is running on an emulated kernel (mtty, mdpy, mbochs, a GPU, vfio-ap)\n"
+            f"  sysfs: {sim.root}  (also $MDEVD_DEMO_SYSFS)\n"
+            f"  bus:   {address}  (DBUS_SYSTEM_BUS_ADDRESS in this shell)\n"
+            f"  log:   {daemon.log_path}\n"
+            f"  definitions: {devices_dir}\n"
+            "Try:\n"
+            + "".join(f"  {hint}\n" for hint in SHELL_HINTS)
+            + "Leave with `exit` (or Ctrl-D): the daemon stops, the emulated kernel unmounts.",
+            flush=True,
+        )
+        argv = ["bash", "--rcfile", str(rcfile), "-i"]
+        if not sys.stdin.isatty():
+            argv = ["bash", "-s"]  # commands on stdin: no prompt, no job control
+        # Ctrl-C in the shell reaches this process too (same process group): it must not tear
+        # the world down under the shell. A handler, not SIG_IGN, which the shell's commands
+        # would inherit (exec resets handlers, not ignored signals).
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+        try:
+            status = subprocess.run(argv, env=env, check=False).returncode
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    print("Left the demo: the daemon stopped, the emulated kernel unmounted.", flush=True)
+    return status
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--shell",
+        action="store_true",
+        help="skip the walk-through; open a shell with the daemon, bus and emulated kernel "
+        "running, and mdevdctl on PATH; leaving it stops them",
+    )
+    args = parser.parse_args()
+    if args.shell:
+        return shell()
+    return walkthrough()
+
+
+def walkthrough() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-demo-"))
     devices_dir = workdir / "devices.d"
     devices_dir.mkdir()

@@ -50,10 +50,11 @@ def real_kernel() -> RealKernel:
 def scenario_run(
     real_kernel: RealKernel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ScenarioRun]:
-    """One boot running every scenario of `guest/scenarios.py` (each boot costs seconds)."""
+    """One boot running every scenario of `guest/scenarios.py` (each boot costs seconds), then
+    the benchmark's short run (`guest/bench.py`), which would otherwise need a boot of its own."""
     run_dir = tmp_path_factory.mktemp("realkernel-scenarios")
     guest = real_kernel.run(
-        [sys.executable, "-m", "tests.realkernel.guest.scenarios"],
+        [sys.executable, "-m", "tests.realkernel.guest.scenarios", "--bench"],
         timeout=SCENARIO_BOOT_TIMEOUT,
         run_dir=run_dir,
     )

@@ -48,6 +48,7 @@ from bench.report import Report, Row, Stats
 from mdevd.bus.names import BUS_NAME, OBJECT_MANAGER_INTERFACE, ROOT_PATH
 from mdevd.client import Client
 from tests.realkernel.guest import sysfs
+from tests.realkernel.guest.report import Report as ScenarioReport
 from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, REPO, SHARED, GuestStack, run
 
 PARENT = "mtty"
@@ -230,8 +231,12 @@ class GuestBench:
     def clear_definitions(self) -> None:
         """Both tools' definitions gone (mdevctl's scripts.d stays: mdevctl requires it)."""
         for entry in MDEVCTL_DIR.iterdir():
-            if entry.name != "scripts.d":
+            if entry.name == "scripts.d":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
+            else:  # mdevd's own bookkeeping there, when compatibility was on
+                entry.unlink()
         DEVICES_DIR.mkdir(parents=True, exist_ok=True)
         for path in DEVICES_DIR.iterdir():
             path.unlink()
@@ -705,6 +710,18 @@ async def run_bench(
             stack.stop_all()
     if profile:
         write_summaries(PROFILES)
+
+
+async def short_bench_after_scenarios(scenarios: ScenarioReport, stack: GuestStack) -> None:
+    """CI's short run at the end of the scenarios' boot, on their services: recorded as the
+    scenario `bench` (its rows in bench.json, for tests/realkernel/test_bench.py)."""
+    with scenarios.scenario("bench"):
+        report = Report(machine=machine(), title=TITLE, stem="realkernel")
+        started = time.monotonic()
+        await run_bench(SHORT, report, stack=stack)
+        report.machine["guest seconds"] = f"{time.monotonic() - started:.0f}"
+        RESULTS.write_text(report.to_json() + "\n")
+        scenarios.check(f"{len(report.rows)} rows in {report.machine['guest seconds']} s", True)
 
 
 def main(argv: Sequence[str]) -> int:

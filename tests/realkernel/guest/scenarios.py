@@ -38,6 +38,7 @@ import pyudev
 
 from mdevd.client import Client, DaemonError, DeviceInfo, Event
 from tests.realkernel.guest import sysfs
+from tests.realkernel.guest.bench import short_bench_after_scenarios
 from tests.realkernel.guest.report import Report
 from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, REPO, SHARED, GuestStack, run
 
@@ -780,7 +781,9 @@ SCENARIOS: Sequence[tuple[str, Callable[[Guest], Awaitable[None]]]] = (
 )
 
 
-async def run_scenarios(report: Report, names: Sequence[str]) -> None:
+async def run_scenarios(report: Report, names: Sequence[str], bench: bool = False) -> None:
+    """The scenarios named (all if none); with `bench`, then the benchmark's short run on the
+    same services (CI's check that it still runs, without a boot of its own)."""
     stack = GuestStack()
     guest = Guest(report, stack)
     with report.scenario("system"):
@@ -796,12 +799,17 @@ async def run_scenarios(report: Report, names: Sequence[str]) -> None:
                 await scenario(guest)
     finally:
         guest.stop_watching()
-        stack.stop_all()
+        try:
+            if bench:
+                await short_bench_after_scenarios(report, stack)
+        finally:
+            stack.stop_all()
 
 
 def main(argv: Sequence[str]) -> int:
     report = Report(SHARED / "report.json")
-    asyncio.run(run_scenarios(report, argv))
+    names = [name for name in argv if name != "--bench"]
+    asyncio.run(run_scenarios(report, names, bench="--bench" in argv))
     failed = [c for s in report.scenarios.values() for c in s.failed]
     print(f"{len(failed)} failed checks")
     return 1 if failed else 0

@@ -32,21 +32,51 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import accumulate
 from typing import Any
 
 import tomli_w
 
 from mdevd import validate
-from mdevd.errors import ConfigInvalid, InvalidArgument
+from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument
 from mdevd.model import Attributes, Definition
 
 DEVICE_KEYS: tuple[str, ...] = ("uuid", "parent", "type", "autostart", "attributes")
 REQUIRED_KEYS: tuple[str, ...] = ("uuid", "parent", "type")
 ATTRIBUTE_KEYS: tuple[str, ...] = ("name", "value")
 
-#: Far above any real file (10,000 devices take ~1.5 MB); keeps a mistaken symlink to a huge
-#: file from eating the daemon's memory.
-MAX_FILE_SIZE = 16 * 1024 * 1024
+# --- bounds ---------------------------------------------------------------------------------
+# Every definitions file (TOML here, mdevctl's JSON in mdevd.mdevctl_format) is checked against
+# these before a parser sees it, so that no file can make loading crash (tomllib and json
+# recurse once per nesting level) or run for long (tomllib's cost grows with the square of a
+# dotted key's parts). A file over a bound is one problem, like any other bad file. mdevd's
+# schema is shallow: each bound is far above anything a real file holds.
+
+#: Bytes in a TOML definitions file: MAX_DEVICES_PER_FILE devices with a few attributes
+#: each. tomllib reads hostile input at ~0.3 MB/s at worst, so this bounds one file's cost.
+MAX_FILE_SIZE = 4 * 1024 * 1024
+#: Bytes of TOML definitions files read by one load, in all directories together (65,536
+#: devices take ~16 MB); files beyond it (in precedence order) are not loaded.
+MAX_TOTAL_SIZE = 32 * 1024 * 1024
+#: Bytes in one mdevctl JSON file (one device each; attribute values are at most 4 KiB).
+MAX_MDEVCTL_FILE_SIZE = 1024 * 1024
+#: Arrays and tables (TOML) or arrays and objects (JSON) open at once. The schema needs 2
+#: (`[[device]]`, or `attributes = [ { ... } ]`); a parser recursing 600 levels crashes.
+MAX_NESTING_DEPTH = 32
+#: Parts of a dotted key (`device.attributes` has 2); tomllib's cost grows with their square.
+MAX_KEY_PARTS = 8
+#: Characters in a key, and in any unquoted word (a number, a date): the schema's keys are
+#: short, and Python refuses to convert integers of more than 4300 digits.
+MAX_KEY_LENGTH = 256
+#: `[[device]]` tables in one file.
+MAX_DEVICES_PER_FILE = 16_384
+#: Definitions loaded from every directory together (TOML and mdevctl's); files beyond it
+#: (in precedence order) are not loaded.
+MAX_DEVICES_TOTAL = 65_536
+#: Problems listed for one file; the rest are counted in one more (each costs a log line).
+MAX_PROBLEMS_PER_FILE = 100
+#: Entries in one definitions directory; a directory holding more is not read at all.
+MAX_DIRECTORY_ENTRIES = 131_072
 
 #: Written at the top of files mdevd creates, so an admin who opens one knows what to expect.
 WRITTEN_FILE_HEADER = (
@@ -56,7 +86,8 @@ WRITTEN_FILE_HEADER = (
 
 
 class ProblemKind(StrEnum):
-    UNREADABLE = "unreadable"  # I/O error, not a regular file, too big, not UTF-8
+    UNREADABLE = "unreadable"  # I/O error, not a regular file, not UTF-8, refused by its owner
+    LIMIT = "limit"  # over one of the bounds above: the whole file is skipped
     SYNTAX = "syntax"  # not TOML: the whole file is skipped
     INVALID = "invalid"  # valid TOML, but not a valid definition: that entry is skipped
     CONFLICT = "conflict"  # a UUID defined more than once: all but one are skipped
@@ -116,13 +147,28 @@ def _device_header_lines(lines: Sequence[str]) -> list[int]:
     return [i for i, line in enumerate(lines) if _DEVICE_HEADER_RE.fullmatch(line)]
 
 
-def _key_line(lines: Sequence[str], start: int, end: int, key: str) -> int:
-    """0-based index of the line assigning `key` within lines[start:end], or -1."""
-    pattern = re.compile(rf"""[ \t]*(?:{key}|"{key}"|'{key}')[ \t]*=""")
-    for i in range(start, min(end, len(lines))):
-        if pattern.match(lines[i]):
-            return i
-    return -1
+def _key_lines(lines: Sequence[str], start: int, end: int, keys: Iterable[str]) -> dict[str, int]:
+    """0-based index of the first line assigning each of `keys` within lines[start:end].
+
+    One pass over that text for all the keys: a file with many bad keys must not cost a
+    pass per key (100,000 of them made loading quadratic).
+    """
+    wanted = dict.fromkeys(keys)
+    if not wanted or start >= end:
+        return {}
+    # Escaped: a key is the file's text, and any text can be a quoted key ("a(b" = 1).
+    alternatives = "|".join(re.escape(key) for key in wanted)
+    pattern = re.compile(rf"""^[ \t]*["']?({alternatives})["']?[ \t]*=""", re.MULTILINE)
+    chunk = "\n".join(lines[start:end])
+    found: dict[str, int] = {}
+    position, line = 0, start
+    for match in pattern.finditer(chunk):
+        line += chunk.count("\n", position, match.start())
+        position = match.start()
+        found.setdefault(match.group(1), line)
+        if len(found) == len(wanted):
+            break
+    return found
 
 
 def _toml_type(value: object) -> str:
@@ -147,17 +193,133 @@ def _unknown_key_message(key: str, allowed: Sequence[str], where: str) -> str:
     return f"unknown key {key!r} in {where}{suggestion}; allowed: {', '.join(allowed)}"
 
 
+# --- bounding the input before a parser sees it -----------------------------------------
+# A linear pre-scan, at C speed (regular expressions and builtins over the whole text): the
+# strings and comments are blanked out first, exactly where the parser would find them (a
+# string that does not end where this scan thinks is a syntax error the parser stops at), so
+# that what is left is structure. Newlines are kept, for the line of a problem.
+
+_TOML_STRING_OR_COMMENT_RE = re.compile(
+    r'''"""[^"\\]*(?:(?:\\[\s\S]|"(?!""))[^"\\]*)*""""{0,2}'''  # multi-line basic
+    r"""|'''[^']*(?:'(?!'')[^']*)*''''{0,2}"""  # multi-line literal
+    r'''|"[^"\\\n]*(?:\\.[^"\\\n]*)*"'''  # basic
+    r"""|'[^'\n]*'"""  # literal
+    r"|#[^\n]*"  # comment
+)
+_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\[\s\S][^"\\]*)*"')
+_NOT_BRACKET_OR_NEWLINE_RE = re.compile(r"[^\[\]{}\n]+")
+_BRACKET_DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1, "\n": 0}
+#: What can separate a dotted key's parts is ' ', tab and quoted parts; anything else ends it.
+_NOT_DOT_OR_KEY_END_RE = re.compile(r"[^.\n\[\]{}=,]+")
+_BARE = r"A-Za-z0-9_+\-:"
+_LONG_BARE_WORD_RE = re.compile(rf"(?<![{_BARE}])[{_BARE}]{{{MAX_KEY_LENGTH + 1}}}")
+
+
+def _blank_out(match: re.Match[str]) -> str:
+    return '"' + "\n" * match.group().count("\n")
+
+
+def _line_at(text: str, index: int) -> int:
+    return text.count("\n", 0, index) + 1
+
+
+def _first_too_deep(text: str) -> int:
+    """The index in `text` (only brackets and newlines) where nesting first goes too deep."""
+    depth = 0
+    for index, char in enumerate(text):
+        depth += _BRACKET_DEPTH[char]
+        if depth > MAX_NESTING_DEPTH:
+            return index
+    return -1
+
+
+def bound_problem(text: str, source: str, *, json: bool = False) -> Problem | None:
+    """The problem that makes `text` too costly to parse (TOML, or JSON with `json`), or None.
+
+    Checks nesting depth, dotted-key parts (TOML) and the length of unquoted words; the
+    caller has bounded the size. Linear in the length of `text`, whatever it holds.
+    """
+    blanks = _JSON_STRING_RE if json else _TOML_STRING_OR_COMMENT_RE
+    # A constant replacement first (no Python call per string): only a file over a bound is
+    # scanned again, keeping the newlines of multi-line strings, for the line to report.
+    problem = _bound_problem(blanks.sub('"', text), source, json=json)
+    if problem is not None:
+        problem = _bound_problem(blanks.sub(_blank_out, text), source, json=json) or problem
+    return problem
+
+
+def _bound_problem(structure: str, source: str, *, json: bool) -> Problem | None:
+    brackets = _NOT_BRACKET_OR_NEWLINE_RE.sub("", structure)
+    if max(accumulate(map(_BRACKET_DEPTH.__getitem__, brackets)), default=0) > MAX_NESTING_DEPTH:
+        line = _line_at(brackets, _first_too_deep(brackets))
+        message = f"nested more than {MAX_NESTING_DEPTH} levels deep (arrays and tables)"
+        return Problem(source, line, message, ProblemKind.LIMIT)
+    # Rendered files hold no dot outside strings: counting them first spares the scan.
+    if not json and structure.count(".") >= MAX_KEY_PARTS:
+        dots = _NOT_DOT_OR_KEY_END_RE.sub("", structure)
+        found = dots.find("." * MAX_KEY_PARTS)
+        if found >= 0:
+            message = f"a dotted key has more than {MAX_KEY_PARTS} parts"
+            return Problem(source, _line_at(dots, found), message, ProblemKind.LIMIT)
+    long_word = _LONG_BARE_WORD_RE.search(structure)
+    if long_word is not None:
+        message = f"a key or unquoted value is longer than {MAX_KEY_LENGTH} characters"
+        return Problem(source, _line_at(structure, long_word.start()), message, ProblemKind.LIMIT)
+    return None
+
+
+def _long_key(document: dict[str, Any]) -> str | None:
+    """A key longer than MAX_KEY_LENGTH where the schema has keys, which problems quote: the
+    file's, a device's, an attribute's. (Quoted keys get past the pre-scan, which sees no
+    keys inside strings; keys deeper down are in values that are refused whole.)"""
+    tables = document.get("device")
+    levels: list[Iterable[str]] = [document]
+    if isinstance(tables, list):
+        for table in tables:
+            if isinstance(table, dict):
+                levels.append(table)
+                attributes = table.get("attributes")
+                if isinstance(attributes, list):
+                    levels.extend(item for item in attributes if isinstance(item, dict))
+    for keys in levels:
+        for key in keys:
+            if len(key) > MAX_KEY_LENGTH:
+                return key
+    return None
+
+
 # --- validation -----------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
 class _EntryErrors:
-    """Errors of one `[[device]]` table, each tied to the key it is about ('' = the table)."""
+    """Errors of one `[[device]]` table, each tied to the key it is about ('' = the table).
 
+    Only the first `limit` are kept (and worded: an unknown key's hint costs a fuzzy match);
+    the others are counted, so a table of a million bad keys costs no more than a few.
+    """
+
+    limit: int = MAX_PROBLEMS_PER_FILE
     errors: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    dropped: int = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.errors) >= self.limit
+
+    @property
+    def found_any(self) -> bool:
+        return bool(self.errors) or self.dropped > 0
 
     def add(self, key: str, message: str) -> None:
-        self.errors.append((key, message))
+        if self.full:
+            self.dropped += 1
+        else:
+            self.errors.append((key, message))
+
+    def add_unknown_key(self, about: str, key: str, allowed: Sequence[str], where: str) -> None:
+        """`key` is not one of `allowed` in `where`; the error is located at key `about`."""
+        self.add(about, "" if self.full else _unknown_key_message(key, allowed, where))
 
 
 def _check_attributes(value: object, errors: _EntryErrors) -> Attributes:
@@ -175,7 +337,7 @@ def _check_attributes(value: object, errors: _EntryErrors) -> Attributes:
             continue
         unknown = [k for k in item if k not in ATTRIBUTE_KEYS]
         for key in unknown:
-            errors.add("attributes", _unknown_key_message(key, ATTRIBUTE_KEYS, label))
+            errors.add_unknown_key("attributes", key, ATTRIBUTE_KEYS, label)
         missing = [k for k in ATTRIBUTE_KEYS if k not in item]
         for key in missing:
             errors.add("attributes", f"{label} has no {key!r}")
@@ -184,9 +346,12 @@ def _check_attributes(value: object, errors: _EntryErrors) -> Attributes:
         name, attr_value = item["name"], item["value"]
         try:
             checked.append(
-                (validate.attribute_name(name), validate.attribute_value(attr_value, str(name)))
+                (
+                    validate.device_attribute_name(name),
+                    validate.attribute_value(attr_value, str(name)),
+                )
             )
-        except InvalidArgument as e:
+        except (InvalidArgument, AttributeRejected) as e:
             errors.add("attributes", f"{label}: {e.message}")
     return tuple(checked)
 
@@ -196,7 +361,7 @@ def _definition_from_table(
 ) -> tuple[str, str, str, bool, Attributes]:
     for key in table:
         if key not in DEVICE_KEYS:
-            errors.add(key, _unknown_key_message(key, DEVICE_KEYS, "[[device]]"))
+            errors.add_unknown_key(key, key, DEVICE_KEYS, "[[device]]")
     for key in REQUIRED_KEYS:
         if key not in table:
             errors.add("", f"{key!r} is missing")
@@ -226,7 +391,8 @@ def _definition_from_table(
 def check_definition(definition: Definition) -> Definition:
     """Validate a `Definition` built in code (from the API); return it normalized.
 
-    Raises `InvalidArgument` (or its subclasses `InvalidUUID`, `InvalidName`) naming the problem.
+    Raises `InvalidArgument` (or its subclasses `InvalidUUID`, `InvalidName`) naming the problem,
+    `AttributeRejected` for an attribute named as a driver-core file (`remove`, `uevent`...).
     """
     if not isinstance(definition, Definition):
         raise InvalidArgument(f"not a definition: {type(definition).__name__}")
@@ -241,7 +407,10 @@ def check_definition(definition: Definition) -> Definition:
     for pair in definition.attributes:
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             raise InvalidArgument(f"device {uuid}: each attribute must be a (name, value) pair")
-        name = validate.attribute_name(pair[0])
+        try:
+            name = validate.device_attribute_name(pair[0])
+        except AttributeRejected as e:
+            raise AttributeRejected(f"device {uuid}: {e.message}") from None
         value = pair[1]
         if isinstance(value, str) and not _encodable(value):
             # Lone surrogates cannot be written to a file or a sysfs attribute.
@@ -305,31 +474,51 @@ def parse_text(text: str, source: str) -> ParsedFile:
     The last results are remembered: an edit parses a file to verify it, and the store then
     loads the very same text (for a file of 10,000 devices, each parse costs ~0.5 s).
     """
+    too_costly = bound_problem(text, source)
+    if too_costly is not None:
+        return ParsedFile((), (too_costly,), usable=False)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         return ParsedFile((), (toml_syntax_problem(e, source),), usable=False)
+    except (ValueError, RecursionError) as e:
+        # What the pre-scan has not foreseen must still cost this file only, not the load.
+        return _unusable(source, 0, f"cannot be parsed: {e}"[:200], ProblemKind.LIMIT)
 
     problems: list[Problem] = []
     lines = text.split("\n")
-    for key in document:
-        if key != "device":
-            line = _key_line(lines, 0, len(lines), key) + 1
-            problems.append(
-                Problem(source, line, _unknown_key_message(key, ("device",), "the file"))
-            )
-
+    long_key = _long_key(document)
+    if long_key is not None:
+        line = _line_at(text, max(text.find(long_key), 0))
+        message = f"key {long_key[:64]!r}... is longer than {MAX_KEY_LENGTH} characters"
+        return _unusable(source, line, message, ProblemKind.LIMIT)
+    unknown = [key for key in document if key != "device"]
+    dropped = max(0, len(unknown) - MAX_PROBLEMS_PER_FILE)
+    unknown = unknown[:MAX_PROBLEMS_PER_FILE]
     tables = document.get("device", [])
+    located_keys = [*unknown, "device"] if unknown or not isinstance(tables, list) else []
+    top_lines = _key_lines(lines, 0, len(lines), located_keys)
+    for key in unknown:
+        line = top_lines.get(key, -1) + 1
+        problems.append(Problem(source, line, _unknown_key_message(key, ("device",), "the file")))
+
     if not isinstance(tables, list):
-        line = _key_line(lines, 0, len(lines), "device") + 1
+        line = top_lines.get("device", -1) + 1
         problems.append(
             Problem(source, line, f"'device' must be [[device]] tables, not {_toml_type(tables)}")
         )
-        return ParsedFile((), tuple(problems), usable=True)
+        return ParsedFile((), tuple(_summed_up(problems, dropped, source)), usable=True)
 
     headers = _device_header_lines(lines)
     if len(headers) != len(tables):
         headers = []  # cannot map tables to lines; report without line numbers
+    if len(tables) > MAX_DEVICES_PER_FILE:
+        line = headers[MAX_DEVICES_PER_FILE] + 1 if headers else 0
+        message = (
+            f"more than {MAX_DEVICES_PER_FILE} [[device]] tables in one file "
+            f"({len(tables)}); split it into several files"
+        )
+        return _unusable(source, line, message, ProblemKind.LIMIT)
     definitions: list[Definition] = []
     for index, table in enumerate(tables):
         start = headers[index] if headers else -1
@@ -340,23 +529,34 @@ def parse_text(text: str, source: str) -> ParsedFile:
                 Problem(source, start + 1, f"{label} must be a table, not {_toml_type(table)}")
             )
             continue
-        errors = _EntryErrors()
+        errors = _EntryErrors(limit=max(0, MAX_PROBLEMS_PER_FILE - len(problems)))
         uuid, parent, type_id, autostart, attributes = _definition_from_table(table, errors)
+        dropped += errors.dropped
         if uuid:
             label = f"device {uuid}"
-        located: list[Problem] = []
-        for key, message in errors.errors:
-            line = start + 1
-            if key and headers:
-                found = _key_line(lines, start, end, key)
-                line = found + 1 if found >= 0 else start + 1
-            located.append(Problem(source, line, f"{label}: {message}", uuid=uuid))
+        key_lines = (
+            _key_lines(lines, start, end, (key for key, _ in errors.errors if key))
+            if headers
+            else {}
+        )
+        located = [
+            Problem(source, key_lines.get(key, start) + 1, f"{label}: {message}", uuid=uuid)
+            for key, message in errors.errors
+        ]
         problems.extend(sorted(located, key=lambda p: p.line))
-        if not errors.errors:
+        if not errors.found_any:
             definitions.append(
                 Definition(uuid, parent, type_id, autostart, attributes, source, start + 1)
             )
-    return ParsedFile(tuple(definitions), tuple(problems), usable=True)
+    return ParsedFile(tuple(definitions), tuple(_summed_up(problems, dropped, source)), usable=True)
+
+
+def _summed_up(problems: list[Problem], dropped: int, source: str) -> list[Problem]:
+    """`problems`, and one more saying how many were not listed."""
+    if dropped:
+        message = f"{dropped} more problems in this file, not listed"
+        problems.append(Problem(source, 0, message))
+    return problems
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -544,7 +744,9 @@ def append_to_text(text: str, source: str, definition: Definition) -> str:
 
 def defines_devices(text: str) -> bool:
     """Whether a definitions text holds any device table (valid or not)."""
+    if bound_problem(text, "") is not None:
+        return True  # not ours to judge (and too costly to parse): treat it as holding something
     try:
         return bool(tomllib.loads(text).get("device"))
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
         return True  # not ours to judge: treat it as holding something

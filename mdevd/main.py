@@ -15,6 +15,8 @@ Exit status: 0 success, 1 problems found (each printed as `FILE:LINE: problem`),
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +29,10 @@ from mdevd.compat.store import CompatStore
 from mdevd.config import Config, ConfigResult, read_config
 from mdevd.definitions import Problem, ProblemKind, render
 from mdevd.errors import MdevdError
+from mdevd.logs import setup_logging
 from mdevd.store import DEFINITION_SUFFIX, DefinitionStore, LoadResult, check_files
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -269,7 +274,30 @@ def export_mdevctl(args: argparse.Namespace) -> int:
 
 def run_daemon(args: argparse.Namespace) -> int:
     """The daemon: `mdevd` without a command."""
+    setup_logging("info")
+    _remove_stale_temp_files(args)
     return daemon.run_from_args(args)
+
+
+def _remove_stale_temp_files(args: argparse.Namespace) -> None:
+    """Before the daemon's first look: temporary files a killed mdevd left half-written.
+
+    Here, and not in the stores' loads, because only a starting daemon knows that no write
+    of its own is in flight (check-config or a second command must never remove one).
+    Best effort: a configuration that cannot be read is the daemon's to report.
+    """
+    configured = _config(args)
+    if configured.problems:
+        return
+    toml = _store(args, configured.config)
+    removed = [str(path) for path in toml.remove_stale_temp_files()]
+    compat = compat_setup.effective_config(configured.config.mdevctl, args)
+    mdevctl_dir = compat_setup.directory_to_check(compat)
+    if mdevctl_dir is not None:
+        with contextlib.suppress(OSError):
+            removed += [str(mdevctl_dir.root / n) for n in mdevctl_dir.remove_stale_temp_files()]
+    for path in removed:
+        log.info("removed %s, a temporary file left by an interrupted write", path)
 
 
 COMMANDS = {

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import threading
@@ -75,29 +76,91 @@ def _signature(st: os.stat_result) -> _Signature:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _read_definitions_file(path: Path) -> tuple[_Signature | None, ParsedFile | bytes]:
-    """The file's signature and content, or a ParsedFile holding why it cannot be used.
+def _unusable(source: str, message: str, kind: ProblemKind = ProblemKind.UNREADABLE) -> ParsedFile:
+    return ParsedFile((), (Problem(source, 0, message, kind),), usable=False)
 
-    O_NONBLOCK keeps a FIFO dropped into the directory from hanging the daemon.
-    """
-    source = str(path)
 
-    def unusable(message: str) -> tuple[None, ParsedFile]:
-        problem = Problem(source, 0, message, ProblemKind.UNREADABLE)
-        return None, ParsedFile((), (problem,), usable=False)
+@functools.cache
+def _null_device() -> tuple[int, int]:
+    st = os.stat(MASK_TARGET)
+    return st.st_mode, st.st_rdev
 
+
+def _is_mask_at(dir_fd: int, name: str) -> bool:
+    """A symlink that ends at /dev/null (stat()ed, never opened)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            return False
+        st = os.stat(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and (st.st_mode, st.st_rdev) == _null_device()
+
+
+_NOT_REGULAR = "not a regular file (only a symlink to /dev/null masks a file)"
+
+
+def _open_checked(dir_fd: int, name: str, *, trusted: bool) -> tuple[int, os.stat_result] | str:
+    """A readable fd of the file `name` stands for, and its status; or why it cannot be read.
+
+    Its type is checked before it is opened for reading (lstat, or O_PATH through a symlink):
+    a device node or FIFO in the directory is never opened. With `trusted`, so are its owner
+    and mode. A symlink the admin placed is followed; the file it leads to is checked the same.
+    """
+    reading = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISREG(entry.st_mode):
+            # O_NOFOLLOW, and the same inode after: still the regular file lstat saw.
+            fd = os.open(name, reading | os.O_NOFOLLOW, dir_fd=dir_fd)
+        elif stat.S_ISLNK(entry.st_mode):
+            path_fd = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                entry = os.fstat(path_fd)
+                if not stat.S_ISREG(entry.st_mode):
+                    return _NOT_REGULAR
+                # Through /proc: exactly the file just checked, not what the link says now.
+                fd = os.open(f"/proc/self/fd/{path_fd}", reading)
+            finally:
+                os.close(path_fd)
+        else:
+            return _NOT_REGULAR
     except OSError as e:
-        return unusable(f"cannot open: {e.strerror}")
+        return f"cannot open: {e.strerror}"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return unusable("not a regular file (only a symlink to /dev/null masks a file)")
-        if st.st_size > definitions.MAX_FILE_SIZE:
-            return unusable(f"larger than {definitions.MAX_FILE_SIZE} bytes")
+        reason = None
+        if (st.st_dev, st.st_ino) != (entry.st_dev, entry.st_ino):
+            reason = "replaced while mdevd was reading it; not read"
+        elif trusted and (untrusted := atomic.untrusted_reason(st)) is not None:
+            reason = f"not read: {untrusted}; definitions must be root's alone"
+    except OSError as e:
+        reason = f"cannot read: {e.strerror}"
+    if reason is not None:
+        os.close(fd)
+        return reason
+    return fd, st
+
+
+def _read_definitions_file(
+    dir_fd: int, name: str, source: str, *, trusted: bool = True
+) -> tuple[_Signature | None, ParsedFile | bytes]:
+    """The file's signature and content, or a ParsedFile holding why it cannot be used.
+
+    Never reads more than MAX_FILE_SIZE bytes, whatever the file claims (a sparse 10 GB file
+    costs a stat).
+    """
+    opened = _open_checked(dir_fd, name, trusted=trusted)
+    if isinstance(opened, str):
+        return None, _unusable(source, opened)
+    fd, st = opened
+    limit = definitions.MAX_FILE_SIZE
+    too_big = f"larger than {limit} bytes; not read"
+    try:
+        if st.st_size > limit:
+            return None, _unusable(source, too_big, ProblemKind.LIMIT)
         chunks: list[bytes] = []
-        remaining = definitions.MAX_FILE_SIZE + 1
+        remaining = limit + 1
         while remaining > 0:
             chunk = os.read(fd, min(remaining, 1 << 20))
             if not chunk:
@@ -105,16 +168,53 @@ def _read_definitions_file(path: Path) -> tuple[_Signature | None, ParsedFile | 
             chunks.append(chunk)
             remaining -= len(chunk)
         if remaining <= 0:
-            return unusable(f"larger than {definitions.MAX_FILE_SIZE} bytes")
+            return None, _unusable(source, too_big, ProblemKind.LIMIT)
     except OSError as e:
-        return unusable(f"cannot read: {e.strerror}")
+        return None, _unusable(source, f"cannot read: {e.strerror}")
     finally:
         os.close(fd)
     return _signature(st), b"".join(chunks)
 
 
+def _read_path(path: Path, *, trusted: bool = True) -> tuple[_Signature | None, ParsedFile | bytes]:
+    """`_read_definitions_file` for a path, relative to its directory (checked with `trusted`)."""
+    try:
+        if trusted:
+            dir_fd = atomic.open_directory(path.parent)
+        else:
+            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        return None, _unusable(str(path), f"cannot open its directory: {e.strerror or e}")
+    try:
+        return _read_definitions_file(dir_fd, path.name, str(path), trusted=trusted)
+    finally:
+        os.close(dir_fd)
+
+
 def _is_mask(path: Path) -> bool:
-    return path.is_symlink() and os.path.realpath(path) == MASK_TARGET
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _is_mask_at(dir_fd, path.name)
+    finally:
+        os.close(dir_fd)
+
+
+def _directory_names(dir_fd: int, links: set[str]) -> list[str] | None:
+    """The definition file names in a directory, sorted (adding the symlinks' to `links`);
+    None if it holds too many entries."""
+    names: list[str] = []
+    with os.scandir(dir_fd) as entries:
+        for count, entry in enumerate(entries, start=1):
+            if count > definitions.MAX_DIRECTORY_ENTRIES:
+                return None
+            if entry.name.endswith(DEFINITION_SUFFIX) and not entry.name.startswith("."):
+                names.append(entry.name)
+                if entry.is_symlink():  # from the directory entry: no system call
+                    links.add(entry.name)
+    return sorted(names)
 
 
 def _merge(parsed_files: Iterable[ParsedFile]) -> tuple[LoadResult, dict[str, list[Definition]]]:
@@ -211,14 +311,26 @@ class DefinitionStore:
     def _in_read_only_dir(self, definition: Definition) -> bool:
         return Path(definition.source_file).parent in self.read_only
 
-    def _parse(self, path: Path) -> ParsedFile:
+    def _parse(self, path: Path, dir_fd: int | None = None) -> ParsedFile:
+        """The parsed content of `path` (in the open directory `dir_fd`, else in its own
+        directory, which must be trusted)."""
+        if dir_fd is None:
+            try:
+                dir_fd = atomic.open_directory(path.parent)
+            except OSError as e:
+                return _unusable(str(path), f"cannot open its directory: {e.strerror or e}")
+            try:
+                return self._parse(path, dir_fd)
+            finally:
+                os.close(dir_fd)
         cached = self._cache.get(path)
         if cached is not None:
-            # A stat() is enough to know an unchanged file: no open, no read.
+            # A stat() is enough to know an unchanged file: no open, no read. A chmod or
+            # chown changes ctime, so a file made untrusted is read (and refused) again.
             with contextlib.suppress(OSError):
-                if _signature(os.stat(path)) == cached[0]:
+                if _signature(os.stat(path.name, dir_fd=dir_fd)) == cached[0]:
                     return cached[1]
-        signature, content = _read_definitions_file(path)
+        signature, content = _read_definitions_file(dir_fd, path.name, str(path))
         if isinstance(content, ParsedFile):
             self._cache.pop(path, None)
             return content
@@ -227,19 +339,23 @@ class DefinitionStore:
         self._cache[path] = (signature, parsed)
         return parsed
 
-    def _load_state(self) -> _State:
-        problems: list[Problem] = []
-        effective: dict[str, Path] = {}
-        masked: list[Path] = []
+    def _open_directories(self, problems: list[Problem]) -> dict[Path, int]:
+        """An fd of each directory that exists and may be used; a problem for each other.
+
+        A directory someone other than root could write to is refused, alone: the others
+        still load (a refused /etc directory does not unmask the vendor's files either:
+        nothing of it is read).
+        """
+        fds: dict[Path, int] = {}
         for directory in self.dirs:
             try:
-                names = sorted(
-                    entry.name
-                    for entry in os.scandir(directory)
-                    if entry.name.endswith(DEFINITION_SUFFIX) and not entry.name.startswith(".")
-                )
+                fds[directory] = atomic.open_directory(directory)
             except FileNotFoundError:
                 continue  # an absent directory holds no definitions; that is normal
+            except atomic.UntrustedError as e:
+                message = f"directory not read: {e.args[0].split(': ', 2)[-1]}; it must be "
+                message += "owned by root and writable by no one else"
+                problems.append(Problem(str(directory), 0, message, ProblemKind.UNREADABLE))
             except OSError as e:
                 problems.append(
                     Problem(
@@ -249,26 +365,72 @@ class DefinitionStore:
                         ProblemKind.UNREADABLE,
                     )
                 )
-                continue
-            for name in names:
-                path = directory / name
-                if definitions.printable_path(name) != name:
-                    message = "file name is not valid UTF-8; not read"
-                    problems.append(Problem(definitions.printable_path(path), 0, message))
-                    continue
-                if name in effective:
-                    masked.append(path)
-                else:
-                    effective[name] = path
+        return fds
 
-        files: list[Path] = []
-        parsed_files: list[ParsedFile] = []
-        for path in effective.values():
-            if _is_mask(path):
-                masked.append(path)
-                continue
-            files.append(path)
-            parsed_files.append(self._parse(path))
+    def _load_state(self) -> _State:
+        problems: list[Problem] = []
+        effective: dict[str, Path] = {}
+        masked: list[Path] = []
+        fds = self._open_directories(problems)
+        links: dict[Path, set[str]] = {directory: set() for directory in fds}
+        try:
+            for directory, dir_fd in fds.items():
+                try:
+                    names = _directory_names(dir_fd, links[directory])
+                except OSError as e:
+                    message = f"cannot read directory: {e.strerror}"
+                    problems.append(Problem(str(directory), 0, message, ProblemKind.UNREADABLE))
+                    continue
+                if names is None:
+                    message = (
+                        f"directory not read: it holds more than "
+                        f"{definitions.MAX_DIRECTORY_ENTRIES} entries"
+                    )
+                    problems.append(Problem(str(directory), 0, message, ProblemKind.LIMIT))
+                    continue
+                for name in names:
+                    path = directory / name
+                    if definitions.printable_path(name) != name:
+                        message = "file name is not valid UTF-8; not read"
+                        problems.append(Problem(definitions.printable_path(path), 0, message))
+                        continue
+                    if name in effective:
+                        masked.append(path)
+                    else:
+                        effective[name] = path
+
+            files: list[Path] = []
+            parsed_files: list[ParsedFile] = []
+            total_devices = total_bytes = 0
+            for path in effective.values():
+                dir_fd = fds[path.parent]
+                if path.name in links[path.parent] and _is_mask_at(dir_fd, path.name):
+                    masked.append(path)
+                    continue
+                files.append(path)
+                parsed = self._parse(path, dir_fd)
+                # Bounds on the whole load: what a file adds beyond them is not loaded, so
+                # a directory of many files cannot cost more than one of the bounds allows.
+                size = self._cache[path][0][2] if path in self._cache else 0
+                devices = len(parsed.definitions)
+                if (
+                    total_devices + devices > definitions.MAX_DEVICES_TOTAL
+                    or total_bytes + size > definitions.MAX_TOTAL_SIZE
+                ):
+                    parsed = _unusable(
+                        str(path),
+                        f"not loaded: the definitions loaded before it reach the limit of "
+                        f"{definitions.MAX_DEVICES_TOTAL} devices or "
+                        f"{definitions.MAX_TOTAL_SIZE} bytes in all directories",
+                        ProblemKind.LIMIT,
+                    )
+                else:
+                    total_devices += devices
+                    total_bytes += size
+                parsed_files.append(parsed)
+        finally:
+            for dir_fd in fds.values():
+                os.close(dir_fd)
         for stale in set(self._cache) - set(files):
             del self._cache[stale]
 
@@ -276,6 +438,20 @@ class DefinitionStore:
         problems.extend(merged.problems)
         result = LoadResult(merged.definitions, problems, files, masked)
         return _State(result, everything, effective)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Remove what a writer killed half-way left (`.<name>.toml.XXXXXXXX.tmp`) from the
+        writable directories; for the daemon's start-up only, when no write of its own can be
+        in flight. Returns the files removed; a directory that cannot be used is left alone
+        (loading reports it)."""
+        removed: list[Path] = []
+        for directory in self.dirs:
+            if directory in self.read_only:
+                continue
+            with contextlib.suppress(OSError):
+                names = atomic.remove_stale_temp_files(directory, DEFINITION_SUFFIX)
+                removed += [directory / name for name in names]
+        return removed
 
     # --- writing --------------------------------------------------------------------------
 
@@ -319,7 +495,15 @@ class DefinitionStore:
                     raise ConfigInvalid(
                         f"{in_effect} masks {path}, so device {uuid} cannot be written there"
                     )
-                if path.exists() and not _is_mask(path):
+                if os.path.islink(path) and not _is_mask(path):
+                    # Appending would write wherever the link leads (a link planted there
+                    # once led a define into a root-only file elsewhere).
+                    raise ConfigInvalid(
+                        f"{path} is a symlink that does not mask; mdevd writes a new "
+                        f"definition only to a regular file there: remove the link, or define "
+                        f"device {uuid} in the file it leads to"
+                    )
+                if os.path.lexists(path) and not _is_mask(path):
                     self._rewrite(
                         path, lambda text: definitions.append_to_text(text, str(path), wanted)
                     )
@@ -415,7 +599,7 @@ class DefinitionStore:
         The file's real location is what gets written, so a symlinked file stays a symlink.
         """
         real = Path(os.path.realpath(path))
-        signature, content = _read_definitions_file(real)
+        signature, content = _read_path(real)
         if isinstance(content, ParsedFile):
             raise ConfigInvalid(f"{content.problems[0]}; mdevd will not rewrite it")
         try:
@@ -429,7 +613,7 @@ class DefinitionStore:
 
     def _commit(self, pending: _PendingWrite) -> None:
         """Write (or delete) a prepared file, unless it changed since it was read."""
-        again, _ = _read_definitions_file(pending.real)
+        again, _ = _read_path(pending.real)
         if again != pending.signature:
             message = f"{pending.path}: changed on disk while mdevd was updating it; try again"
             raise Failed(message)
@@ -453,6 +637,8 @@ class _PendingWrite:
 
 def _write_error(path: Path, error: OSError) -> Failed | ReadOnly:
     """What a failed write of a definitions file means to the caller."""
+    if isinstance(error, atomic.UntrustedError):
+        return Failed(f"{path}: cannot write: {error}")
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return ReadOnly(f"{path}: cannot write: {error.strerror}; the directory is read-only")
     return Failed(f"{path}: cannot write: {error.strerror}")
@@ -465,11 +651,13 @@ def _only_comments(text: str) -> bool:
 def check_files(paths: Sequence[Path]) -> LoadResult:
     """Load the given files alone, as if they were one directory in this order.
 
-    For `mdevd check-config FILE...`: every file is checked, masks and names do not matter.
+    For `mdevd check-config FILE...`: every file is checked, masks and names do not matter,
+    and neither do owner and mode (a file can be checked before root installs it); the type
+    is checked before the file is opened, and the bounds apply.
     """
     parsed_files: list[ParsedFile] = []
     for path in paths:
-        _, content = _read_definitions_file(path)
+        _, content = _read_path(path, trusted=False)
         if isinstance(content, ParsedFile):
             parsed_files.append(content)
         else:

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import re
 
-from mdevd.errors import InvalidName, InvalidUUID
+from mdevd.errors import AttributeRejected, InvalidName, InvalidUUID
 
 #: Linux NAME_MAX. sysfs names are far shorter in practice; this is the hard ceiling.
 MAX_NAME_LENGTH = 255
+
+#: Files in a device directory that belong to the driver core, not to the device's driver.
+#: Writing them as "attributes" would remove the device or forge uevents behind the engine.
+#: (mdevd.kernel refuses them at the write; every definition refuses them before that.)
+RESERVED_DEVICE_FILES = frozenset({"remove", "uevent", "mdev_type", "iommu_group", "driver"})
 
 #: Attribute values are written with one write(2); sysfs store() gets at most a page.
 MAX_ATTRIBUTE_VALUE_LENGTH = 4096
@@ -63,6 +68,17 @@ def attribute_name(name: object) -> str:
     checked = _check_component("attribute", name)
     if checked.startswith("."):
         raise InvalidName(f"attribute name {checked!r} starts with '.'")
+    return checked
+
+
+def device_attribute_name(name: object) -> str:
+    """An attribute name that may be written to a device: `attribute_name`, and not one of
+    the driver core's files. The same rule for every path that takes attributes, so that a
+    definition never holds what creating its device would refuse. Raises `InvalidName` or,
+    for a driver-core file, `AttributeRejected` (what the kernel write answers for it)."""
+    checked = attribute_name(name)
+    if checked in RESERVED_DEVICE_FILES:
+        raise AttributeRejected(f"{checked!r} is a driver-core file, not a device attribute")
     return checked
 
 

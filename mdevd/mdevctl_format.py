@@ -26,14 +26,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mdevd import definitions
+from mdevd import atomic, definitions
 from mdevd.definitions import Problem, ProblemKind, printable_path
-from mdevd.errors import ConfigInvalid, InvalidArgument, MdevdError
+from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
 from mdevd.model import Definition
 from mdevd.store import DefinitionStore
 
@@ -85,8 +86,14 @@ def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> D
     Raises `ConfigInvalid` saying whether mdevctl itself rejects it, or mdevctl accepts it but
     mdevd refuses it (an unsafe name), and why.
     """
+    too_costly = definitions.bound_problem(text, source, json=True)
+    if too_costly is not None:
+        where = f"line {too_costly.line}: " if too_costly.line else ""
+        raise ConfigInvalid(f"not read: {where}{too_costly.message}")
     try:
         document = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:  # cannot happen within the bound; must cost this file only if it does
+        raise ConfigInvalid("not read: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError included
         where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
         message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
@@ -122,7 +129,7 @@ def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> D
     try:
         definition = Definition(uuid, parent, mdev_type, autostart, tuple(pairs), source, 0)
         return definitions.check_definition(definition)
-    except InvalidArgument as e:
+    except (InvalidArgument, AttributeRejected) as e:
         raise ConfigInvalid(f"mdevctl accepts it, but mdevd refuses it: {e.message}") from None
 
 
@@ -196,70 +203,180 @@ def read_mdevctl_tree(
     `verb` starts each problem's reason: what happens to the file ("not imported" by
     `import-mdevctl`, "ignored" by the daemon's live mdevctl store). With `cache` (kept by the
     caller between reads), a file whose inode, size and times are unchanged is not read again.
-    Raises `ConfigInvalid` if `root` itself cannot be read.
+    Raises `ConfigInvalid` if `root` itself cannot be read. The directory, each parent
+    directory and each file must be root's alone (owned by root, writable by no one else);
+    one that is not is reported and skipped, with everything in it.
     """
     tree = MdevctlTree()
     seen: set[str] = set()
     try:
-        parents = sorted(os.scandir(root), key=lambda e: e.name)
+        root_fd = atomic.open_directory(root)
+    except atomic.UntrustedError as e:
+        tree.problems.append(Problem(str(root), 0, _untrusted_message(e), ProblemKind.UNREADABLE))
+        return tree
     except OSError as e:
         raise ConfigInvalid(f"{root}: cannot read mdevctl's directory: {e.strerror}") from None
-    for parent_entry in parents:
-        if parent_entry.name == SCRIPTS_DIR_NAME:
-            continue
-        if parent_entry.is_symlink():
-            tree.problems.append(
-                Problem(
-                    printable_path(parent_entry.path),
-                    0,
-                    "mdevctl ignores symlinked parent directories",
+    try:
+        parents = _entries(root, tree)
+        if parents is None:
+            return tree
+        for parent_entry in parents:
+            if parent_entry.name == SCRIPTS_DIR_NAME:
+                continue
+            if parent_entry.is_symlink():
+                tree.problems.append(
+                    Problem(
+                        printable_path(parent_entry.path),
+                        0,
+                        "mdevctl ignores symlinked parent directories",
+                    )
                 )
-            )
-            continue
-        if not parent_entry.is_dir(follow_symlinks=False):
-            continue
-        try:
-            children = sorted(os.scandir(parent_entry.path), key=lambda e: e.name)
-        except OSError as e:
-            message = f"cannot read directory: {e.strerror}"
-            tree.problems.append(
-                Problem(printable_path(parent_entry.path), 0, message, ProblemKind.UNREADABLE)
-            )
-            continue
-        found: list[Definition] = []
-        for child in children:
-            result = _read_cached(child, parent_entry.name, verb, cache, seen)
-            if isinstance(result, Definition):
-                found.append(result)
-            elif result is not None:
-                tree.problems.append(result)
-        tree.definitions.extend(sorted(found, key=lambda d: d.uuid))
+                continue
+            if not parent_entry.is_dir(follow_symlinks=False):
+                continue
+            _read_parent(root_fd, parent_entry, tree, verb, cache, seen)
+    finally:
+        os.close(root_fd)
     if cache is not None:
         for stale in set(cache) - seen:
             del cache[stale]
     return tree
 
 
+def _untrusted_message(error: OSError) -> str:
+    reason = str(error.args[0]).split(": ", 2)[-1]
+    return f"directory not read: {reason}; it must be owned by root and writable by no one else"
+
+
+def _entries(directory: Path | str, tree: MdevctlTree) -> list[os.DirEntry[str]] | None:
+    """The entries of `directory` by name; None (and a problem) if it holds too many."""
+    found: list[os.DirEntry[str]] = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if len(found) >= definitions.MAX_DIRECTORY_ENTRIES:
+                    message = (
+                        f"directory not read: it holds more than "
+                        f"{definitions.MAX_DIRECTORY_ENTRIES} entries"
+                    )
+                    tree.problems.append(
+                        Problem(printable_path(directory), 0, message, ProblemKind.LIMIT)
+                    )
+                    return None
+                found.append(entry)
+    except OSError as e:
+        message = f"cannot read directory: {e.strerror}"
+        tree.problems.append(Problem(printable_path(directory), 0, message, ProblemKind.UNREADABLE))
+        return None
+    return sorted(found, key=lambda e: e.name)
+
+
+def _read_parent(
+    root_fd: int,
+    parent_entry: os.DirEntry[str],
+    tree: MdevctlTree,
+    verb: str,
+    cache: ReadCache | None,
+    seen: set[str],
+) -> None:
+    where = printable_path(parent_entry.path)
+    try:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        parent_fd = os.open(parent_entry.name, flags, dir_fd=root_fd)
+    except OSError as e:
+        message = f"cannot read directory: {e.strerror}"
+        tree.problems.append(Problem(where, 0, message, ProblemKind.UNREADABLE))
+        return
+    try:
+        untrusted = atomic.untrusted_reason(os.fstat(parent_fd))
+        if untrusted is not None:
+            error = atomic.UntrustedError(f"{where}: not trusted: {untrusted}")
+            tree.problems.append(
+                Problem(where, 0, _untrusted_message(error), ProblemKind.UNREADABLE)
+            )
+            return
+        children = _entries(parent_entry.path, tree)
+        if children is None:
+            return
+        found: list[Definition] = []
+        for child in children:
+            result = _read_cached(child, parent_fd, parent_entry.name, verb, cache, seen)
+            if isinstance(result, Definition):
+                if len(tree.definitions) + len(found) >= definitions.MAX_DEVICES_TOTAL:
+                    message = (
+                        f"{verb}: the definitions read before it reach the limit of "
+                        f"{definitions.MAX_DEVICES_TOTAL} devices"
+                    )
+                    result = Problem(result.source_file, 0, message, ProblemKind.LIMIT)
+                else:
+                    found.append(result)
+                    continue
+            if result is not None:
+                tree.problems.append(result)
+        tree.definitions.extend(sorted(found, key=lambda d: d.uuid))
+    finally:
+        os.close(parent_fd)
+
+
 def _read_cached(
-    child: os.DirEntry[str], parent: str, verb: str, cache: ReadCache | None, seen: set[str]
+    child: os.DirEntry[str],
+    parent_fd: int,
+    parent: str,
+    verb: str,
+    cache: ReadCache | None,
+    seen: set[str],
 ) -> Definition | Problem | None:
     if cache is None or child.is_symlink() or not child.is_file(follow_symlinks=False):
-        return _read_child(child, parent, verb)
+        return _read_child(child, parent_fd, parent, verb)
     try:
         st = child.stat(follow_symlinks=False)
     except OSError:
-        return _read_child(child, parent, verb)
+        return _read_child(child, parent_fd, parent, verb)
     signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     seen.add(child.path)
     cached = cache.get(child.path)
     if cached is not None and cached[0] == signature:
         return cached[1]
-    result = _read_child(child, parent, verb)
+    result = _read_child(child, parent_fd, parent, verb)
     cache[child.path] = (signature, result)
     return result
 
 
-def _read_child(child: os.DirEntry[str], parent: str, verb: str) -> Definition | Problem | None:
+def _read_bounded(child: os.DirEntry[str], parent_fd: int) -> bytes | str:
+    """The content of a regular file the directory entry says is one, or why not.
+
+    Its type is known before it is opened (from the entry); it is opened relative to its
+    directory without following a link, must still be that file, root's alone, and within
+    MAX_MDEVCTL_FILE_SIZE.
+    """
+    limit = definitions.MAX_MDEVCTL_FILE_SIZE
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(child.name, flags, dir_fd=parent_fd)
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != child.inode():
+            return "replaced while mdevd was reading it; not read"
+        untrusted = atomic.untrusted_reason(st)
+        if untrusted is not None:
+            return f"not read: {untrusted}; definitions must be root's alone"
+        if st.st_size > limit:
+            return f"larger than {limit} bytes; not read"
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            return f"larger than {limit} bytes; not read"
+        return data
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    finally:
+        os.close(fd)
+
+
+def _read_child(
+    child: os.DirEntry[str], parent_fd: int, parent: str, verb: str
+) -> Definition | Problem | None:
     if child.is_symlink():
         return Problem(printable_path(child.path), 0, f"{verb}: mdevctl ignores symlinks")
     if not child.is_file(follow_symlinks=False):
@@ -271,13 +388,9 @@ def _read_child(child: os.DirEntry[str], parent: str, verb: str) -> Definition |
             0,
             f"{verb}: mdevctl ignores it (the name is not a UUID)",
         )
-    try:
-        with open(child.path, "rb") as f:
-            data = f.read(definitions.MAX_FILE_SIZE + 1)
-    except OSError as e:
-        return Problem(
-            printable_path(child.path), 0, f"cannot read: {e.strerror}", ProblemKind.UNREADABLE
-        )
+    data = _read_bounded(child, parent_fd)
+    if isinstance(data, str):
+        return Problem(printable_path(child.path), 0, data, ProblemKind.UNREADABLE, uuid)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

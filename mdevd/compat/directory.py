@@ -21,10 +21,11 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mdevd import atomic, mdevctl_format, validate
+from mdevd import atomic, definitions, mdevctl_format, validate
 from mdevd.definitions import Problem
 from mdevd.errors import Failed, MdevdError
 from mdevd.mdevctl_format import MdevctlTree
@@ -78,11 +79,8 @@ class MdevctlDirectory:
         return tree
 
     def digest_of(self, path: Path) -> str | None:
-        try:
-            with open(path, "rb") as f:
-                return content_digest(f.read())
-        except OSError:
-            return None
+        data = _read_regular(path, definitions.MAX_MDEVCTL_FILE_SIZE)
+        return content_digest(data) if isinstance(data, bytes) else None
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -119,19 +117,22 @@ class MdevctlDirectory:
     def load_record(self) -> tuple[dict[str, MirrorEntry], list[Problem]]:
         """The mirror record by UUID; an unreadable record is reported and treated as empty
         (its copies then count as mdevctl definitions: nothing is lost)."""
-        try:
-            data = self.record_path.read_bytes()
-        except FileNotFoundError:
+        # Bounded like a definitions file: a record of every definition there may be.
+        data = _read_regular(self.record_path, definitions.MAX_FILE_SIZE)
+        if data is None:
             return {}, []
-        except OSError as e:
-            return {}, [Problem(str(self.record_path), 0, f"cannot read: {e.strerror}")]
+        if isinstance(data, str):
+            return {}, [Problem(str(self.record_path), 0, data)]
         try:
+            too_costly = definitions.bound_problem(data.decode("utf-8"), "", json=True)
+            if too_costly is not None:
+                raise ValueError(too_costly.message)
             raw = json.loads(data)
             entries = {
                 validate.uuid(uuid): MirrorEntry(str(entry["path"]), str(entry["digest"]))
                 for uuid, entry in raw.items()
             }
-        except (ValueError, TypeError, KeyError, AttributeError, MdevdError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, MdevdError) as e:
             message = f"not a mirror record mdevd can read ({e}); its files count as mdevctl's"
             return {}, [Problem(str(self.record_path), 0, message)]
         return entries, []
@@ -151,6 +152,15 @@ class MdevctlDirectory:
         except OSError as e:
             raise Failed(f"{self.record_path}: cannot write: {e.strerror}") from None
 
+    def remove_stale_temp_files(self) -> list[str]:
+        """Remove the temporary files a killed writer left: `<parent>/.<uuid>.XXXXXXXX.tmp`,
+        and the mirror record's `.mdevd-mirrors.json.XXXXXXXX.tmp` in the directory itself.
+        Returns their paths, relative to the directory."""
+        removed = [name for name in atomic.remove_stale_temp_files(self.root, ".json")]
+        for parent in _parent_directories(self.root):
+            removed += [f"{parent.name}/{name}" for name in atomic.remove_stale_temp_files(parent)]
+        return removed
+
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
@@ -160,3 +170,38 @@ class MdevctlDirectory:
         except ValueError:
             return False
         return True
+
+
+def _parent_directories(root: Path) -> list[Path]:
+    """mdevctl's parent directories (not symlinks, not scripts.d); none if `root` is absent."""
+    try:
+        with os.scandir(root) as entries:
+            return [
+                Path(entry.path)
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False)
+                and entry.name != mdevctl_format.SCRIPTS_DIR_NAME
+            ]
+    except FileNotFoundError:
+        return []
+
+
+def _read_regular(path: Path, limit: int) -> bytes | str | None:
+    """The content of the regular file `path` (a symlink is not followed), at most `limit`
+    bytes; None if it does not exist; else why it cannot be read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        if not stat.S_ISREG(os.stat(path, follow_symlinks=False).st_mode):
+            return "not a regular file; not read"
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    try:
+        data = os.read(fd, limit + 1)
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else f"larger than {limit} bytes; not read"

@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from mdevd import validate
 from mdevd.errors import (
     AlreadyActive,
+    AttributeRejected,
     Busy,
     Exists,
     InvalidArgument,
@@ -510,6 +511,13 @@ class Engine:
             type_id = validate.type_id(type_id)
         if attributes is not None:
             attributes = _check_attributes(attributes)
+            # Refused before any write or callout, live or not: a persist-only update must
+            # not store what creating the device (or a live update) would refuse.
+            for name, _ in attributes:
+                try:
+                    validate.device_attribute_name(name)
+                except AttributeRejected as e:
+                    raise AttributeRejected(f"device {uuid}: {e.message}") from None
         async with self._locks(uuid, definition.parent):
             definition = self._definitions[uuid]
             active = uuid in self._active

@@ -1390,7 +1390,7 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
 
 
 #: The uevents (of the mdev device itself) that creating and removing a device make the kernel
-#: send, in order (kernel-mdev-abi.md).
+#: send, in order (docs/kernel-abi.md).
 _CREATE_EVENTS = ("add", "bind")
 _REMOVE_EVENTS = ("unbind", "remove")
 

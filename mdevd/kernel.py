@@ -34,9 +34,9 @@ from mdevd.errors import (
 )
 from mdevd.model import ActiveDevice, MdevType, Parent
 
-#: Files in a device directory that belong to the driver core, not to the device's driver.
-#: Writing them as "attributes" would remove the device or forge uevents behind the engine.
-RESERVED_DEVICE_FILES = frozenset({"remove", "uevent", "mdev_type", "iommu_group", "driver"})
+#: Files in a device directory that belong to the driver core, not to the device's driver
+#: (one list, in mdevd.validate, for every path that accepts attribute names).
+RESERVED_DEVICE_FILES = validate.RESERVED_DEVICE_FILES
 
 #: Upper bound on what a sysfs attribute read returns (sysfs show() fills at most one page).
 _READ_LIMIT = 4096

@@ -212,10 +212,10 @@ async def start(bench: Bench, report: Report, settings: Settings) -> None:
 
     async def create_one_at_a_time(client: Client) -> None:
         for uuid in uuids:
-            await client.create_device(PARENT, TYPE, uuid=uuid)
+            await client.create_device_path(PARENT, TYPE, uuid=uuid)
 
     async def create_in_parallel(client: Client) -> None:
-        calls = [(lambda u=uuid: client.create_device(PARENT, TYPE, uuid=u)) for uuid in uuids]
+        calls = [(lambda u=uuid: client.create_device_path(PARENT, TYPE, uuid=u)) for uuid in uuids]
         await _gather_limited(width, calls)
 
     async def mdevdctl_processes(client: Client) -> None:
@@ -434,7 +434,7 @@ async def daemon_costs(
         async def cycle(rounds: int) -> None:
             for _ in range(rounds):
                 uuid = bench_uuid(6, next(fresh))
-                await client.create_device(PARENT, TYPE, uuid=uuid)
+                await client.create_device_path(PARENT, TYPE, uuid=uuid)
                 await client.stop(uuid)
 
         warmup = max(1, min(1_000, settings.cycles // 10) // width)

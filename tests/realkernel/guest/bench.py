@@ -383,7 +383,7 @@ async def start(bench: GuestBench, report: Report) -> None:
         try:
             started = time.perf_counter()
             for uuid in uuids:
-                await client.create_device(PARENT, TYPE, uuid=uuid)
+                await client.create_device_path(PARENT, TYPE, uuid=uuid)
             created = time.perf_counter() - started
             check_active(set(uuids))
             started = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Final
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from mdevd.bus import names
+from mdevd.bus import busdaemon, names
 from mdevd.errors import Failed, Timeout
 
 #: How long the bus daemon may take to answer a question about a connection. It answers from
@@ -77,17 +77,9 @@ async def sender_uid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TI
     Raises `Timeout` when the bus does not answer in time and `Failed` when it refuses (the
     caller has disconnected meanwhile, for instance).
     """
-    query = Message(
-        destination=names.DBUS_BUS_NAME,
-        path=names.DBUS_PATH,
-        interface=names.DBUS_INTERFACE,
-        member="GetConnectionUnixUser",
-        signature="s",
-        body=[sender],
-    )
     try:
         async with asyncio.timeout(timeout):
-            reply = await bus.call(query)
+            reply = await bus.call(busdaemon.message("GetConnectionUnixUser", "s", [sender]))
     except TimeoutError:
         raise Timeout(
             f"the bus did not tell the uid of caller {sender} within {timeout} s"
@@ -180,23 +172,9 @@ class CallerTracker:
             f"type='signal',sender='{names.DBUS_BUS_NAME}',interface='{names.DBUS_INTERFACE}',"
             "member='NameOwnerChanged',arg2=''"
         )
-        query = Message(
-            destination=names.DBUS_BUS_NAME,
-            path=names.DBUS_PATH,
-            interface=names.DBUS_INTERFACE,
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self.bus.call(query)
-        except Exception as error:  # a timeout, a closed connection
-            failure = str(error) or type(error).__name__
-        else:
-            if reply is not None and reply.message_type is not MessageType.ERROR:
-                return
-            failure = "no reply" if reply is None else str(reply.error_name)
+        failure = await busdaemon.add_match(self.bus, rule, self.timeout)
+        if failure is None:
+            return
         # Still correct (a unique name is never reused): uids are only kept until evicted.
         log.warning("cannot follow callers leaving the bus: %s", failure)
 

@@ -40,7 +40,7 @@ from typing import Any, Final
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from mdevd.bus import names
+from mdevd.bus import busdaemon, names
 
 log = logging.getLogger(__name__)
 
@@ -347,23 +347,9 @@ class PolkitAuthority:
             f"interface='{names.POLKIT_INTERFACE}',member='Changed'",
         )
         for rule in rules:
-            query = Message(
-                destination=names.DBUS_BUS_NAME,
-                path=names.DBUS_PATH,
-                interface=names.DBUS_INTERFACE,
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
-            try:
-                async with asyncio.timeout(self.timeout):
-                    reply = await self.bus.call(query)
-            except Exception as error:  # a timeout, a closed connection
-                log.warning("cannot follow polkit's changes, asking it for root too: %s", error)
-                return False
-            if reply is None or reply.message_type is MessageType.ERROR:
-                detail = reply.error_name if reply is not None else "no reply"
-                log.warning("cannot follow polkit's changes, asking it for root too: %s", detail)
+            failure = await busdaemon.add_match(self.bus, rule, self.timeout)
+            if failure is not None:
+                log.warning("cannot follow polkit's changes, asking it for root too: %s", failure)
                 return False
         return True
 

@@ -20,7 +20,6 @@ import random
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
@@ -28,9 +27,9 @@ from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from mdevd.bus.paths import device_path
-from tests.chaos.support import LONG
+from tests.chaos.support import LONG, devices, managed_objects
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import new_uuid, unwrap, wait_until
+from tests.daemon.harness import new_uuid, wait_until
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
@@ -150,23 +149,9 @@ def _what_the_files_say(directory: Path) -> dict[str, str]:
     return found
 
 
-async def _defined(address: str) -> dict[str, str]:
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination=names.BUS_NAME,
-                path=names.ROOT_PATH,
-                interface="org.freedesktop.DBus.ObjectManager",
-                member="GetManagedObjects",
-            )
-        )
-        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN, reply
-        objects: dict[str, dict[str, dict[str, Any]]] = unwrap(reply.body[0])
-    finally:
-        bus.disconnect()
-    devices = [i[names.DEVICE_INTERFACE] for i in objects.values() if names.DEVICE_INTERFACE in i]
-    return {d["UUID"]: d["Type"] for d in devices if d["Defined"]}
+def _defined(address: str) -> dict[str, str]:
+    objects = asyncio.run(managed_objects(address))
+    return {d["UUID"]: d["Type"] for d in devices(objects) if d["Defined"]}
 
 
 @pytest.fixture
@@ -194,7 +179,7 @@ def test_churn_under_the_watcher_settles_on_what_the_files_say(
     assert any(name.startswith("hand-") for name in os.listdir(directory))
 
     def settled() -> bool:
-        return asyncio.run(_defined(address)) == _what_the_files_say(directory)
+        return _defined(address) == _what_the_files_say(directory)
 
     wait_until(settled, what=f"the daemon to define exactly what the files say: {expected}")
     assert daemon.process.poll() is None

@@ -20,7 +20,6 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
@@ -29,9 +28,9 @@ from dbus_fast.aio import MessageBus
 from mdevd.bus import names
 from mdevd.bus.paths import device_path
 from mdevd.sim.control import ControlError
-from tests.chaos.support import LONG, kernel_devices
+from tests.chaos.support import LONG, devices, kernel_devices, managed_objects
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import new_uuid, unwrap, wait_until
+from tests.daemon.harness import new_uuid, wait_until
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
@@ -146,27 +145,10 @@ class Storm:
             self.replies["ok"] += 1
 
 
-async def _view(address: str) -> tuple[set[str], set[str]]:
-    """The daemon's active devices and parents, from GetManagedObjects."""
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination=names.BUS_NAME,
-                path=names.ROOT_PATH,
-                interface="org.freedesktop.DBus.ObjectManager",
-                member="GetManagedObjects",
-            )
-        )
-        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN, reply
-        objects: dict[str, dict[str, dict[str, Any]]] = unwrap(reply.body[0])
-    finally:
-        bus.disconnect()
-    active = {
-        i[names.DEVICE_INTERFACE]["UUID"]
-        for i in objects.values()
-        if names.DEVICE_INTERFACE in i and i[names.DEVICE_INTERFACE]["Active"]
-    }
+def _view(address: str) -> tuple[set[str], set[str]]:
+    """The daemon's active devices and parents."""
+    objects = asyncio.run(managed_objects(address))
+    active = {d["UUID"] for d in devices(objects) if d["Active"]}
     parents = {
         i[names.PARENT_INTERFACE]["Name"] for i in objects.values() if names.PARENT_INTERFACE in i
     }
@@ -212,7 +194,7 @@ def test_a_fault_storm_gets_named_errors_and_leaves_the_daemon_consistent(
             sim.control.release(uuid)
 
     def agrees() -> bool:
-        active, parents = asyncio.run(_view(address))
+        active, parents = _view(address)
         return active == kernel_devices(sim) and parents == _registered_parents(sim)
 
     wait_until(agrees, what="the daemon's view to agree with the kernel's")

@@ -37,9 +37,15 @@ from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from mdevd.bus.paths import device_path
-from tests.chaos.support import LONG, kernel_devices, remove_kernel_devices
+from tests.chaos.support import (
+    LONG,
+    devices,
+    kernel_devices,
+    managed_objects,
+    remove_kernel_devices,
+)
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import new_uuid, unwrap
+from tests.daemon.harness import new_uuid
 from tests.support.bus import PROJECT_POLICY, REPO, private_bus
 from tests.support.daemon import running_daemon
 from tests.support.sim import RunningSim, running_sim
@@ -184,24 +190,6 @@ async def _storm_then_kill(address: str, pid: int, seed: int) -> Storm:
     return storm
 
 
-async def _managed_objects(address: str) -> dict[str, dict[str, dict[str, Any]]]:
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await bus.call(
-            Message(
-                destination=names.BUS_NAME,
-                path=names.ROOT_PATH,
-                interface="org.freedesktop.DBus.ObjectManager",
-                member="GetManagedObjects",
-            )
-        )
-        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN, reply
-        objects: dict[str, dict[str, dict[str, Any]]] = unwrap(reply.body[0])
-        return objects
-    finally:
-        bus.disconnect()
-
-
 def _files(directory: Path) -> dict[str, Definition]:
     """Every definition in the directory's files, read independently of the daemon."""
     found: dict[str, Definition] = {}
@@ -239,13 +227,10 @@ def _check_trial(storm: Storm, directory: Path, sim: RunningSim, address: str) -
     if checked.returncode != 0:
         problems.append(f"check-config: {checked.stdout}{checked.stderr}")
     files = _files(directory)
-    objects = asyncio.run(_managed_objects(address))
+    objects = asyncio.run(managed_objects(address))
     on_bus: dict[str, Definition] = {}
     active: set[str] = set()
-    for interfaces in objects.values():
-        device = interfaces.get(names.DEVICE_INTERFACE)
-        if device is None:
-            continue
+    for device in devices(objects):
         if device["Defined"]:
             attributes = dict(device["Attributes"])
             on_bus[device["UUID"]] = Definition(device["Type"], attributes.get("setting", ""))

@@ -695,6 +695,8 @@ async def run_bench(
     """Every group in turn, starting from a clean guest: no mdev device, no definition, the
     daemon (and any the caller ran) stopped. `stack`: a guest whose services already run
     (the scenarios' boot); else they are started here."""
+    if not in_guest():
+        raise RuntimeError("the benchmark runs only inside the real-kernel guest")
     own_stack = stack is None
     if stack is None:
         stack = GuestStack()

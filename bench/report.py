@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -187,7 +188,7 @@ class Report:
         axes.set_xscale("log")
         axes.invert_yaxis()
         axes.set_xlabel("mdevctl time / mdevd time (log scale; right of 1: mdevd is faster)")
-        axes.set_title(self.title, fontsize=9)
+        axes.set_title("\n".join(textwrap.wrap(self.title, 60)), fontsize=9)
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)

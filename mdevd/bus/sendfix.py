@@ -134,6 +134,7 @@ class PacedMessageBus(MessageBus):
             )
             return self
         self._watch = _SocketWatch(loop, fileno())
+        # dbus-fast leaves wait_for_disconnect unannotated (every version).
         ended = loop.create_task(self.wait_for_disconnect())  # type: ignore[no-untyped-call]
         ended.add_done_callback(self._disconnected_now)
         return self

@@ -82,6 +82,7 @@ def plain(function: _F, *, arguments: bool = True) -> _F:
             parameter = parameter.replace(annotation=dbus)
         parameters.append(parameter)
     returned = signature_of(hints.get("return"))
+    # typeshed does not declare `__signature__` on callables; inspect.signature reads it.
     function.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=parameters,
         return_annotation=inspect.Signature.empty if returned is None else returned,

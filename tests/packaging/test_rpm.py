@@ -127,12 +127,15 @@ def _source_tarball(directory: Path, version: str) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     if shutil.which("rpmbuild") is None:
-        pytest.skip("rpmbuild is not installed (Debian package rpm; scripts/bootstrap installs it)")
+        message = "rpmbuild is not installed (Debian package rpm; scripts/bootstrap installs it)"
+        # CI runs scripts/bootstrap first: there a missing rpmbuild is a broken setup, not a
+        # reason to pass without building.
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     if not (REPO / ".git").exists():
+        # An unpacked sdist (`make check` from a release tarball) has no git to list files.
         pytest.skip("not a git checkout: the source tarball is made from `git ls-files`")
-    missing = [name for name in ("LICENSE", "NEWS.md") if not (REPO / name).is_file()]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not in the checkout yet: the spec ships them")
 
     version = _spec_tag("Version")
     topdir = tmp_path_factory.mktemp("rpmbuild")

@@ -7,6 +7,9 @@
                                            convert mdevctl's definitions to mdevd's
     mdevd export-mdevctl                   print definitions as `mdevctl list -d --dumpjson`
 
+check-config and export-mdevctl also take `--mdevctl-compat MODE` and `--mdevctl-dir DIR`, the
+daemon's options: in compatibility mode they read mdevctl's directory as the daemon would.
+
 Each command also takes `--config FILE` and `--devices-dir DIR` (repeatable: the definitions
 directories, highest precedence first, replacing the configured ones).
 Exit status: 0 success, 1 problems found (each printed as `FILE:LINE: problem`), 2 usage.
@@ -26,7 +29,7 @@ from mdevd import __version__, daemon, mdevctl_format
 from mdevd.compat import setup as compat_setup
 from mdevd.compat.directory import MdevctlDirectory
 from mdevd.compat.store import CompatStore
-from mdevd.config import Config, ConfigResult, read_config
+from mdevd.config import Config, ConfigResult, MdevctlConfig, read_config
 from mdevd.definitions import Problem, ProblemKind, render
 from mdevd.errors import MdevdError
 from mdevd.logs import setup_logging
@@ -64,8 +67,31 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+def _mdevctl_options() -> argparse.ArgumentParser:
+    """The daemon's compatibility options, for the commands that read what it would load."""
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("mdevctl compatibility")
+    group.add_argument(
+        "--mdevctl-compat",
+        choices=("auto", "on", "off"),
+        default=argparse.SUPPRESS,
+        help="mdevctl compatibility mode, as the daemon's option (default: the config file's; "
+        "auto: on when mdevctl's directory exists)",
+    )
+    group.add_argument(
+        "--mdevctl-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="mdevctl's definitions directory, read too in compatibility mode (default: the "
+        f"config file's, else {MdevctlConfig().config_dir})",
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
+    mdevctl = _mdevctl_options()
     parser = argparse.ArgumentParser(
         prog="mdevd",
         description="Persistent mediated devices (mdev) with a D-Bus API. Without a command, "
@@ -78,24 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check-config",
-        parents=[common],
+        parents=[common, mdevctl],
         help="validate the configuration and device definitions",
         description="Validate the configuration file and every definitions directory (or only "
         "the files and directories given), print each problem as FILE:LINE: problem, and exit "
         "1 if there was any.",
-    )
-    check.add_argument(
-        "--mdevctl-compat",
-        choices=("auto", "on", "off"),
-        default=argparse.SUPPRESS,
-        help="mdevctl compatibility mode, as the daemon's option (default: the config file's)",
-    )
-    check.add_argument(
-        "--mdevctl-dir",
-        type=Path,
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="mdevctl's definitions directory, checked too in compatibility mode",
     )
     check.add_argument(
         "paths",
@@ -136,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "export-mdevctl",
-        parents=[common],
+        parents=[common, mdevctl],
         help="print the definitions in `mdevctl list --defined --dumpjson` form",
         description="Print the definitions in effect as `mdevctl list --defined --dumpjson` "
-        "would. Problems go to standard error (exit status 1); the output holds every "
-        "definition that loaded.",
+        "would: the TOML ones and, in mdevctl compatibility mode, those in mdevctl's "
+        "directory, as the daemon would load them. Problems go to standard error (exit status "
+        "1); the output holds every definition that loaded.",
     )
     return parser
 
@@ -198,6 +212,22 @@ def _files_under(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
+def _in_effect(
+    args: argparse.Namespace, config: Config
+) -> tuple[LoadResult, MdevctlDirectory | None]:
+    """What the daemon would load with these options, and mdevctl's directory if it would
+    read that too (compatibility mode); writes nothing (no mirror is brought up to date).
+
+    Raises MdevdError when mdevctl's directory cannot be read at all.
+    """
+    toml = _store(args, config)
+    compat = compat_setup.effective_config(config.mdevctl, args)
+    mdevctl_dir = compat_setup.directory_to_check(compat)
+    if mdevctl_dir is None:
+        return toml.load(), None
+    return CompatStore(toml, mdevctl_dir).check(), mdevctl_dir
+
+
 def check_config(args: argparse.Namespace) -> int:
     """`mdevd check-config`: like `nginx -t`, a verdict and every problem."""
     configured = _config(args)
@@ -210,12 +240,8 @@ def check_config(args: argparse.Namespace) -> int:
         problems.extend(missing)
         result = check_files(files)
     else:
-        toml = _store(args, configured.config)
-        # In mdevctl compatibility mode the daemon also loads mdevctl's directory.
-        compat = compat_setup.effective_config(configured.config.mdevctl, args)
-        mdevctl_dir = compat_setup.directory_to_check(compat)
         try:
-            result = CompatStore(toml, mdevctl_dir).check() if mdevctl_dir else toml.load()
+            result, mdevctl_dir = _in_effect(args, configured.config)
         except MdevdError as e:  # mdevctl's directory cannot be read at all
             print(f"mdevd: {e.message}")
             return EXIT_PROBLEMS
@@ -265,7 +291,13 @@ def import_mdevctl(args: argparse.Namespace) -> int:
 def export_mdevctl(args: argparse.Namespace) -> int:
     """`mdevd export-mdevctl`: the definitions in effect, as mdevctl would list them."""
     configured = _config(args)
-    result = _store(args, configured.config).load()
+    try:
+        # The same definitions the daemon holds, /etc/mdevctl.d's included: the export is
+        # what `mdevctl list --defined --dumpjson` through the front end would print.
+        result, _ = _in_effect(args, configured.config)
+    except MdevdError as e:  # mdevctl's directory cannot be read at all
+        print(f"mdevd: {e.message}", file=sys.stderr)
+        return EXIT_PROBLEMS
     problems = [*configured.problems, *result.problems]
     print(mdevctl_format.dumpjson(result.definitions.values()))
     _print_problems(problems, sys.stderr)

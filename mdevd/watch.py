@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Watching the definition directories for changes: inotify (through ctypes), debounced.
+"""Watching the definition directories for changes: inotify (`mdevd.inotify`), debounced.
 
 Each definition directory is watched for files appearing, changing, being renamed or going.
 A directory that does not exist (yet) is waited for by watching its nearest existing ancestor,
@@ -28,34 +28,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import logging
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mdevd.inotify import (
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
 from mdevd.mdevctl_format import SCRIPTS_DIR_NAME, mdevctl_uuid
 from mdevd.store import DEFINITION_SUFFIX
 
 log = logging.getLogger(__name__)
-
-IN_ATTRIB = 0x00000004
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_FROM = 0x00000040
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_DELETE = 0x00000200
-IN_DELETE_SELF = 0x00000400
-IN_MOVE_SELF = 0x00000800
-IN_Q_OVERFLOW = 0x00004000
-IN_IGNORED = 0x00008000
-IN_ONLYDIR = 0x01000000
-IN_ISDIR = 0x40000000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
 
 #: In a definition directory: anything that can change what the store reads. IN_ATTRIB: a
 #: file made unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
@@ -78,52 +76,8 @@ _MDEVCTL_ROOT_MASK = (
 )
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 
-_EVENT_HEADER = struct.Struct("iIII")
 #: Looks at the directories before giving up on them settling (each look follows a change).
-_ARM_ATTEMPTS = 16  # wd, mask, cookie, len (struct inotify_event)
-
-
-class _Inotify:
-    def __init__(self) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.inotify_add_watch.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
-        self._libc.inotify_rm_watch.argtypes = (ctypes.c_int, ctypes.c_int)
-        self.fd = self._check(self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC), "inotify_init1")
-
-    @staticmethod
-    def _check(result: int, what: str) -> int:
-        if result < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"{what}: {os.strerror(code)}")
-        return result
-
-    def add_watch(self, path: Path, mask: int) -> int:
-        return self._check(
-            self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask),
-            f"inotify_add_watch {path}",
-        )
-
-    def rm_watch(self, wd: int) -> None:
-        self._libc.inotify_rm_watch(self.fd, wd)  # EINVAL when the kernel dropped it: fine
-
-    def read(self) -> list[tuple[int, int, str]]:
-        """Every event queued now, as (wd, mask, name)."""
-        events: list[tuple[int, int, str]] = []
-        while True:
-            try:
-                data = os.read(self.fd, 64 * 1024)
-            except BlockingIOError:
-                return events
-            offset = 0
-            while offset + _EVENT_HEADER.size <= len(data):
-                wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, offset)
-                offset += _EVENT_HEADER.size
-                raw = data[offset : offset + length].split(b"\0", 1)[0]
-                offset += length
-                events.append((wd, mask, os.fsdecode(raw)))
-
-    def close(self) -> None:
-        os.close(self.fd)
+_ARM_ATTEMPTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +128,7 @@ class DefinitionsWatcher:
         self._changed_by_others = changed_by_others or (lambda path: True)
         self._debounce = debounce
         self._max_delay = max_delay
-        self._inotify: _Inotify | None = None
+        self._inotify: Inotify | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: wd -> what it watches: a definition directory, or an ancestor of missing ones.
         self._watches: dict[int, _Watch] = {}
@@ -190,7 +144,7 @@ class DefinitionsWatcher:
     def open(self) -> None:
         """Start watching (changes queue until `attach`). Call before the first load, so
         that no change can fall between the load and the watch."""
-        self._inotify = _Inotify()
+        self._inotify = Inotify()
         self._arm()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -18,7 +18,8 @@ The protocol (mdevctl's `src/callouts.rs` is the caller side; s390-tools' `ap-ch
 - Notifier scripts (`.../notifiers`) all run after an operation with event `notify`.
 
 Every run is an asyncio subprocess with a timeout (the process group is killed when it
-passes); directories are listed in a worker thread: nothing blocks the event loop.
+passes); directories are listed in a worker thread, and listed again only after inotify reports
+a change (`ScriptDirectories`): nothing blocks the event loop.
 Transactions and their locking are `mdevd.compat.hooks`.
 """
 
@@ -26,16 +27,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import stat
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from mdevd.inotify import (
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    Inotify,
+)
 from mdevd.model import Definition
 
 log = logging.getLogger(__name__)
@@ -131,20 +147,148 @@ def parse_capabilities(path: Path, stdout: bytes) -> Capabilities | None:
         return None
 
 
-def _signature(directories: Sequence[Path]) -> tuple[object, ...]:
-    """Changes when a script is added, removed or replaced: the cache's key."""
-    entries: list[object] = []
+#: A watched script directory: a script added, removed, renamed, rewritten or chmod'ed, or the
+#: directory itself going.
+_SCRIPTS_MASK = (
+    IN_CREATE
+    | IN_DELETE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
+#: The nearest existing ancestor of a missing script directory: something appearing in it.
+_ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+#: Looks before giving up on directories that keep appearing and going while being watched.
+_ARM_ATTEMPTS = 8
+
+
+def _nearest_existing(directory: Path) -> Path:
+    ancestor = directory.parent
+    while not ancestor.is_dir() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def list_scripts(directories: Sequence[Path]) -> list[Path]:
+    """Regular files of each directory, sorted by name, directories in order."""
+    found: list[Path] = []
     for directory in directories:
         try:
-            st = os.stat(directory)
-            entries.append((str(directory), st.st_mtime_ns, st.st_ino))
-            for entry in os.scandir(directory):
-                with contextlib.suppress(OSError):
-                    s = entry.stat()
-                    entries.append((entry.path, s.st_ino, s.st_mtime_ns, s.st_size, s.st_mode))
+            names = sorted(os.listdir(directory))
         except OSError:
-            entries.append((str(directory), None))
-    return tuple(sorted(entries, key=repr))
+            continue
+        for name in names:
+            path = directory / name
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(path).st_mode):
+                    found.append(path)
+    return found
+
+
+class ScriptDirectories:
+    """The scripts of some directories, listed again only when inotify says something changed.
+
+    Every operation asks for the scripts, and on most hosts the directories are empty or
+    missing: listing them each time (a worker-thread hop, a listdir and a stat per entry) was
+    the largest single cost of a create on the real kernel. Here each call first reads the
+    inotify queue (non-blocking: one read that returns at once), so a change made before the
+    call is always seen. A miss arms the watches first and lists second, in a worker thread,
+    so a change during the listing is never lost either: it bumps `generation`, and a listing
+    is kept only if no event arrived while it was made. Missing directories are waited for
+    through their nearest existing ancestor. A queue overflow is an event like any other.
+
+    A script that is a symlink is followed when listed, but a change of its target alone is
+    not an event here; the link itself being replaced is. Without inotify (no instances
+    left) every call lists, as before.
+    """
+
+    def __init__(self, directories: Sequence[Path]) -> None:
+        self.directories = tuple(directories)
+        #: Bumped on every event: a listing (or anything derived from one, such as a version 2
+        #: script's capabilities) made at an older generation may be stale.
+        self.generation = 0
+        self._listed: tuple[int, list[Path]] | None = None
+        self._inotify: Inotify | None = None
+        self._wds: set[int] = set()
+        self._unwatchable = False
+        self._lock = asyncio.Lock()
+
+    async def scripts(self) -> tuple[int, list[Path]]:
+        """The scripts and the generation they were listed at."""
+        self._catch_up()
+        listed = self._listed
+        if listed is not None and listed[0] == self.generation:
+            return listed[0], list(listed[1])
+        async with self._lock:
+            self._open()
+            self._catch_up()
+            generation = self.generation
+            found = await asyncio.to_thread(self._arm_and_list)
+            self._catch_up()
+            if self._inotify is not None:
+                self._listed = (generation, found)
+            return generation, list(found)
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        self._wds = set()
+        self._listed = None
+
+    def _catch_up(self) -> None:
+        # IN_IGNORED alone is a watch this class removed when re-arming; a directory that goes
+        # is reported first by IN_DELETE_SELF or IN_MOVE_SELF (an unmount by IN_UNMOUNT).
+        if self._inotify is not None and any(
+            mask != IN_IGNORED for _wd, mask, _name in self._inotify.read()
+        ):
+            self.generation += 1
+
+    def _open(self) -> None:
+        if self._unwatchable or self._inotify is not None:
+            return
+        try:
+            self._inotify = Inotify()
+        except OSError as e:
+            self._unwatchable = True
+            log.warning("cannot watch the callout script directories (%s); listing them "
+                        "at every operation", e.strerror)  # fmt: skip
+            return
+        # The fd is closed with the object (the daemon keeps one for its lifetime).
+        weakref.finalize(self, self._inotify.close)
+
+    def _arm_and_list(self) -> list[Path]:
+        """In a worker thread: watch each directory (or the way to it), then list.
+
+        A directory created between failing to watch it and watching its ancestor would never
+        be reported, so the watches are armed again until what exists is what is watched."""
+        inotify = self._inotify
+        for _ in range(_ARM_ATTEMPTS):
+            if inotify is None:
+                break
+            wds: set[int] = set()
+            direct: set[Path] = set()
+            for directory in self.directories:
+                try:
+                    wds.add(inotify.add_watch(directory, _SCRIPTS_MASK))
+                    direct.add(directory)
+                    continue
+                except OSError as e:
+                    if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                        log.debug("cannot watch %s: %s", directory, e.strerror)
+                        continue
+                with contextlib.suppress(OSError):
+                    wds.add(inotify.add_watch(_nearest_existing(directory), _ANCESTOR_MASK))
+            for wd in self._wds - wds:
+                inotify.rm_watch(wd)
+            self._wds = wds
+            if direct == {d for d in self.directories if d.is_dir()}:
+                break
+        return list_scripts(self.directories)
 
 
 class CalloutRunner:
@@ -159,43 +303,36 @@ class CalloutRunner:
         self.callout_dirs = tuple(callout_dirs)
         self.notifier_dirs = tuple(notifier_dirs)
         self.timeout = timeout
+        self._callouts = ScriptDirectories(self.callout_dirs)
+        self._notifiers = ScriptDirectories(self.notifier_dirs)
         self._versioned: dict[tuple[str, str], Capabilities | None] = {}
-        self._versioned_key: tuple[object, ...] = ()
+        self._versioned_generation = -1
 
     # ---- finding scripts ---------------------------------------------------------------
 
-    @staticmethod
-    def scripts_in(directories: Sequence[Path]) -> list[Path]:
-        """Regular files of each directory, sorted by name, directories in order."""
-        found: list[Path] = []
-        for directory in directories:
-            try:
-                names = sorted(os.listdir(directory))
-            except OSError:
-                continue
-            for name in names:
-                path = directory / name
-                with contextlib.suppress(OSError):
-                    if stat.S_ISREG(os.stat(path).st_mode):
-                        found.append(path)
-        return found
-
     async def callout_scripts(self) -> list[Path]:
-        """The callout scripts in the order they are asked (listed off the event loop)."""
-        return await asyncio.to_thread(self.scripts_in, self.callout_dirs)
+        """The callout scripts in the order they are asked."""
+        return (await self._callouts.scripts())[1]
+
+    async def notifier_scripts(self) -> list[Path]:
+        return (await self._notifiers.scripts())[1]
+
+    def close(self) -> None:
+        self._callouts.close()
+        self._notifiers.close()
 
     async def versioned_script(self, device: Definition) -> Capabilities | None:
         """The version 2 script that handles `device`'s parent and type, if one does."""
-        key = await asyncio.to_thread(_signature, self.callout_dirs)
-        if key != self._versioned_key:
+        generation, scripts = await self._callouts.scripts()
+        if generation != self._versioned_generation:
             self._versioned.clear()
-            self._versioned_key = key
+            self._versioned_generation = generation
         target = (device.parent, device.type_id)
         if target in self._versioned:
             return self._versioned[target]
         found: Capabilities | None = None
         stdin = json.dumps(PROVIDES, separators=(",", ":")).encode()
-        for path in await self.callout_scripts():
+        for path in scripts:
             run = await self.run(path, device, Event.GET, Action.CAPABILITIES, State.NONE, stdin)
             if run is None or run.returncode is None or run.returncode == EXIT_NOT_MINE:
                 continue
@@ -286,7 +423,7 @@ class CalloutRunner:
     async def notify(self, device: Definition, action: Action, state: State) -> None:
         """Run every notifier script; their answers are only logged."""
         stdin = config_json(device).encode()
-        for path in await asyncio.to_thread(self.scripts_in, self.notifier_dirs):
+        for path in await self.notifier_scripts():
             run = await self.run(path, device, Event.NOTIFY, action, state, stdin)
             if run is not None and run.returncode not in (0, EXIT_NOT_MINE):
                 log.debug("device %s: notifier %s answered %s", device.uuid, path, run.returncode)

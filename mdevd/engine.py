@@ -48,7 +48,16 @@ from mdevd.errors import (
     TypeNotSupported,
 )
 from mdevd.kernel import Sysfs
-from mdevd.model import ActiveDevice, Attributes, Definition, DeviceState, Parent
+from mdevd.model import (
+    NO_PENDING_CHANGES,
+    ActiveDevice,
+    Attributes,
+    Definition,
+    DeviceState,
+    Parent,
+    PendingChanges,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +221,10 @@ class Engine:
         self._parents: dict[str, Parent] = {}
         # Attributes a transient device was created with: the kernel cannot tell them back.
         self._transient_attributes: dict[str, Attributes] = {}
+        # Attributes mdevd wrote to a running device (at its create, and live since), for the
+        # devices it started since it itself started: what a definition is compared with to
+        # tell a pending attribute change. Unknown for devices found running.
+        self._written_attributes: dict[str, Attributes] = {}
         self._last_error: dict[str, str] = {}
         self._published: dict[str, DeviceState] = {}
         self._parent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -430,6 +443,7 @@ class Engine:
                     self._end_operation(uuid, removed)
             self._active.pop(uuid, None)
             self._transient_attributes.pop(uuid, None)
+            self._written_attributes.pop(uuid, None)
             await self._refresh_counts(device.parent)
             state = self._publish(uuid)
             self._event(state or replace(state_before, active=False), "stopped", REASON_API)
@@ -537,6 +551,7 @@ class Engine:
                 return self._published[uuid]  # nothing to change: no write, no hooks, no event
             if live and attributes is not None:
                 await self._write_live(new)
+                self._written_attributes[uuid] = new.attributes
             async with self.hooks.transaction("modify", new, force=force):
                 if new != definition:
                     await self._save(new)
@@ -561,6 +576,7 @@ class Engine:
                 raise NotActive(f"device {uuid} is not active")
             config = replace(self._config(uuid), attributes=attributes)
             await self._write_live(config)
+            self._written_attributes[uuid] = attributes
             if uuid not in self._definitions:
                 self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
@@ -770,10 +786,14 @@ class Engine:
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
             self.listener.parent_removed(name)
+            self._parent_presence_changed(name)
         for name, parent in sorted(parents.items()):
             if self._parents.get(name) != parent:
+                appeared = name not in self._parents
                 self._parents[name] = parent
                 self.listener.parent_changed(parent)
+                if appeared:
+                    self._parent_presence_changed(name)
         skip = self._in_flight | self._touched
         for uuid in sorted((set(self._active) | set(snapshot.devices)) - skip):
             self._apply_kernel_device(uuid, snapshot.devices.get(uuid))
@@ -829,6 +849,9 @@ class Engine:
         if was == now:
             return False
         before = self._published.get(uuid)
+        if was is None or now is None or (was.parent, was.type_id) != (now.parent, now.type_id):
+            # Gone, or someone else's device now: what mdevd wrote no longer describes it.
+            self._written_attributes.pop(uuid, None)
         if now is None:
             del self._active[uuid]
             self._transient_attributes.pop(uuid, None)
@@ -1093,6 +1116,7 @@ class Engine:
                     # The device stays in the kernel, so it must stay in view: hidden, nobody
                     # could stop it. The caller publishes it with this as its LastError.
                     self._active[uuid] = device
+                    self._written_attributes[uuid] = attributes[:written]
                     if uuid not in self._definitions:
                         self._transient_attributes[uuid] = attributes[:written]
                     self._last_error[uuid] = (
@@ -1101,6 +1125,7 @@ class Engine:
                     )
                 raise
             self._active[uuid] = device
+            self._written_attributes[uuid] = attributes
         finally:
             if late_create is None:
                 self._end_operation(uuid, effect)
@@ -1244,9 +1269,22 @@ class Engine:
         if parent is None:
             if self._parents.pop(name, None) is not None:
                 self.listener.parent_removed(name)
+                self._parent_presence_changed(name)
         elif self._parents.get(name) != parent:
+            appeared = name not in self._parents
             self._parents[name] = parent
             self.listener.parent_changed(parent)
+            if appeared:
+                self._parent_presence_changed(name)
+
+    def _parent_presence_changed(self, name: str) -> None:
+        """A parent came or went: the autostart devices waiting for it change status."""
+        for uuid in sorted(
+            d.uuid
+            for d in self._definitions.values()
+            if d.parent == name and d.autostart and d.uuid not in self._active
+        ):
+            self._publish(uuid)
 
     async def _load_store(
         self, quiet: set[str] | None = None
@@ -1324,6 +1362,7 @@ class Engine:
             attributes = definition.attributes
         else:
             attributes = self._transient_attributes.get(uuid, ())
+        last_error = self._last_error.get(uuid, "")
         return DeviceState(
             uuid=uuid,
             parent=parent,
@@ -1335,8 +1374,47 @@ class Engine:
             sysfs_path=device.sysfs_path if device else "",
             iommu_group=device.iommu_group if device else -1,
             config_file=definition.source_file if definition else "",
-            last_error=self._last_error.get(uuid, ""),
+            last_error=last_error,
+            status=self._status(definition, device, last_error),
+            pending=self._pending(definition, device),
         )
+
+    def _status(
+        self, definition: Definition | None, device: ActiveDevice | None, last_error: str
+    ) -> Status:
+        """The first that holds: active, waiting (for its parent, to autostart), failed (its
+        last start did), inactive. A device that waits for its parent shows `waiting` even if
+        a start failed before: autostart tries again when the parent comes."""
+        if device is not None:
+            return Status.ACTIVE
+        if (
+            definition is not None
+            and definition.autostart
+            and definition.parent not in self._parents
+        ):
+            return Status.WAITING
+        if last_error:
+            return Status.FAILED
+        return Status.INACTIVE
+
+    def _pending(
+        self, definition: Definition | None, device: ActiveDevice | None
+    ) -> PendingChanges:
+        """What of the definition the running device does not have yet. The attributes are
+        compared only when mdevd knows what it wrote (it started the device itself)."""
+        if definition is None or device is None:
+            return NO_PENDING_CHANGES
+        written = self._written_attributes.get(definition.uuid)
+        pending = PendingChanges(
+            parent=definition.parent if definition.parent != device.parent else None,
+            type_id=definition.type_id if definition.type_id != device.type_id else None,
+            attributes=(
+                definition.attributes
+                if written is not None and written != definition.attributes
+                else None
+            ),
+        )
+        return pending if pending else NO_PENDING_CHANGES
 
     def _publish(self, uuid: str) -> DeviceState | None:
         """Recompute one UUID's state and tell the listener if it changed."""

@@ -6,6 +6,7 @@ Immutable on purpose: a snapshot read from sysfs or a file never changes under i
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 #: Ordered (name, value) pairs, written to a device in this order after it is created.
@@ -59,6 +60,49 @@ class Definition:
     source_line: int = 0
 
 
+class Status(enum.StrEnum):
+    """One word for where a device stands, the first of these that holds."""
+
+    #: In the kernel.
+    ACTIVE = "active"
+    #: Defined with autostart, not active, its parent absent: it starts when the parent comes.
+    WAITING = "waiting"
+    #: Not active, and its last start (by a client or by autostart) failed: LastError says why.
+    FAILED = "failed"
+    #: Anything else: defined, not running, nothing wrong.
+    INACTIVE = "inactive"
+
+
+#: `PendingChanges.apply`: what makes the running device what its definition says.
+APPLY_RESTART = "restart"
+APPLY_UPDATE_LIVE = "update-live"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChanges:
+    """Where a running device's definition differs from the device: the defined values of
+    what differs (None: that part does not differ, or is not known to)."""
+
+    parent: str | None = None
+    type_id: str | None = None
+    #: The defined attributes, when they differ from those mdevd wrote at the device's start.
+    attributes: Attributes | None = None
+
+    def __bool__(self) -> bool:
+        return self.parent is not None or self.type_id is not None or self.attributes is not None
+
+    @property
+    def apply(self) -> str:
+        """`restart` when the parent or type differ (Stop, then Start), else `update-live`
+        (an Update of the attributes with live=true); "" when nothing differs."""
+        if self.parent is not None or self.type_id is not None:
+            return APPLY_RESTART
+        return APPLY_UPDATE_LIVE if self.attributes is not None else ""
+
+
+NO_PENDING_CHANGES = PendingChanges()
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     """What mdevd knows of one UUID: its definition, its kernel presence, or both.
@@ -77,3 +121,6 @@ class DeviceState:
     iommu_group: int
     config_file: str
     last_error: str
+    status: Status = Status.INACTIVE
+    #: Empty unless the device is both defined and active and the two differ.
+    pending: PendingChanges = NO_PENDING_CHANGES

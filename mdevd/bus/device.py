@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface
+from dbus_fast.signature import Variant
 
 from mdevd import validate
 from mdevd.bus import options as opts
@@ -30,7 +31,7 @@ from mdevd.bus.signatures import (
     dbus_property,
 )
 from mdevd.errors import InvalidArgument
-from mdevd.model import DeviceState
+from mdevd.model import DeviceState, PendingChanges
 
 if TYPE_CHECKING:
     from mdevd.bus.tree import ObjectTree
@@ -43,6 +44,20 @@ _STOP_OPTIONS = {opts.CALLER_HOLDS_GROUP: "b", **_OPERATION_OPTIONS}
 _DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
 _UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
+
+
+def pending_changes(pending: PendingChanges) -> dict[str, Variant]:
+    """`PendingChanges` as the contract spells it: only the parts that differ, and `apply`."""
+    changes: dict[str, Variant] = {}
+    if pending.parent is not None:
+        changes["parent"] = Variant("s", pending.parent)
+    if pending.type_id is not None:
+        changes["type"] = Variant("s", pending.type_id)
+    if pending.attributes is not None:
+        changes["attributes"] = Variant("a(ss)", [list(pair) for pair in pending.attributes])
+    if changes:
+        changes["apply"] = Variant("s", pending.apply)
+    return changes
 
 
 class DeviceInterface(ServiceInterface):
@@ -68,6 +83,8 @@ class DeviceInterface(ServiceInterface):
             "IommuGroup": state.iommu_group,
             "ConfigFile": state.config_file,
             "LastError": state.last_error,
+            "Status": str(state.status),
+            "PendingChanges": pending_changes(state.pending),
         }
 
     # ---- properties ------------------------------------------------------------------------
@@ -120,6 +137,14 @@ class DeviceInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LastError(self) -> DBusStr:
         return self.state.last_error
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Status(self) -> DBusStr:
+        return str(self.state.status)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def PendingChanges(self) -> DBusDict:
+        return pending_changes(self.state.pending)
 
     # ---- methods ---------------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ FEATURES = (
     "query-attributes",
     "stop-caller-holds-group",
     "list-devices",
+    "status",
+    "pending-changes",
+    "replayed-events",
 )
 
 _CREATE_OPTIONS = {

@@ -69,7 +69,12 @@ PROPERTY_SIGNATURES: Final[Mapping[str, str]] = {
     "IommuGroup": "i",
     "ConfigFile": "s",
     "LastError": "s",
+    "Status": "s",
+    "PendingChanges": "a{sv}",
 }
+
+#: Device properties added after ListDevices' struct was fixed: its trailing `a{sv}` has them.
+LATER_DEVICE_PROPERTIES: Final = ("Status", "PendingChanges")
 
 MANAGED_OBJECTS_SIGNATURE: Final = "a{oa{sa{sv}}}"
 #: ListDevices' struct: the object path, then the Device properties in the contract's order,
@@ -121,7 +126,7 @@ def device_struct(path: str, properties: Mapping[str, Any]) -> list[Any]:
         properties["IommuGroup"],
         properties["ConfigFile"],
         properties["LastError"],
-        {},
+        variants({name: properties[name] for name in LATER_DEVICE_PROPERTIES}),
     ]
 
 

@@ -63,6 +63,8 @@ PROPERTIES = {
         "IommuGroup": "i",
         "ConfigFile": "s",
         "LastError": "s",
+        "Status": "s",
+        "PendingChanges": "a{sv}",
     },
 }
 SIGNALS = {

@@ -47,6 +47,12 @@ class InvalidUUID(InvalidArgument):
     pass
 
 
+class CreateRefused(InvalidArgument):
+    """The parent's driver refused a create with EINVAL and no reason (mdevd validated the
+    UUID first, so it is not about the UUID). Named InvalidArgument, as it always was: clients
+    match the name; the message says what mdevd checked instead (mdevd.explain)."""
+
+
 class NotAuthorized(MdevdError):
     name = "NotAuthorized"
 

@@ -12,6 +12,7 @@ device a VM holds open), so the daemon calls them from worker threads, never on 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -23,15 +24,16 @@ from mdevd import validate
 from mdevd.errors import (
     AttributeRejected,
     Busy,
+    CreateRefused,
     Exists,
     InvalidName,
-    InvalidUUID,
     KernelIOError,
     NoInstancesAvailable,
     NotActive,
     ParentNotFound,
     TypeNotSupported,
 )
+from mdevd.explain import CreateFacts, checked, create_refused
 from mdevd.model import ActiveDevice, MdevType, Parent
 
 #: Files in a device directory that belong to the driver core, not to the device's driver
@@ -325,11 +327,66 @@ class Sysfs:
                 f"{what}: no instances of type {type_id} left on parent {parent}"
                 f" ({shown}the kernel answered {name})"
             )
-        if code == errno.EINVAL:
-            return InvalidUUID(f"{what}: the kernel rejected the UUID")
         if code == errno.EBUSY:
             return Busy(f"{what}: parent {parent} is busy")
-        return _io_error(f"{what}: creating type {type_id} on {parent}", exc)
+        # The driver refused and gave no reason (the UUID was validated before the write, so
+        # EINVAL is not about it): the message says what sysfs shows instead.
+        facts = self.create_facts(parent, type_id)
+        if code == errno.EINVAL:
+            return CreateRefused(create_refused(uuid, name, facts))
+        error = _io_error(f"{what}: creating type {type_id} on {parent}", exc)
+        return KernelIOError(f"{error.message}. {checked(facts)}", errno=code)
+
+    def create_facts(self, parent: str, type_id: str) -> CreateFacts:
+        """What sysfs shows of `parent` after it refused a create of `type_id`: whether it is
+        registered, its driver, its active devices by type, the type's `available_instances`.
+        Never raises: what cannot be read is left unknown."""
+        parent_dir = self._parent_dir(parent)
+        sysfs_path = _resolve_link(parent_dir)
+        registered = sysfs_path is not None and parent_dir.is_dir()
+        if sysfs_path is None:
+            return CreateFacts(parent, type_id, registered=False)
+        try:
+            fd = os.open(sysfs_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return CreateFacts(parent, type_id, registered=False)
+        try:
+            driver = _link_basename_at(fd, "driver")
+            active: dict[str, int] = {}
+            available: int | None = None
+            type_ids: list[str] = []
+            try:
+                types_fd = os.open(
+                    "mdev_supported_types", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd
+                )
+            except OSError:
+                types_fd = -1
+            if types_fd >= 0:
+                try:
+                    type_ids = sorted(n for n in os.listdir(types_fd) if _is_type_id(n))
+                    for name in type_ids:
+                        count = _count_entries_at(types_fd, f"{name}/devices")
+                        if count is not None:
+                            active[name] = count
+                    with contextlib.suppress(OSError, InvalidName):
+                        available = _parse_count(
+                            _read_text_at(
+                                types_fd, f"{validate.type_id(type_id)}/available_instances"
+                            )
+                        )
+                finally:
+                    os.close(types_fd)
+        finally:
+            os.close(fd)
+        return CreateFacts(
+            parent,
+            type_id,
+            registered=registered,
+            bound_driver=driver,
+            active_types=active,
+            available_instances=available,
+            type_ids=tuple(type_ids),
+        )
 
     def remove(self, uuid: str, *, check_busy: bool = True) -> None:
         """Remove a device from the kernel.
@@ -483,6 +540,29 @@ def _link_basename_at(directory_fd: int, name: str) -> str:
         return os.path.basename(os.readlink(name, dir_fd=directory_fd))
     except OSError:
         return ""
+
+
+def _is_type_id(name: str) -> bool:
+    try:
+        validate.type_id(name)
+    except InvalidName:
+        return False
+    return True
+
+
+def _count_entries_at(directory_fd: int, name: str) -> int | None:
+    """How many entries the directory `name` (relative to `directory_fd`) has; None if it
+    cannot be read."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory_fd)
+    except OSError:
+        return None
+    try:
+        return len(os.listdir(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_text_at(directory_fd: int, name: str) -> str:

@@ -23,7 +23,12 @@ A scenario is a TOML file (the shipped ones live in `config/sim/`)::
     registered = true                       # registered with the mdev core at mount time
     max_instances = 4                       # mdev-core counted (mdpy-like), shared by all types
                                             #   of the parent; full -> EUSERS, no uevent
-    homogeneous = false                     # true: only one type at a time (NVIDIA vGPU)
+    homogeneous = false                     # true: only one type at a time (NVIDIA vGPU),
+                                            #   shown in available_instances (0), EUSERS
+    mixed_type_errno = "EINVAL"             # optional: the driver refuses (its probe answers
+                                            #   this errno) a create of a type other than those
+                                            #   active on the parent, and available_instances
+                                            #   does not show it (NVIDIA GPUs before Ada)
     pools = { ports = 24 }                  # driver-counted resources shared by the types
     pool_errno = "ENOSPC"                   # what the driver's probe returns when a pool is
                                             #   short; `add` then `remove` uevents, no `bind`
@@ -117,6 +122,8 @@ class ParentSpec:
     registered: bool = True
     max_instances: int | None = None
     homogeneous: bool = False
+    #: The errno the driver's probe answers for a second type on the parent; None: it allows it.
+    mixed_type_errno: int | None = None
     pools: Mapping[str, int] = field(default_factory=dict)
     pool_errno: int = errno.ENOSPC
     uevent: tuple[tuple[str, str], ...] = ()
@@ -340,6 +347,10 @@ def _parent(data: object, where: str) -> ParentSpec:
         pools[pool] = size
     try:
         pool_errno = errno_value(table.text("pool_errno", "ENOSPC"), "pool_errno")
+        mixed_type = table.text("mixed_type_errno")
+        mixed_type_errno = (
+            None if mixed_type is None else errno_value(mixed_type, "mixed_type_errno")
+        )
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     uevent = table.table("uevent")
@@ -363,6 +374,7 @@ def _parent(data: object, where: str) -> ParentSpec:
         homogeneous=table.flag("homogeneous", False),
         pools=pools,
         pool_errno=pool_errno,
+        mixed_type_errno=mixed_type_errno,
         uevent=tuple(sorted(uevent.items())),
         types=types,
     )

@@ -288,6 +288,9 @@ class Kernel:
             pool = self._pool_available(parent, spec)
             if not error and pool is not None and pool <= 0:
                 error = parent.spec.pool_errno
+            mixed = parent.spec.mixed_type_errno
+            if not error and mixed and any(d.mdev_type is not spec for d in parent.devices):
+                error = mixed  # the driver's own rule, which available_instances does not show
             if error:
                 self.uevents.emit("remove", devpath, "mdev")
                 fail(error, f"the {parent.spec.driver} driver refused {uuid}")

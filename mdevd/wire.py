@@ -1,0 +1,489 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""A blocking D-Bus connection for the command-line programs: method calls, nothing else.
+
+`mdevdctl list` and the mdevctl front end make one or two calls and exit, and libvirt starts
+the front end once per node-device operation. Importing dbus-fast imports asyncio, and both
+together cost more than the whole of `mdevctl list` on a slow machine (docs/performance.md).
+This module speaks the protocol with the standard library only: a Unix socket, the EXTERNAL
+authentication, `Hello`, then calls whose replies it waits for, skipping the signals the bus
+sends meanwhile (`NameAcquired`). The daemon keeps dbus-fast; this is only a client.
+
+Values are those dbus-fast gives and takes, so the same parsing serves both: structs are
+lists, `a{..}` dicts, `ay` bytes, and a variant is a `Variant` with `signature` and `value`.
+Only little-endian messages are written; replies in either byte order are read. Every length
+that comes from the peer is checked against the message it is in, so a broken or hostile
+peer gives `WireError`, never a hang or an unbounded read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote
+
+#: The system bus when `DBUS_SYSTEM_BUS_ADDRESS` is not set (the D-Bus specification's).
+SYSTEM_BUS_ADDRESS: Final = "unix:path=/var/run/dbus/system_bus_socket"
+#: The specification's limit on one message.
+MAX_MESSAGE: Final = 128 * 1024 * 1024
+#: Nesting the specification allows (32 arrays and 32 structs); deeper input is refused.
+MAX_DEPTH: Final = 64
+
+METHOD_CALL: Final = 1
+METHOD_RETURN: Final = 2
+ERROR: Final = 3
+SIGNAL: Final = 4
+
+_PATH, _INTERFACE, _MEMBER, _ERROR_NAME, _REPLY_SERIAL, _DESTINATION, _SENDER, _SIGNATURE = range(
+    1, 9
+)
+_HEADER_FIELD_TYPES: Final = {
+    _PATH: "o",
+    _INTERFACE: "s",
+    _MEMBER: "s",
+    _ERROR_NAME: "s",
+    _REPLY_SERIAL: "u",
+    _DESTINATION: "s",
+    _SENDER: "s",
+    _SIGNATURE: "g",
+    9: "u",  # UNIX_FDS
+}
+
+_FIXED: Final = {
+    "y": ("B", 1),
+    "b": ("I", 4),
+    "n": ("h", 2),
+    "q": ("H", 2),
+    "i": ("i", 4),
+    "u": ("I", 4),
+    "x": ("q", 8),
+    "t": ("Q", 8),
+    "d": ("d", 8),
+    "h": ("I", 4),
+}
+_ALIGNMENT: Final = {**{code: size for code, (_fmt, size) in _FIXED.items()},
+                     "s": 4, "o": 4, "g": 1, "v": 1, "a": 4, "(": 8, "{": 8}  # fmt: skip
+
+
+class WireError(Exception):
+    """The connection failed, or the peer sent what the protocol does not allow."""
+
+
+class CallError(Exception):
+    """The peer answered a call with an error: its D-Bus name and message."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    signature: str
+    value: Any
+
+
+# ---- signatures ------------------------------------------------------------------------------
+
+
+def _type_end(signature: str, start: int, depth: int = 0) -> int:
+    """The index just past the single complete type that starts at `start`."""
+    if depth > MAX_DEPTH:
+        raise WireError(f"signature nested too deeply: {signature!r}")
+    if start >= len(signature):
+        raise WireError(f"incomplete signature {signature!r}")
+    code = signature[start]
+    if code in _FIXED or code in "sogv":
+        return start + 1
+    if code == "a":
+        return _type_end(signature, start + 1, depth + 1)
+    if code == "(":
+        i = start + 1
+        while i < len(signature) and signature[i] != ")":
+            i = _type_end(signature, i, depth + 1)
+        if i >= len(signature) or i == start + 1:
+            raise WireError(f"bad struct in signature {signature!r}")
+        return i + 1
+    if code == "{":
+        key_end = _type_end(signature, start + 1, depth + 1)
+        value_end = _type_end(signature, key_end, depth + 1)
+        if value_end >= len(signature) or signature[value_end] != "}":
+            raise WireError(f"bad dict entry in signature {signature!r}")
+        return value_end + 1
+    raise WireError(f"unknown type code {code!r} in signature {signature!r}")
+
+
+def split_signature(signature: str) -> list[str]:
+    """The complete types of a signature, in order (`"sa{sv}"` -> `["s", "a{sv}"]`)."""
+    types: list[str] = []
+    i = 0
+    while i < len(signature):
+        end = _type_end(signature, i)
+        types.append(signature[i:end])
+        i = end
+    return types
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def align(self, boundary: int) -> None:
+        self.buffer.extend(b"\0" * (-len(self.buffer) % boundary))
+
+    def write(self, signature: str, value: Any) -> None:
+        code = signature[0]
+        if code in _FIXED:
+            fmt, size = _FIXED[code]
+            self.align(size)
+            self.buffer.extend(struct.pack("<" + fmt, bool(value) if code == "b" else value))
+        elif code in "so":
+            data = str(value).encode()
+            self.align(4)
+            self.buffer.extend(struct.pack("<I", len(data)) + data + b"\0")
+        elif code == "g":
+            data = str(value).encode()
+            self.buffer.extend(bytes([len(data)]) + data + b"\0")
+        elif code == "v":
+            if not isinstance(value, Variant) and not hasattr(value, "signature"):
+                raise WireError(f"a variant needs a signature: {value!r}")
+            self.write("g", value.signature)
+            self.write(value.signature, value.value)
+        elif code == "a":
+            element = signature[1:]
+            self.align(4)
+            at = len(self.buffer)
+            self.buffer.extend(b"\0\0\0\0")
+            self.align(_ALIGNMENT[element[0]])
+            start = len(self.buffer)
+            if element[0] == "{":
+                key, item = split_signature(element[1:-1])
+                for k, v in value.items():
+                    self.align(8)
+                    self.write(key, k)
+                    self.write(item, v)
+            elif element == "y":
+                self.buffer.extend(bytes(value))
+            else:
+                for item in value:
+                    self.write(element, item)
+            struct.pack_into("<I", self.buffer, at, len(self.buffer) - start)
+        elif code == "(":
+            self.align(8)
+            members = split_signature(signature[1:-1])
+            if len(members) != len(value):
+                raise WireError(f"struct {signature} needs {len(members)} members: {value!r}")
+            for member, item in zip(members, value, strict=True):
+                self.write(member, item)
+        else:
+            raise WireError(f"cannot write type {signature!r}")
+
+
+def marshal(signature: str, values: Sequence[Any]) -> bytes:
+    """The body of a message with `signature` holding `values` (little-endian)."""
+    types = split_signature(signature)
+    if len(types) != len(values):
+        raise WireError(f"signature {signature!r} needs {len(types)} values, got {len(values)}")
+    writer = _Writer()
+    for type_, value in zip(types, values, strict=True):
+        writer.write(type_, value)
+    return bytes(writer.buffer)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+class _Reader:
+    def __init__(self, data: bytes, little: bool, offset: int = 0) -> None:
+        self.data = data
+        self.order = "<" if little else ">"
+        self.pos = offset
+        #: Alignment is relative to the start of the message; the body starts 8-aligned.
+        self.base = offset
+
+    def align(self, boundary: int) -> None:
+        self.pos += -(self.pos - self.base) % boundary
+        if self.pos > len(self.data):
+            raise WireError("message truncated")
+
+    def take(self, count: int) -> bytes:
+        end = self.pos + count
+        if count < 0 or end > len(self.data):
+            raise WireError("message truncated")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def read(self, signature: str, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise WireError("value nested too deeply")
+        code = signature[0]
+        if code in _FIXED:
+            fmt, size = _FIXED[code]
+            self.align(size)
+            (value,) = struct.unpack(self.order + fmt, self.take(size))
+            return bool(value) if code == "b" else value
+        if code in "so":
+            self.align(4)
+            (length,) = struct.unpack(self.order + "I", self.take(4))
+            return self._text(length)
+        if code == "g":
+            return self._text(self.take(1)[0])
+        if code == "v":
+            inner = self.read("g", depth)
+            if len(split_signature(inner)) != 1:
+                raise WireError(f"variant signature {inner!r} is not one complete type")
+            return Variant(inner, self.read(inner, depth + 1))
+        if code == "a":
+            element = signature[1:]
+            self.align(4)
+            (length,) = struct.unpack(self.order + "I", self.take(4))
+            if length > 64 * 1024 * 1024:
+                raise WireError("array longer than the specification allows")
+            self.align(_ALIGNMENT[element[0]])
+            end = self.pos + length
+            if end > len(self.data):
+                raise WireError("message truncated")
+            if element == "y":
+                return self.take(length)
+            if element[0] == "{":
+                key, item = split_signature(element[1:-1])
+                entries: dict[Any, Any] = {}
+                while self.pos < end:
+                    self.align(8)
+                    k = self.read(key, depth + 1)
+                    entries[k] = self.read(item, depth + 1)
+                self._at(end)
+                return entries
+            items: list[Any] = []
+            while self.pos < end:
+                items.append(self.read(element, depth + 1))
+            self._at(end)
+            return items
+        if code == "(":
+            self.align(8)
+            return [self.read(member, depth + 1) for member in split_signature(signature[1:-1])]
+        raise WireError(f"cannot read type {signature!r}")
+
+    def _text(self, length: int) -> str:
+        raw = self.take(length + 1)
+        if raw[-1] != 0:
+            raise WireError("string not terminated")
+        try:
+            return raw[:-1].decode()
+        except UnicodeDecodeError as e:
+            raise WireError("string is not UTF-8") from e
+
+    def _at(self, end: int) -> None:
+        if self.pos != end:
+            raise WireError("array elements overrun the array's length")
+
+
+def unmarshal(signature: str, body: bytes, little: bool = True) -> list[Any]:
+    """The values of a message body with `signature`."""
+    reader = _Reader(body, little)
+    values = [reader.read(type_) for type_ in split_signature(signature)]
+    if reader.pos != len(body):
+        raise WireError("bytes left over after the body's values")
+    return values
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: int
+    serial: int
+    fields: dict[int, Any]
+    body: list[Any]
+
+    @property
+    def reply_serial(self) -> int | None:
+        value = self.fields.get(_REPLY_SERIAL)
+        return value if isinstance(value, int) else None
+
+
+def _call_bytes(
+    serial: int,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str,
+    body: Sequence[Any],
+) -> bytes:
+    payload = marshal(signature, body)
+    fields: list[Any] = [
+        [_PATH, Variant("o", path)],
+        [_INTERFACE, Variant("s", interface)],
+        [_MEMBER, Variant("s", member)],
+        [_DESTINATION, Variant("s", destination)],
+    ]
+    if signature:
+        fields.append([_SIGNATURE, Variant("g", signature)])
+    header = _Writer()
+    header.buffer.extend(b"l" + bytes([METHOD_CALL, 0, 1]))
+    header.buffer.extend(struct.pack("<II", len(payload), serial))
+    header.write("a(yv)", fields)
+    header.align(8)
+    return bytes(header.buffer) + payload
+
+
+def _parse_message(data: bytes) -> Message:
+    little = data[0:1] == b"l"
+    reader = _Reader(data, little)
+    reader.take(4)
+    order = "<" if little else ">"
+    body_length, serial = struct.unpack(order + "II", reader.take(8))
+    raw_fields = reader.read("a(yv)")
+    reader.align(8)
+    fields: dict[int, Any] = {}
+    for code, variant in raw_fields:
+        wanted = _HEADER_FIELD_TYPES.get(code)
+        if wanted is not None and variant.signature != wanted:
+            raise WireError(f"header field {code} has type {variant.signature!r}")
+        fields[code] = variant.value
+    body = data[reader.pos : reader.pos + body_length]
+    values = unmarshal(str(fields.get(_SIGNATURE, "")), body, little) if body_length else []
+    return Message(data[1], serial, fields, values)
+
+
+def _message_length(header: bytes) -> int:
+    """The whole length of the message whose first 16 bytes are `header`."""
+    if header[0:1] not in (b"l", b"B") or header[3] != 1:
+        raise WireError("not a D-Bus message (bad byte order or protocol version)")
+    order = "<" if header[0:1] == b"l" else ">"
+    body_length, _serial, fields_length = struct.unpack(order + "III", header[4:16])
+    total: int = 16 + fields_length + (-fields_length % 8) + body_length
+    if total > MAX_MESSAGE:
+        raise WireError(f"message of {total} bytes is larger than the specification allows")
+    return total
+
+
+# ---- the connection --------------------------------------------------------------------------
+
+
+def _socket_address(address: str) -> str | bytes:
+    """The first usable `unix:` address of a D-Bus address list."""
+    for entry in address.split(";"):
+        transport, _, rest = entry.partition(":")
+        if transport != "unix":
+            continue
+        keys = dict(part.partition("=")[::2] for part in rest.split(",") if part)
+        if "path" in keys:
+            return unquote(keys["path"])
+        if "abstract" in keys:
+            return b"\0" + unquote(keys["abstract"]).encode()
+    raise WireError(f"no unix: address in {address!r}")
+
+
+class Connection:
+    """One authenticated connection to a bus; `call` blocks until the reply (or `timeout`)."""
+
+    def __init__(self, address: str | None = None, timeout: float = 25.0) -> None:
+        self.address = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
+        self.timeout = timeout
+        self._serial = 0
+        self._buffer = b""
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(_socket_address(self.address))
+            self._authenticate()
+            (self.unique_name,) = self.call(
+                "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello"
+            )
+        except OSError as e:
+            self._sock.close()
+            raise WireError(f"cannot connect to {self.address}: {e.strerror or e}") from e
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+    ) -> list[Any]:
+        """Call a method and return the reply's values; `CallError` if it answers an error."""
+        self._serial += 1
+        serial = self._serial
+        data = _call_bytes(serial, destination, path, interface, member, signature, body)
+        try:
+            self._sock.sendall(data)
+            while True:
+                message = self._receive()
+                if message.reply_serial != serial:
+                    continue  # a signal, or the answer to nothing we asked
+                if message.type == ERROR:
+                    text = (
+                        message.body[0] if message.body and isinstance(message.body[0], str) else ""
+                    )
+                    raise CallError(str(message.fields.get(_ERROR_NAME, "")), text)
+                if message.type == METHOD_RETURN:
+                    return message.body
+        except TimeoutError as e:
+            raise WireError(f"no answer to {member} within {self.timeout:g} s") from e
+        except OSError as e:
+            raise WireError(f"{member}: the connection failed: {e.strerror or e}") from e
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _authenticate(self) -> None:
+        uid = str(os.geteuid()).encode().hex().encode()
+        self._sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\n")
+        line = self._line()
+        if not line.startswith(b"OK "):
+            raise WireError(f"the bus refused authentication: {line.decode(errors='replace')}")
+        self._sock.sendall(b"BEGIN\r\n")
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buffer:
+            if len(self._buffer) > 4096:
+                raise WireError("authentication line too long")
+            self._fill()
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(64 * 1024)
+        if not chunk:
+            raise WireError("the bus closed the connection")
+        self._buffer += chunk
+
+    def _receive(self) -> Message:
+        while len(self._buffer) < 16:
+            self._fill()
+        total = _message_length(self._buffer[:16])
+        chunks = [self._buffer]
+        have = len(self._buffer)
+        while have < total:
+            chunk = self._sock.recv(max(64 * 1024, total - have))
+            if not chunk:
+                raise WireError("the bus closed the connection")
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        self._buffer = data[total:]
+        return _parse_message(data[:total])

@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
@@ -231,6 +231,74 @@ class ParentInfo:
     types: dict[str, TypeInfo]
 
 
+#: `DeviceInfo.status`, one word for where a device stands (the Device's `Status` property).
+STATUS_ACTIVE = "active"
+#: Defined with autostart, not active, its parent absent: it starts when the parent comes.
+STATUS_WAITING = "waiting"
+#: Not active, and its last start failed: `last_error` says why.
+STATUS_FAILED = "failed"
+#: Anything else: defined and not running, nothing wrong.
+STATUS_INACTIVE = "inactive"
+
+#: `PendingChanges.apply`: a Stop then a Start makes the device what its definition says.
+APPLY_RESTART = "restart"
+#: An Update of the attributes with `live=true` does (`mdevdctl modify UUID --live`).
+APPLY_UPDATE_LIVE = "update-live"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChanges:
+    """Where a running device's definition differs from the device (its `PendingChanges`):
+    the DEFINED values of what differs, None for what does not. False when nothing does."""
+
+    parent: str | None = None
+    type_id: str | None = None
+    attributes: tuple[tuple[str, str], ...] | None = None
+    #: `restart`, `update-live`, or "" when nothing differs.
+    apply: str = ""
+
+    def __bool__(self) -> bool:
+        return self.parent is not None or self.type_id is not None or self.attributes is not None
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PendingChanges:
+        """From the property's a{sv} (unwrapped); keys added to it later are ignored."""
+        parent = values.get("parent")
+        type_id = values.get("type")
+        attributes = values.get("attributes")
+        changes = cls(
+            parent=None if parent is None else str(parent),
+            type_id=None if type_id is None else str(type_id),
+            attributes=(
+                None if attributes is None else tuple((str(n), str(v)) for n, v in attributes)
+            ),
+        )
+        apply = str(values.get("apply", ""))
+        if not apply and changes:
+            # The contract always sends `apply` with a change; derive it the same way if not.
+            apply = (
+                APPLY_RESTART if parent is not None or type_id is not None else APPLY_UPDATE_LIVE
+            )
+        return replace(changes, apply=apply) if changes else NO_PENDING_CHANGES
+
+
+NO_PENDING_CHANGES = PendingChanges()
+
+
+def derived_status(
+    *, active: bool, defined: bool, autostart: bool, parent_object: str, last_error: str
+) -> str:
+    """The `Status` a daemon without that property would have given: the contract's rule
+    (the first that holds: active, waiting, failed, inactive) from the older properties."""
+    if active:
+        return STATUS_ACTIVE
+    if defined and autostart and parent_object == "/":
+        return STATUS_WAITING
+    if last_error:
+        return STATUS_FAILED
+    return STATUS_INACTIVE
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     path: str
@@ -246,11 +314,32 @@ class DeviceInfo:
     config_file: str
     last_error: str
     parent_object: str = "/"
+    #: `active`, `waiting`, `failed` or `inactive` (the STATUS_* words). Left out (""), it is
+    #: derived from the other fields, as for a daemon older than the `Status` property.
+    status: str = ""
+    #: Empty (false) unless the device is defined and active and the two differ.
+    pending_changes: PendingChanges = NO_PENDING_CHANGES
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            # Frozen: the one way to fill in a derived field.
+            object.__setattr__(
+                self,
+                "status",
+                derived_status(
+                    active=self.active,
+                    defined=self.defined,
+                    autostart=self.autostart,
+                    parent_object=self.parent_object,
+                    last_error=self.last_error,
+                ),
+            )
 
     @classmethod
     def from_struct(cls, struct: Sequence[Any]) -> DeviceInfo:
         """From one ListDevices entry: the path, the Device properties in the contract's
-        order, then a dictionary of later additions (ignored here)."""
+        order, then a dictionary of later additions (`Status`, `PendingChanges`; a daemon
+        without them sends it empty, and both are then derived)."""
         (
             path,
             uuid,
@@ -266,6 +355,7 @@ class DeviceInfo:
             config_file,
             last_error,
         ) = struct[:13]
+        more: dict[str, Any] = _unwrap(struct[13]) if len(struct) > 13 else {}
         return cls(
             path=path,
             uuid=uuid,
@@ -280,6 +370,8 @@ class DeviceInfo:
             config_file=config_file,
             last_error=last_error,
             parent_object=parent_object,
+            status=str(more.get("Status", "")),
+            pending_changes=PendingChanges.from_dict(more.get("PendingChanges", {})),
         )
 
     @classmethod
@@ -298,6 +390,8 @@ class DeviceInfo:
             config_file=props["ConfigFile"],
             last_error=props["LastError"],
             parent_object=props.get("ParentObject", "/"),
+            status=str(props.get("Status", "")),
+            pending_changes=PendingChanges.from_dict(_unwrap(props.get("PendingChanges", {}))),
         )
 
 

@@ -3,7 +3,10 @@
 
 Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
 3 the daemon could not be reached; 4 not authorized; 5 no such device or parent; 6 no answer
-within --timeout (the client gave up waiting; the operation may still complete).
+within --timeout (the client gave up waiting; the operation may still complete); `status`
+only: 7 a device's last start failed, 8 something else needs attention (mdevd.ctl_status).
+
+`--json` output is described in docs/json.md, its shapes are in mdevd.ctl_json.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import signal
 import sys
 import uuid as uuid_module
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any, NoReturn
 
 from mdevd import __version__
 from mdevd.client import (
+    STATUS_FAILED,
+    STATUS_WAITING,
     CallTimeout,
     Client,
     ClientError,
@@ -28,6 +32,23 @@ from mdevd.client import (
     DaemonNotRunning,
     DeviceInfo,
     Event,
+)
+from mdevd.ctl_json import (
+    device_v0,
+    event_v0,
+    event_v1,
+    list_v1,
+    show_v1,
+    status_v1,
+    types_v0,
+    types_v1,
+)
+from mdevd.ctl_status import (
+    StatusReport,
+    apply_command,
+    list_marker,
+    pending_text,
+    waiting_text,
 )
 
 EXIT_OK = 0
@@ -38,6 +59,7 @@ EXIT_NOT_AUTHORIZED = 4
 EXIT_NOT_FOUND = 5
 #: The client's own --timeout ran out; distinct from 1 because the outcome is unknown.
 EXIT_TIMEOUT = 6
+# `status` has two more, 7 and 8: mdevd.ctl_status, beside what they are about.
 
 #: What an admin should look at when the daemon cannot be reached.
 _WHAT_TO_DO = "see `systemctl status mdevd` and `journalctl -u mdevd` (is mdevd running?)"
@@ -65,12 +87,33 @@ def _attribute(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _json_options(
+    parser: argparse.ArgumentParser,
+    schemas: Sequence[int],
+    help_text: str = "machine-readable output",
+) -> None:
+    """`--json` and `--schema N` (docs/json.md). Without --schema, the command's oldest schema:
+    what a script written against it expects."""
+    parser.add_argument("--json", action="store_true", help=help_text)
+    parser.add_argument(
+        "--schema",
+        type=int,
+        choices=schemas,
+        default=None,
+        metavar="N",
+        help=f"the JSON schema to print ({', '.join(map(str, schemas))}; default {schemas[0]}; "
+        "implies --json; see docs/json.md)",
+    )
+    parser.set_defaults(default_schema=schemas[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mdevdctl",
         description="Manage mediated devices through the mdevd daemon.",
         epilog="Exit status: 0 ok, 1 operation failed, 2 usage, 3 daemon unreachable, "
-        "4 not authorized, 5 not found, 6 no answer within --timeout.",
+        "4 not authorized, 5 not found, 6 no answer within --timeout; status: 7 a device "
+        "failed, 8 something else needs attention.",
     )
     parser.add_argument("--version", action="version", version=f"mdevdctl {__version__}")
     parser.add_argument(
@@ -92,15 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--active", action="store_true", help="only active devices")
     p.add_argument("-p", "--parent", help="only devices of this parent")
     p.add_argument("-u", "--uuid", help="only this device")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _json_options(p, (0, 1))
 
     p = sub.add_parser("types", help="list parents and the types they support")
     p.add_argument("-p", "--parent", help="only this parent")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _json_options(p, (0, 1))
 
     p = sub.add_parser("show", help="show one device")
     p.add_argument("uuid")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _json_options(p, (0, 1))
+
+    p = sub.add_parser(
+        "status",
+        help="what is defined, active, failed, waiting or pending a change; exit 7 if a device"
+        " failed, 8 if anything else needs attention",
+    )
+    _json_options(p, (1,))
 
     for name, text in (
         ("create", "create a transient device now (gone when stopped)"),
@@ -152,10 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="where --add-attr inserts, or which --del-attr entry goes (0-based; default: end,"
         " or every entry of that name)",
     )
-    p.add_argument("--live", action="store_true", help="also apply to the running device")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also apply to the running device; alone, write the defined attributes to the"
+        " running device (applies a pending attribute change)",
+    )
 
     p = sub.add_parser("monitor", help="print lifecycle events as they happen")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _json_options(p, (0, 1), "one JSON object per line")
     p.add_argument(
         "--timestamp",
         action="store_true",
@@ -170,20 +225,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device_json(device: DeviceInfo) -> dict[str, Any]:
-    data = asdict(device)
-    data["attributes"] = [{"name": n, "value": v} for n, v in device.attributes]
-    data["type"] = data.pop("type_id")
-    return data
+    """A device in `list --json` and `show --json` without --schema (schema 0)."""
+    return device_v0(device)
+
+
+def _json_schema(args: argparse.Namespace) -> int | None:
+    """The schema to print, or None for text."""
+    if args.schema is not None:
+        return int(args.schema)
+    return int(args.default_schema) if args.json else None
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def _device_line(device: DeviceInfo) -> str:
+    """`UUID PARENT TYPE auto|manual (active, defined)`, then a marker for a device that needs
+    attention: `[failed]`, `[waiting]` or `[pending]` (at most one: only an active device can
+    have a pending change, and an active device is neither failed nor waiting)."""
     state = []
     if device.active:
         state.append("active")
     if device.defined:
         state.append("defined")
     flags = "auto" if device.autostart else "manual"
-    return f"{device.uuid} {device.parent} {device.type_id} {flags} ({', '.join(state)})"
+    line = f"{device.uuid} {device.parent} {device.type_id} {flags} ({', '.join(state)})"
+    marker = list_marker(device)
+    return f"{line} {marker}" if marker else line
 
 
 def _print_device(device: DeviceInfo) -> None:
@@ -193,6 +262,10 @@ def _print_device(device: DeviceInfo) -> None:
     print(f"Active:      {'yes' if device.active else 'no'}")
     print(f"Defined:     {'yes' if device.defined else 'no'}")
     print(f"Autostart:   {'yes' if device.autostart else 'no'}")
+    if device.status == STATUS_WAITING:
+        print(f"Status:      {waiting_text(device)}")
+    else:
+        print(f"Status:      {device.status}")
     if device.active:
         print(f"Sysfs path:  {device.sysfs_path}")
         print(f"IOMMU group: {device.iommu_group}")
@@ -202,8 +275,15 @@ def _print_device(device: DeviceInfo) -> None:
         print("Attributes:")
         for index, (name, value) in enumerate(device.attributes):
             print(f"  [{index}] {name} = {value}")
+    if device.pending_changes:
+        print(f"Pending:     {pending_text(device)}")
+        command = apply_command(device)
+        if command:
+            print(f"Apply with:  {command}")
     if device.last_error:
         print(f"Last error:  {device.last_error}")
+        if device.status == STATUS_FAILED:
+            print(f"Retry with:  mdevdctl start {device.uuid}")
 
 
 def _event_line(event: Event) -> str:
@@ -276,8 +356,11 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
             devices = [d for d in devices if d.parent == args.parent]
         if args.uuid:
             devices = [d for d in devices if d.uuid == args.uuid.lower()]
-        if args.json:
-            print(json.dumps([_device_json(d) for d in devices], indent=2))
+        schema = _json_schema(args)
+        if schema == 0:
+            _print_json([_device_json(d) for d in devices])
+        elif schema == 1:
+            _print_json(list_v1(devices))
         else:
             for device in devices:
                 print(_device_line(device))
@@ -286,21 +369,9 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         parents = await client.parents()
         if args.parent:
             parents = [p for p in parents if p.name == args.parent]
-        if args.json:
-            print(
-                json.dumps(
-                    [
-                        {
-                            "name": p.name,
-                            "subsystem": p.subsystem,
-                            "sysfs_path": p.sysfs_path,
-                            "types": [asdict(t) for t in p.types.values()],
-                        }
-                        for p in parents
-                    ],
-                    indent=2,
-                )
-            )
+        schema = _json_schema(args)
+        if schema is not None:
+            _print_json(types_v0(parents) if schema == 0 else types_v1(parents))
             return EXIT_OK
         for parent in parents:
             print(parent.name)
@@ -315,11 +386,21 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "show":
         device = await client.device(args.uuid)
-        if args.json:
-            print(json.dumps(_device_json(device), indent=2))
-        else:
+        schema = _json_schema(args)
+        if schema is None:
             _print_device(device)
+        else:
+            _print_json(_device_json(device) if schema == 0 else show_v1(device))
         return EXIT_OK
+    if command == "status":
+        # Version first: the call that tells "not running" (exit 3, with the hint) apart.
+        version = str((await client.manager_properties()).get("Version", ""))
+        report = StatusReport(version, await client.devices(), await client.parents())
+        if _json_schema(args) is None:
+            print(report.text(), end="")
+        else:
+            _print_json(status_v1(report))
+        return report.exit_code()
     if command in ("create", "define"):
         # Chosen here, not by the daemon, so that after a timeout the user knows the UUID and
         # can retry with --uuid: the contract answers an identical retry with the same device.
@@ -365,7 +446,14 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         device = await client.device(args.uuid)
         attributes = _edited_attributes(device.attributes, args)
         if args.autostart is None and args.type_id is None and attributes is None:
-            raise UsageError("modify needs --autostart/--no-autostart, --type or an attribute edit")
+            if not args.live:
+                raise UsageError(
+                    "modify needs --autostart/--no-autostart, --type, an attribute edit or --live"
+                )
+            # `modify UUID --live` alone: the definition's attributes (what Attributes shows
+            # of a defined device) written to the running device, which ends a pending
+            # attribute change (the command `status` and `show` suggest for it).
+            attributes = list(device.attributes)
         await client.update(
             args.uuid,
             type_id=args.type_id,
@@ -382,14 +470,11 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
 
         # Across a daemon restart: the bus keeps delivering the new daemon's signals to the
         # same subscription, so the monitor only says that the daemon went and came back.
+        schema = _json_schema(args)
         async for event in client.events(subscribed, daemon_restarts=True):
-            if args.json:
-                data: dict[str, Any] = {}
-                if args.timestamp:
-                    data["timestamp"] = _now()
-                data.update(asdict(event))
-                if not data["properties"]:
-                    del data["properties"]  # only properties-changed has any; not asked here
+            if schema is not None:
+                stamp = _now() if args.timestamp else None
+                data = event_v0(event, stamp) if schema == 0 else event_v1(event, stamp)
                 print(json.dumps(data), flush=True)
             elif args.timestamp:
                 print(f"{_now()} {_event_line(event)}", flush=True)

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from mdevd import validate
 from mdevd.errors import (
@@ -347,7 +347,12 @@ class Engine:
                     == (parent, type_id, attributes)
                 ):
                     return existing  # a retry of a create that already succeeded
-                raise Exists(_conflict_message(uuid, existing))
+                conflict = Exists(_conflict_message(uuid, existing))
+                if existing.active:
+                    await self._refuse_running(
+                        Definition(uuid, parent, type_id, False, attributes), conflict, force
+                    )
+                raise conflict
             config = Definition(uuid, parent, type_id, False, attributes)
             try:
                 async with self.hooks.transaction("start", config, force=force):
@@ -405,7 +410,8 @@ class Engine:
         definition = self._definitions.get(uuid)
         if definition is None:
             if uuid in self._active:
-                raise AlreadyActive(f"device {uuid} is already active")
+                already = AlreadyActive(f"device {uuid} is already active")
+                await self._refuse_running(self._config(uuid), already, force)
             raise NotDefined(f"device {uuid} is not defined")
         async with self._locks(uuid, definition.parent):
             return await self._start_locked(uuid, REASON_API, force=force)
@@ -1020,9 +1026,12 @@ class Engine:
         `adopt_existing`, a device another tool created meanwhile under this UUID is taken as
         started (autostart wanted it running; it is not fought). `force` overrides a callout's
         veto."""
-        if uuid in self._active:
-            raise AlreadyActive(f"device {uuid} is already active")
         definition = self._definitions.get(uuid)
+        if uuid in self._active:
+            already = AlreadyActive(f"device {uuid} is already active")
+            if definition is None:
+                raise already
+            await self._refuse_running(definition, already, force)
         if definition is None:
             raise NotDefined(f"device {uuid} is not defined")
         try:
@@ -1056,6 +1065,19 @@ class Engine:
         state = self._publish_present(uuid)
         self._event(state, "started", reason)
         return state
+
+    async def _refuse_running(self, config: Definition, error: MdevdError, force: bool) -> NoReturn:
+        """Refuse to start `config`'s device, which runs, inside the hooks' transaction.
+
+        mdevctl's start runs `pre` before it finds the device running, then `post` and the
+        notifiers with the failure; s390 tools and site scripts may count on hearing of it.
+        The answer is the same error (a `pre` veto comes first, as in mdevctl); nothing
+        changed, so no event and no LastError. An identical create of a running transient
+        device is not refused (a retry: the caller's create succeeded) and never gets here.
+        """
+        async with self.hooks.transaction("start", config, force=force):
+            raise error
+        raise error  # the hooks never swallow a failure; for the type checker
 
     def _start_failed(
         self, uuid: str, error: MdevdError, reason: str, *, retry_in: float | None = None

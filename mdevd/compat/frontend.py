@@ -321,35 +321,46 @@ class Session:
                 )
         raise CommandError(f"Unable to find parent device '{name}'")
 
-    async def check_not_running(self, uuid: str, parent_name: str, type_id: str) -> None:
-        """mdevctl's first check before writing `create`, with its words.
-
-        Only this one is made here: the daemon takes an identical create of a running device
-        for a retry that succeeded, and would answer it without an error. The parent and the
-        type are left to the daemon, which checks them inside the callout transaction, so
-        that `pre`, `post` with `failure` and the notifiers run as mdevctl runs them
-        (`start_failure` then words the refusal as mdevctl does). Nor is
-        `available_instances` looked at: the kernel's answer to the create is the truth.
-        """
-        existing = await self.device(uuid)
-        if existing is not None and existing.active:
-            if existing.parent != parent_name:
-                raise CommandError("Device exists under different parent")
-            if existing.type_id != type_id:
-                raise CommandError("Device exists with different type")
-            raise CommandError("Device already exists")
-
     async def start_failure(
-        self, e: DaemonError, uuid: str, parent: str, type_id: str
+        self,
+        e: DaemonError,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        running: DeviceInfo | None = None,
     ) -> CommandError:
-        """The daemon's refusal of a create, in mdevctl's words; a missing parent with the
-        case hint mdevctl gives (`-p MTTY`: "Did you mean 'mtty'?")."""
+        """The daemon's refusal of a start, in mdevctl's words; a missing parent with the
+        case hint mdevctl gives (`-p MTTY`: "Did you mean 'mtty'?"). `running`: the device
+        as it ran before the call (None if it did not), which the daemon refused to start
+        again (`AlreadyActive`, or `Exists` for another parent or type)."""
         if e.short_name == "ParentNotFound":
             try:
                 await self.parent(parent)
             except CommandError as worded:
                 return worded
+        if running is not None and e.short_name in ("AlreadyActive", "Exists"):
+            return _running_twin(running, parent, type_id)
         return _create_error(e, uuid, parent, type_id)
+
+
+def _running_twin(running: DeviceInfo, parent: str, type_id: str) -> CommandError:
+    """mdevctl's words for a start of a device that runs (its first check before `create`,
+    made after `pre`: the daemon makes it inside the callout transaction too)."""
+    if running.parent != parent:
+        return CommandError("Device exists under different parent")
+    if running.type_id != type_id:
+        return CommandError("Device exists with different type")
+    return CommandError("Device already exists")
+
+
+def _is_retry(running: DeviceInfo, wanted: Definition) -> bool:
+    """Whether the daemon takes a create of `wanted` for a retry of the one that made
+    `running` (dbus-api.md rule 2): it then answers with the device, not an error."""
+    return not running.defined and (running.parent, running.type_id, running.attributes) == (
+        wanted.parent,
+        wanted.type_id,
+        wanted.attributes,
+    )
 
 
 _NO_ATTRIBUTE_RE = re.compile(r"has no attribute '(?P<name>.*)'\Z")
@@ -389,8 +400,8 @@ def _create_error(e: DaemonError, uuid: str, parent: str, type_id: str) -> Comma
         return CommandError(f"No available instances of {type_id} on {parent}")
     if short == "AlreadyActive":
         return CommandError("Device already exists")
-    # Exists here is not a running twin (`check_not_running` answered that in mdevctl's
-    # words) but mdevd's one device per UUID: a definition elsewhere. Its message says so.
+    # Exists here is not a running twin (`start_failure` words that as mdevctl does) but
+    # mdevd's one device per UUID: a definition elsewhere. Its message says so.
     return _daemon_error(e)
 
 
@@ -475,7 +486,6 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                     f"{existing.parent}); mdevd keeps one device per UUID: start it with "
                     f"`mdevctl start -u {uuid}` or change its definition first"
                 )
-            await session.check_not_running(uuid, existing.parent, existing.type_id)
             try:
                 await client.start(uuid, force=args.force or None)
             except DaemonError as e:
@@ -496,7 +506,8 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                     f"Device {defined.uuid} already exists on parent {defined.parent} "
                     f"with type {defined.type_id}"
                 )
-            await session.check_not_running(defined.uuid, defined.parent, defined.type_id)
+            # A running device is refused by the daemon inside the callout transaction
+            # (AlreadyActive), so the scripts hear of the failure as mdevctl's do.
             try:
                 await client.start(defined.uuid, force=args.force or None)
             except DaemonError as e:
@@ -515,17 +526,41 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
 
 
 async def _create_transient(session: Session, wanted: Definition, force: bool) -> None:
-    await session.check_not_running(wanted.uuid, wanted.parent, wanted.type_id)
+    """mdevctl's start of a device it creates from the command line or a file.
+
+    mdevctl runs `pre` first, then refuses a device that already runs, then `post` with
+    `failure` and the notifiers; the parent, the type and the kernel's answer likewise. The
+    daemon checks all of these inside its callout transaction, so the refusal is its
+    (worded here as mdevctl words it), except for one case: a create identical to a running
+    transient device is, to the daemon, a retry of a create that succeeded, answered with
+    the device. That one is asked of the device's Start, which refuses a running device
+    inside the transaction.
+    """
+    client = session.client
+    running = await session.device(wanted.uuid)
+    if running is not None and not running.active:
+        running = None
+    retry = running is not None and _is_retry(running, wanted)
     try:
-        await session.client.create_device(
-            wanted.parent,
-            wanted.type_id,
-            uuid=wanted.uuid,
-            attributes=wanted.attributes,
-            force=force or None,
-        )
+        if retry:
+            try:
+                await client.start(wanted.uuid, force=force or None)
+            except DaemonError as e:
+                if e.short_name not in ("NotDefined", "NotFound"):
+                    raise
+                running, retry = None, False  # stopped meanwhile: create it, as asked
+        if not retry:
+            await client.create_device(
+                wanted.parent,
+                wanted.type_id,
+                uuid=wanted.uuid,
+                attributes=wanted.attributes,
+                force=force or None,
+            )
     except DaemonError as e:
-        raise await session.start_failure(e, wanted.uuid, wanted.parent, wanted.type_id) from None
+        raise await session.start_failure(
+            e, wanted.uuid, wanted.parent, wanted.type_id, running
+        ) from None
 
 
 def _caller_holds_group(group: int) -> bool:

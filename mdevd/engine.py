@@ -776,18 +776,19 @@ class Engine:
     async def _resync(self) -> None:
         started = self._start_parent_read()
         snapshot = await self._io(self._snapshot_kernel)
+        # A parent read applied while the snapshot was being read is newer than it if it
+        # started after it (an operation's own look at its effect); one that started before
+        # is older, and the snapshot wins (else a parent seen gone stayed in view for good).
+        newer = {
+            name
+            for name in self._touched_parents
+            if self._parent_read_applied.get(name, 0) > started
+        }
         for name in set(self._parents) | set(snapshot.parents):
-            if name not in self._touched_parents:
+            if name not in newer:
                 self._parent_read_applied[name] = started
-        # What an operation changed while the snapshot was being read is newer than it.
-        parents = {
-            name: parent
-            for name, parent in snapshot.parents.items()
-            if name not in self._touched_parents
-        }
-        kept = {
-            name: self._parents[name] for name in self._touched_parents if name in self._parents
-        }
+        parents = {name: parent for name, parent in snapshot.parents.items() if name not in newer}
+        kept = {name: self._parents[name] for name in newer if name in self._parents}
         parents.update(kept)
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]

@@ -239,6 +239,7 @@ STATUS_WAITING = "waiting"
 STATUS_FAILED = "failed"
 #: Anything else: defined and not running, nothing wrong.
 STATUS_INACTIVE = "inactive"
+_STATUSES = {STATUS_ACTIVE, STATUS_WAITING, STATUS_FAILED, STATUS_INACTIVE}
 
 #: `PendingChanges.apply`: a Stop then a Start makes the device what its definition says.
 APPLY_RESTART = "restart"
@@ -283,6 +284,14 @@ class PendingChanges:
 
 
 NO_PENDING_CHANGES = PendingChanges()
+
+
+def _status_word(value: object) -> str:
+    """The `Status` as sent; "" (derive it) when absent; a word added to the contract after
+    this client was written reads as `inactive`, as the contract says."""
+    if value is None or value == "":
+        return ""
+    return str(value) if value in _STATUSES else STATUS_INACTIVE
 
 
 def derived_status(
@@ -370,7 +379,7 @@ class DeviceInfo:
             config_file=config_file,
             last_error=last_error,
             parent_object=parent_object,
-            status=str(more.get("Status", "")),
+            status=_status_word(more.get("Status")),
             pending_changes=PendingChanges.from_dict(more.get("PendingChanges", {})),
         )
 
@@ -390,7 +399,7 @@ class DeviceInfo:
             config_file=props["ConfigFile"],
             last_error=props["LastError"],
             parent_object=props.get("ParentObject", "/"),
-            status=str(props.get("Status", "")),
+            status=_status_word(props.get("Status")),
             pending_changes=PendingChanges.from_dict(_unwrap(props.get("PendingChanges", {}))),
         )
 

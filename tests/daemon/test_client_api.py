@@ -20,17 +20,26 @@ from pathlib import Path
 import pytest
 
 from mdevd import client as client_module
+from mdevd.bus import names
 from mdevd.bus.names import ERROR_PREFIX
 from mdevd.client import (
+    APPLY_RESTART,
+    STATUS_ACTIVE,
+    STATUS_FAILED,
+    STATUS_INACTIVE,
+    STATUS_WAITING,
+    AttributeRejected,
     CallTimeout,
     Client,
     ClientError,
     DaemonError,
+    DeviceInfo,
     Event,
     NotAuthorized,
     NotAuthorizedCanObtain,
     NotFound,
     ParentNotFound,
+    PendingChanges,
     SyncClient,
 )
 from tests.daemon.conftest import SCENARIO, Stack
@@ -115,6 +124,59 @@ def test_the_clients_own_timeout_is_not_the_daemons(stack: Stack, sim: RunningSi
         client.client.timeout = 60
         assert client.create_device("mtty", "mtty-1", uuid=uuid).uuid == uuid
         client.stop(uuid)
+
+
+def test_status_and_pending_changes_from_the_daemon_and_without_them(stack: Stack) -> None:
+    """`status` and `pending_changes` as the daemon sends them; and, from a daemon older than
+    those properties (the same replies without them), the status derived by the contract's
+    rule, which agrees with the daemon's own word."""
+    failed, waiting, active, inactive = (new_uuid() for _ in range(4))
+    expected = {
+        failed: STATUS_FAILED,
+        waiting: STATUS_WAITING,
+        active: STATUS_ACTIVE,
+        inactive: STATUS_INACTIVE,
+    }
+    with SyncClient(stack.address) as client:
+        client.define_device("par-a", "par-a-1", uuid=failed, attributes=[("setting", "abc")])
+        with pytest.raises(AttributeRejected):
+            client.start(failed)  # par-a's `setting` takes digits only
+        client.define_device("0000:66:00.0", "nvidia-556", uuid=waiting, autostart=True)
+        client.define_device("mtty", "mtty-1", uuid=active, start=True)
+        client.update(active, type_id="mtty-2")  # the definition only
+        client.define_device("par-b", "par-b-1", uuid=inactive)
+        try:
+            devices = {d.uuid: d for d in client.devices() if d.uuid in expected}
+            assert {uuid: d.status for uuid, d in devices.items()} == expected
+            assert devices[active].pending_changes == PendingChanges(
+                type_id="mtty-2", apply=APPLY_RESTART
+            )
+            assert client.device(active) == devices[active]
+            assert not any(devices[uuid].pending_changes for uuid in (failed, waiting, inactive))
+
+            (structs,) = stack.client.call(
+                names.MANAGER_PATH, names.MANAGER_INTERFACE, "ListDevices", "a{sv}", [{}]
+            )
+            objects = stack.client.managed_objects()
+            for struct in structs:
+                uuid = struct[1]
+                if uuid not in expected:
+                    continue
+                props = objects[struct[0]][names.DEVICE_INTERFACE]
+                older = {k: v for k, v in props.items() if k not in ("Status", "PendingChanges")}
+                for device in (
+                    DeviceInfo.from_struct([*struct[:13], {}]),
+                    DeviceInfo.from_properties(struct[0], older),
+                ):
+                    assert device.status == expected[uuid]
+                    assert not device.pending_changes  # nothing to derive it from
+                # A word added to the contract later reads as `inactive`, as it says.
+                newer = DeviceInfo.from_properties(struct[0], {**props, "Status": "frobbed"})
+                assert newer.status == STATUS_INACTIVE
+        finally:
+            client.stop(active)
+            for uuid in expected:
+                client.undefine(uuid)
 
 
 @pytest.fixture(scope="module")

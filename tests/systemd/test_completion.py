@@ -42,7 +42,7 @@ def complete(*words: str) -> list[str]:
 
 
 def test_commands_and_options_complete() -> None:
-    assert complete("mdevdctl", "st") == ["start", "stop"]
+    assert complete("mdevdctl", "st") == ["start", "status", "stop"]
     assert complete("mdevdctl", "list", "--d") == ["--defined"]
     assert complete("mdevd", "--log-level", "") == ["debug", "error", "info", "warning"]
     assert complete("mdevd", "im") == ["import-mdevctl"]

@@ -87,7 +87,9 @@ def test_the_lifecycle_of_a_defined_device(client: BusClient) -> None:
     mark = client.mark()
     client.start(uuid)
     assert client.events(uuid, since=mark) == [("started", {"reason": "api"})]
-    _assert_changes_are_the_new_state(client, uuid, mark, {"Active", "SysfsPath", "IommuGroup"})
+    _assert_changes_are_the_new_state(
+        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
+    )
 
     mark = client.mark()
     client.update(uuid, {"autostart": True, "attributes": []})
@@ -97,7 +99,9 @@ def test_the_lifecycle_of_a_defined_device(client: BusClient) -> None:
     mark = client.mark()
     client.stop(uuid)
     assert client.events(uuid, since=mark) == [("stopped", {"reason": "api"})]
-    _assert_changes_are_the_new_state(client, uuid, mark, {"Active", "SysfsPath", "IommuGroup"})
+    _assert_changes_are_the_new_state(
+        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
+    )
 
     mark = client.mark()
     client.undefine(uuid)
@@ -136,13 +140,13 @@ def test_a_failed_start_is_an_event_and_the_last_error(client: BusClient, sim: R
         "error_name": "org.mdevd.Mdevd1.Error.Failed",
         "error_message": raised.value.message,
     }
-    _assert_changes_are_the_new_state(client, uuid, mark, {"LastError"})
+    _assert_changes_are_the_new_state(client, uuid, mark, {"LastError", "Status"})
     assert raised.value.message in client.device(uuid)["LastError"]
 
     mark = client.mark()
     client.start(uuid)
     _assert_changes_are_the_new_state(
-        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "LastError"}
+        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "LastError", "Status"}
     )
     assert client.device(uuid)["LastError"] == ""
     client.stop(uuid)
@@ -178,13 +182,17 @@ def test_a_defined_device_started_and_stopped_by_another_tool(
     create_behind_the_daemons_back(sim, "mtty", "mtty-1", uuid)
     client.wait_signal(lambda s: s.is_event(uuid, "started"), since=mark)
     assert client.events(uuid, since=mark) == [("started", {"reason": "kernel"})]
-    _assert_changes_are_the_new_state(client, uuid, mark, {"Active", "SysfsPath", "IommuGroup"})
+    _assert_changes_are_the_new_state(
+        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
+    )
 
     mark = client.mark()
     remove_behind_the_daemons_back(sim, uuid)
     client.wait_signal(lambda s: s.is_event(uuid, "stopped"), since=mark)
     assert client.events(uuid, since=mark) == [("stopped", {"reason": "kernel"})]
-    _assert_changes_are_the_new_state(client, uuid, mark, {"Active", "SysfsPath", "IommuGroup"})
+    _assert_changes_are_the_new_state(
+        client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
+    )
     assert client.device(uuid)["Defined"] is True
 
 

@@ -6,7 +6,12 @@ monitor is opened (so nothing falls between it and the first look at sysfs), the
 enumerated and reconciled (running devices are adopted, never recreated), the objects are
 exported, and the bus name is requested last, so a client that sees the name sees a complete
 tree. SIGHUP reloads definitions; SIGTERM and SIGINT stop the daemon and leave every device
-running (a VM may be using it).
+running (a VM may be using it). The stop is logged at info level with its cause: the signal,
+the bus connection or name lost, or a fatal error.
+
+Autostart runs before the name is owned, so no client can receive the `start-failed` events it
+sends: they are kept (`StartupFailures`) and sent again, once, with `replayed=true`, as soon as
+the name is owned.
 
 The service manager hears about each step (mdevd.service): `READY=1` once the name is owned
 (after the startup autostart: a long one asks for more time with `EXTEND_TIMEOUT_USEC=` while
@@ -25,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dbus_fast import BusType, Message, RequestNameReply
+from dbus_fast import BusType, Message, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
@@ -34,14 +39,22 @@ from mdevd.bus import sendfix
 from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.names import BUS_NAME
+from mdevd.bus.paths import device_path
 from mdevd.bus.tree import ManagedObjectBus, ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
-from mdevd.engine import AUTOSTART_RETRY_DELAYS, Engine, EngineSettings, OperationHooks
+from mdevd.engine import (
+    AUTOSTART_RETRY_DELAYS,
+    Engine,
+    EngineSettings,
+    Listener,
+    OperationHooks,
+)
 from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
+from mdevd.model import DeviceState, Parent
 from mdevd.service import (
     AutostartProgress,
     Notifier,
@@ -79,6 +92,38 @@ class DaemonSettings:
     startup_stall_limit: float = 120.0
 
 
+class StartupFailures:
+    """An engine listener in front of another: forwards every change, and keeps each
+    `start-failed` event until `take()` (once the daemon owns its name, when clients can
+    receive them again)."""
+
+    def __init__(self, inner: Listener) -> None:
+        self.inner = inner
+        self._kept: list[tuple[DeviceState, dict[str, str]]] | None = []
+
+    def take(self) -> list[tuple[DeviceState, dict[str, str]]]:
+        """The kept events, oldest first; from now on none is kept."""
+        kept, self._kept = self._kept or [], None
+        return kept
+
+    def device_changed(self, state: DeviceState) -> None:
+        self.inner.device_changed(state)
+
+    def device_removed(self, uuid: str) -> None:
+        self.inner.device_removed(uuid)
+
+    def parent_changed(self, parent: Parent) -> None:
+        self.inner.parent_changed(parent)
+
+    def parent_removed(self, name: str) -> None:
+        self.inner.parent_removed(name)
+
+    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
+        if self._kept is not None and event == "start-failed":
+            self._kept.append((state, dict(details)))
+        self.inner.device_event(state, event, details)
+
+
 class Daemon:
     def __init__(
         self,
@@ -109,6 +154,8 @@ class Daemon:
         self.bus: ManagedObjectBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
+        #: Why the daemon stops, as its log says it; set by the first cause.
+        self.stop_reason = ""
         #: 0 after a requested stop; 1 when the bus went away (the service manager restarts).
         self.exit_status = 0
         self.notifier = Notifier.from_environment()
@@ -144,7 +191,9 @@ class Daemon:
             lambda: self._autostart_status(progress.attempted),
             stall_limit=self.settings.startup_stall_limit,
         )
-        self.engine.attach(progress)
+        # Every start-failed event until the name is owned is kept, to be sent again then.
+        early_failures = StartupFailures(progress)
+        self.engine.attach(early_failures)
         extender.start()
         try:
             await self.engine.start()
@@ -165,7 +214,8 @@ class Daemon:
         )
         self.tree.export_all()
         self._status = StatusFollower(self.tree, self.describe, self.notifier)
-        self.engine.attach(self._status)
+        early_failures.inner = self._status
+        self.engine.attach(early_failures)
         if self.events is not None:
             self.events.attach(
                 asyncio.get_running_loop(), self._on_uevent, self.engine.request_resync
@@ -176,9 +226,27 @@ class Daemon:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise RuntimeError(f"could not own {BUS_NAME} on the bus ({reply.name})")
         connected.add_message_handler(self._on_bus_message)
+        self.engine.attach(self._status)
+        self._replay(early_failures.take())
         status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
         self.notifier.ready(f"Ready: {status}")
+
+    def _replay(self, failures: list[tuple[DeviceState, dict[str, str]]]) -> None:
+        """Send again the start-failed events no client could receive (the name was not
+        owned yet), marked `replayed`."""
+        assert self.tree is not None
+        for state, details in failures:
+            log.debug("device %s: start-failed sent again now that the name is owned", state.uuid)
+            self.tree.manager.DeviceEvent(
+                device_path(state.uuid),
+                state.uuid,
+                "start-failed",
+                {
+                    **{key: Variant("s", value) for key, value in details.items()},
+                    "replayed": Variant("b", True),
+                },
+            )
 
     def _autostart_status(self, attempted: set[str]) -> str:
         parents = self.engine.parents()
@@ -205,9 +273,11 @@ class Daemon:
         if message.member == "NameLost" and message.body and message.body[0] == BUS_NAME:
             log.error("lost the bus name %s: stopping", BUS_NAME)
             self.exit_status = 1
-            self._stop.set()
+            self.request_stop(f"the bus name {BUS_NAME} was lost")
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "a stop was requested") -> None:
+        """Stop soon; `reason` is what the log says (the first reason given counts)."""
+        self.stop_reason = self.stop_reason or reason
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -250,8 +320,8 @@ class Daemon:
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM received")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT received")
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         assert self.bus is not None
         disconnected = loop.create_task(self._wait_for_disconnect(self.bus))
@@ -266,8 +336,11 @@ class Daemon:
             log.debug("the bus connection ended: %r", disconnected.exception())
             log.error("disconnected from the bus: stopping")
             self.exit_status = 1
+            self.request_stop("the bus connection was lost")
+        log.info("mdevd stopping: %s; devices are left as they are", self.stop_reason)
         self.notifier.stopping()
         await self.stop()
+        log.info("mdevd stopped: %s", self.stop_reason)
 
     @staticmethod
     async def _wait_for_disconnect(bus: MessageBus) -> None:
@@ -385,7 +458,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except ConfigInvalid as exc:
         log.error("%s", exc.message)
+        log.info("mdevd stopped: a fatal error: %s", exc.message)
         return 1
     except Exception as exc:  # the service manager shows this line; the traceback is in debug
         log.error("mdevd failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        log.info("mdevd stopped: a fatal error: %s", exc)
         return 1

@@ -226,7 +226,7 @@ def test_gdbus_introspects_a_device(stack: Stack, client: BusClient) -> None:
     [interface] = [i for i in node.findall("interface") if i.get("name") == names.DEVICE_INTERFACE]
     methods = {m.get("name") for m in interface.findall("method")}
     assert methods == {"Start", "Stop", "Define", "Undefine", "Update", "QueryAttributes"}
-    assert len(interface.findall("property")) == 12
+    assert len(interface.findall("property")) == 14
 
 
 def test_gdbus_creates_a_device_and_gets_the_error_name_of_a_failure(

@@ -80,6 +80,8 @@ def test_create_device_makes_a_transient_device_with_every_property(
         "IommuGroup": _kernel_group(sim, uuid),
         "ConfigFile": "",
         "LastError": "",
+        "Status": "active",
+        "PendingChanges": {},
     }
 
 
@@ -177,6 +179,8 @@ def test_define_device_persists_a_definition(
         "IommuGroup": -1,
         "ConfigFile": config_file,
         "LastError": "",
+        "Status": "inactive",
+        "PendingChanges": {},
     }
     assert _definitions(config_file) == [
         {

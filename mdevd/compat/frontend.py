@@ -97,7 +97,12 @@ def _index(text: str) -> int:
     return int(text)
 
 
-def build_parser(prog: str = "mdevctl") -> argparse.ArgumentParser:
+def version_line(program: str = "mdevctl") -> str:
+    """What `--version` prints: mdevctl's `NAME VERSION`, then mdevd's own version."""
+    return f"{program} {MDEVCTL_VERSION} (mdevd {__version__})"
+
+
+def build_parser(prog: str = "mdevctl", *, lsmdev: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description="A mediated device management utility for Linux (mdevctl "
@@ -108,7 +113,7 @@ def build_parser(prog: str = "mdevctl") -> argparse.ArgumentParser:
         "-V",
         "--version",
         action="version",
-        version=f"mdevctl {MDEVCTL_VERSION} (mdevd {__version__})",
+        version=version_line(),
     )
     sub = parser.add_subparsers(dest="command", metavar="<SUBCOMMAND>", parser_class=_Parser)
     force_help = "Force command execution even if a device-specific callout script fails"
@@ -163,6 +168,14 @@ def build_parser(prog: str = "mdevctl") -> argparse.ArgumentParser:
 
     p = command("list", "List mediated devices")
     _list_options(p)
+    # clap gives `list` a version of its own (the `lsmdev` link's): `mdevctl-list 1.2.0`.
+    p.add_argument(
+        "-V",
+        "--version",
+        action="version",
+        version=version_line("lsmdev" if lsmdev else "mdevctl-list"),
+        help="Print version information",
+    )
 
     p = command("types", "List available mediated device types")
     p.add_argument("-p", "--parent", help="Show supported types for the specified parent")
@@ -170,6 +183,9 @@ def build_parser(prog: str = "mdevctl") -> argparse.ArgumentParser:
 
     p = sub.add_parser("start-parent-mdevs", allow_abbrev=False)  # hidden, as in mdevctl
     p.add_argument("parent")
+
+    p = command("help", "Print this message or the help of the given subcommand(s)")
+    p.add_argument("subcommand", nargs="?", metavar="SUBCOMMAND")
     return parser
 
 
@@ -226,14 +242,20 @@ def _check_combinations(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "mdevctl"
-    if prog.endswith("lsmdev"):  # mdevctl's `lsmdev` link: `list` with its options
+    lsmdev = prog.endswith("lsmdev")
+    if lsmdev:  # mdevctl's `lsmdev` link: `list` with its options
         arguments = ["list", *arguments]
-    parser = build_parser()
+    parser = build_parser(lsmdev=lsmdev)
     try:
         args = parser.parse_args(_split_short_equals(arguments))
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        if args.command == "help":  # clap's: the help on stdout, exit 0; needs no daemon
+            if args.subcommand is None:
+                parser.print_help(sys.stdout)
+                return EXIT_OK
+            parser.parse_args([args.subcommand, "--help"])  # exits, or a usage error
         _check_combinations(args)
     except UsageError as e:
         sys.stderr.write(

@@ -12,27 +12,29 @@ only: 7 a device's last start failed, 8 something else needs attention (mdevd.ct
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import signal
 import sys
 import uuid as uuid_module
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mdevd import __version__
-from mdevd.client import (
+from mdevd.blocking import BlockingClient
+from mdevd.replies import (
     STATUS_FAILED,
     STATUS_WAITING,
     CallTimeout,
-    Client,
     ClientError,
     DaemonError,
     DaemonNotRunning,
     DeviceInfo,
     Event,
 )
+
+if TYPE_CHECKING:
+    from mdevd.client import Client
 from mdevd.ctl_json import (
     device_v0,
     event_v0,
@@ -332,22 +334,24 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-async def run(args: argparse.Namespace) -> int:
+#: Commands that only read: answered by blocking calls (mdevd.blocking), so that they import
+#: neither asyncio nor dbus-fast; a command-line program's start-up is most of its time.
+READ_COMMANDS = frozenset({"list", "types", "show", "status"})
+
+
+def read(args: argparse.Namespace) -> int:
     try:
-        client = await Client.connect(args.address, timeout=args.timeout)
+        client = BlockingClient.connect(args.address, timeout=args.timeout)
     except ClientError as exc:
         raise Unreachable(str(exc)) from exc
-    client.interactive = args.interactive
-    try:
-        return await _dispatch(client, args)
-    finally:
-        client.close()
+    with client:
+        return _read(client, args)
 
 
-async def _dispatch(client: Client, args: argparse.Namespace) -> int:
+def _read(client: BlockingClient, args: argparse.Namespace) -> int:
     command = args.command
     if command == "list":
-        devices = await client.devices()
+        devices = client.devices()
         if args.defined:
             devices = [d for d in devices if d.defined]
         if args.active:
@@ -366,7 +370,7 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
                 print(_device_line(device))
         return EXIT_OK
     if command == "types":
-        parents = await client.parents()
+        parents = client.parents()
         if args.parent:
             parents = [p for p in parents if p.name == args.parent]
         schema = _json_schema(args)
@@ -385,7 +389,7 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
                     print(f"    Description: {t.description}")
         return EXIT_OK
     if command == "show":
-        device = await client.device(args.uuid)
+        device = client.device(args.uuid)
         schema = _json_schema(args)
         if schema is None:
             _print_device(device)
@@ -394,13 +398,32 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "status":
         # Version first: the call that tells "not running" (exit 3, with the hint) apart.
-        version = str((await client.manager_properties()).get("Version", ""))
-        report = StatusReport(version, await client.devices(), await client.parents())
+        version = str((client.manager_properties()).get("Version", ""))
+        report = StatusReport(version, client.devices(), client.parents())
         if _json_schema(args) is None:
             print(report.text(), end="")
         else:
             _print_json(status_v1(report))
         return report.exit_code()
+    raise AssertionError(f"not a read command: {command}")
+
+
+async def run(args: argparse.Namespace) -> int:
+    from mdevd.client import Client  # asyncio and dbus-fast: only for what needs them
+
+    try:
+        client = await Client.connect(args.address, timeout=args.timeout)
+    except ClientError as exc:
+        raise Unreachable(str(exc)) from exc
+    client.interactive = args.interactive
+    try:
+        return await _dispatch(client, args)
+    finally:
+        client.close()
+
+
+async def _dispatch(client: Client, args: argparse.Namespace) -> int:
+    command = args.command
     if command in ("create", "define"):
         # Chosen here, not by the daemon, so that after a timeout the user knows the UUID and
         # can retry with --uuid: the contract answers an identical retry with the same device.
@@ -503,7 +526,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code = asyncio.run(run(args))
+        if args.command in READ_COMMANDS:
+            code = read(args)
+        else:
+            import asyncio
+
+            code = asyncio.run(run(args))
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         _fail(EXIT_USAGE, str(exc))

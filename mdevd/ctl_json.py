@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mdevd.client import DeviceInfo, Event, ParentInfo, PendingChanges
 from mdevd.ctl_status import StatusReport
+from mdevd.replies import DeviceInfo, Event, ParentInfo, PendingChanges
 
 #: The schema `--json` prints when none is asked for: the oldest each command has, so that
 #: the output a script was written against never changes under it.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mdevd.client import (
+from mdevd.replies import (
     APPLY_RESTART,
     APPLY_UPDATE_LIVE,
     STATUS_FAILED,

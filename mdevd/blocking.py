@@ -1,47 +1,27 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The reads of the command-line programs, blocking, without asyncio or dbus-fast.
+"""mdevd's requests, blocking, without asyncio or dbus-fast: for the command-line programs.
 
-`mdevdctl list`, `show`, `types` and `status` make two or three calls and exit; importing
-asyncio and dbus-fast alone took longer than all of `mdevctl list` (docs/performance.md). These
-reads go through `mdevd.wire` instead and give the same `DeviceInfo`, `ParentInfo` and error
-classes as `mdevd.client`, from the same parsing (`mdevd.replies`). Everything that waits for
-events or changes a device stays with `mdevd.client`.
+`mdevdctl` and the mdevctl front end make a few calls and exit, and libvirt starts the front end
+once per node-device operation; importing asyncio and dbus-fast alone took longer than all of
+`mdevctl list` (docs/performance.md). `BlockingClient.run` makes the requests of `mdevd.calls`
+over `mdevd.wire` and gives the same results and error classes as `mdevd.client.Client`, which
+stays the API for managers and for anything that waits for events (`mdevdctl monitor`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from mdevd import wire
-from mdevd.bus.names import (
-    BUS_NAME,
-    DEVICE_INTERFACE,
-    MANAGER_INTERFACE,
-    MANAGER_PATH,
-    OBJECT_MANAGER_INTERFACE,
-    PROPERTIES_INTERFACE,
-    ROOT_PATH,
-)
-from mdevd.replies import (
-    DEFAULT_TIMEOUT,
-    CallTimeout,
-    ClientError,
-    DaemonError,
-    DeviceInfo,
-    ManagedObjects,
-    ParentInfo,
-    devices_from_objects,
-    error_for,
-    older_than_list_devices,
-    parents_from_objects,
-    sorted_devices,
-    unwrap,
-)
+from mdevd import calls, wire
+from mdevd.bus.names import BUS_NAME
+from mdevd.replies import DEFAULT_TIMEOUT, CallTimeout, ClientError, DaemonError, error_for
+
+T = TypeVar("T")
 
 
 class BlockingClient:
-    """One connection to the bus; each method is one or two calls to mdevd."""
+    """One connection to the bus, for `run`."""
 
     def __init__(self, connection: wire.Connection) -> None:
         self.connection = connection
@@ -78,30 +58,19 @@ class BlockingClient:
                 raise CallTimeout(member, self.connection.timeout) from exc
             raise ClientError(str(exc)) from exc
 
-    def managed_objects(self) -> ManagedObjects:
-        (objects,) = self.call(ROOT_PATH, OBJECT_MANAGER_INTERFACE, "GetManagedObjects")
-        result: ManagedObjects = unwrap(objects)
-        return result
-
-    def devices(self) -> list[DeviceInfo]:
-        """Every device, sorted by parent and UUID."""
+    def run(self, request: calls.Request[T]) -> T:
+        """Run one request of `mdevd.calls`, as `Client.run` does, blocking."""
         try:
-            (structs,) = self.call(MANAGER_PATH, MANAGER_INTERFACE, "ListDevices", "a{sv}", [{}])
-            return sorted_devices([DeviceInfo.from_struct(struct) for struct in structs])
-        except DaemonError as error:
-            if not older_than_list_devices(error):
-                raise
-        return devices_from_objects(self.managed_objects())
-
-    def parents(self) -> list[ParentInfo]:
-        return parents_from_objects(self.managed_objects())
-
-    def device(self, uuid: str) -> DeviceInfo:
-        (path,) = self.call(MANAGER_PATH, MANAGER_INTERFACE, "GetDevice", "s", [uuid])
-        (props,) = self.call(path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE])
-        return DeviceInfo.from_properties(str(path), unwrap(props))
-
-    def manager_properties(self) -> dict[str, Any]:
-        (props,) = self.call(MANAGER_PATH, PROPERTIES_INTERFACE, "GetAll", "s", [MANAGER_INTERFACE])
-        result: dict[str, Any] = unwrap(props)
-        return result
+            call = next(request)
+            while True:
+                try:
+                    reply = self.call(
+                        call.path, call.interface, call.member, call.signature, call.body
+                    )
+                except DaemonError as error:
+                    call = request.throw(error)
+                else:
+                    call = request.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result

@@ -28,55 +28,48 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+# Every name of `mdevd.replies` (its `__all__`) is part of this module's API: managers import
+# DeviceInfo, the error classes and the rest from here.
+from mdevd import calls, wire
 from mdevd.bus.names import (
     BUS_NAME,
     DBUS_BUS_NAME,
     DBUS_INTERFACE,
     DBUS_PATH,
-    DEVICE_INTERFACE,
     DEVICES_PATH,
     MANAGER_INTERFACE,
-    MANAGER_PATH,
     OBJECT_MANAGER_INTERFACE,
     PARENTS_PATH,
     PROPERTIES_INTERFACE,
     ROOT_PATH,
 )
-
-# Every name of `mdevd.replies` (its `__all__`) is part of this module's API: managers import
-# DeviceInfo, the error classes and the rest from here.
 from mdevd.replies import *  # noqa: F403
 from mdevd.replies import (
     DEFAULT_TIMEOUT,
-    NO_SUCH_OBJECT,
     CallTimeout,
     ClientError,
     DaemonError,
     DeviceInfo,
     Event,
+    ManagedObjects,
     ParentInfo,
-    devices_from_objects,
     error_for,
-    older_than_list_devices,
-    parents_from_objects,
-    sorted_devices,
     unwrap,
     uuid_of,
 )
 
+T = TypeVar("T")
 
-def _options(**values: Any) -> dict[str, Variant]:
-    signatures = {bool: "b", str: "s"}
-    options: dict[str, Variant] = {}
-    for key, value in values.items():
-        if value is None:
-            continue
-        dbus_key = key.replace("auth_interactive", "auth.interactive")
-        if key == "attributes":
-            options[dbus_key] = Variant("a(ss)", [list(pair) for pair in value])
-        else:
-            options[dbus_key] = Variant(signatures[type(value)], value)
-    return options
+
+def _fast(value: Any) -> Any:
+    """mdevd.calls' variants (mdevd.wire's class) as dbus-fast's, at any depth."""
+    if isinstance(value, wire.Variant):
+        return Variant(value.signature, _fast(value.value))
+    if isinstance(value, dict):
+        return {k: _fast(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fast(v) for v in value]
+    return value
 
 
 class Client:
@@ -131,55 +124,51 @@ class Client:
             raise error_for(reply.error_name or "", str(text))
         return list(reply.body)
 
+    async def run(self, request: calls.Request[T]) -> T:
+        """Run one request of `mdevd.calls` on this connection: each call it yields is made,
+        its reply sent back, the daemon's error raised inside it."""
+        try:
+            call = next(request)
+            while True:
+                try:
+                    reply = await self.call(
+                        call.path, call.interface, call.member, call.signature, _fast(call.body)
+                    )
+                except DaemonError as error:
+                    call = request.throw(error)
+                else:
+                    call = request.send(reply)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
     # ---- reads -------------------------------------------------------------------------------
 
-    async def managed_objects(self) -> dict[str, dict[str, dict[str, Any]]]:
-        (objects,) = await self.call(ROOT_PATH, OBJECT_MANAGER_INTERFACE, "GetManagedObjects")
-        result: dict[str, dict[str, dict[str, Any]]] = unwrap(objects)
-        return result
+    async def managed_objects(self) -> ManagedObjects:
+        return await self.run(calls.managed_objects())
 
     async def list_devices(self) -> list[DeviceInfo]:
         """Every device, from one ListDevices call (a third of GetManagedObjects' size), in no
         particular order."""
-        (structs,) = await self.call(
-            MANAGER_PATH, MANAGER_INTERFACE, "ListDevices", "a{sv}", [_options()]
-        )
-        return [DeviceInfo.from_struct(struct) for struct in structs]
+        return await self.run(calls.list_devices())
 
     async def devices(self) -> list[DeviceInfo]:
         """Every device, sorted by parent and UUID."""
-        try:
-            return sorted_devices(await self.list_devices())
-        except DaemonError as error:
-            if not older_than_list_devices(error):
-                raise
-        return devices_from_objects(await self.managed_objects())
+        return await self.run(calls.devices())
 
     async def parents(self) -> list[ParentInfo]:
-        return parents_from_objects(await self.managed_objects())
+        return await self.run(calls.parents())
 
     async def device(self, uuid: str) -> DeviceInfo:
-        path = await self.get_device(uuid)
-        (props,) = await self.call(
-            path, "org.freedesktop.DBus.Properties", "GetAll", "s", [DEVICE_INTERFACE]
-        )
-        return DeviceInfo.from_properties(path, unwrap(props))
+        return await self.run(calls.device(uuid))
 
     async def get_device(self, uuid: str) -> str:
-        (path,) = await self.call(MANAGER_PATH, MANAGER_INTERFACE, "GetDevice", "s", [uuid])
-        return str(path)
+        return await self.run(calls.get_device(uuid))
 
     async def manager_properties(self) -> dict[str, Any]:
-        (props,) = await self.call(
-            MANAGER_PATH, "org.freedesktop.DBus.Properties", "GetAll", "s", [MANAGER_INTERFACE]
-        )
-        result: dict[str, Any] = unwrap(props)
-        return result
+        return await self.run(calls.manager_properties())
 
-    # ---- mutations ---------------------------------------------------------------------------
-
-    def _auth(self) -> bool | None:
-        return True if self.interactive else None
+    # ---- changes -----------------------------------------------------------------------------
 
     async def create_device(
         self,
@@ -195,10 +184,12 @@ class Client:
         Pass `uuid` (uuid4) to make a retry after a `CallTimeout` safe: the same request
         again returns the same device instead of making a second one.
         """
-        path = await self.create_device_path(
-            parent, type_id, uuid=uuid, attributes=attributes, force=force
-        )
-        return await self._device_at(path, parent, type_id, attributes)
+        return await self.run(
+            calls.create_device(
+                parent, type_id, uuid=uuid, attributes=attributes, force=force,
+                interactive=self.interactive,
+            )
+        )  # fmt: skip
 
     async def create_device_path(
         self,
@@ -211,41 +202,12 @@ class Client:
     ) -> str:
         """As `create_device`, returning only the object path (what `create_device` returned
         before it returned the device): one round trip, for loops that need no more."""
-        options = _options(
-            uuid=uuid, attributes=attributes or None, force=force, auth_interactive=self._auth()
-        )
-        (path,) = await self.call(
-            MANAGER_PATH, MANAGER_INTERFACE, "CreateDevice", "ssa{sv}", [parent, type_id, options]
-        )
-        return str(path)
-
-    async def _device_at(
-        self, path: str, parent: str, type_id: str, attributes: Sequence[tuple[str, str]]
-    ) -> DeviceInfo:
-        try:
-            (props,) = await self.call(
-                path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE]
+        return await self.run(
+            calls.create_device_path(
+                parent, type_id, uuid=uuid, attributes=attributes, force=force,
+                interactive=self.interactive,
             )
-        except DaemonError as error:
-            if error.name not in NO_SUCH_OBJECT:
-                raise
-            # Created, then stopped by someone else before we looked: the create did happen,
-            # so report the device as it now is (gone) rather than fail the call.
-            return DeviceInfo(
-                path=path,
-                uuid=path.rsplit("/", 1)[-1].replace("_", "-"),
-                parent=parent,
-                type_id=type_id,
-                active=False,
-                defined=False,
-                autostart=False,
-                attributes=tuple(attributes),
-                sysfs_path="",
-                iommu_group=-1,
-                config_file="",
-                last_error="",
-            )
-        return DeviceInfo.from_properties(path, unwrap(props))
+        )  # fmt: skip
 
     async def define_device(
         self,
@@ -258,57 +220,40 @@ class Client:
         start: bool | None = None,
         force: bool | None = None,
     ) -> str:
-        options = _options(
-            uuid=uuid,
-            attributes=attributes or None,
-            autostart=autostart,
-            start=start,
-            force=force,
-            auth_interactive=self._auth(),
-        )
-        (path,) = await self.call(
-            MANAGER_PATH, MANAGER_INTERFACE, "DefineDevice", "ssa{sv}", [parent, type_id, options]
-        )
-        return str(path)
-
-    async def _device_call(self, uuid: str, member: str, **options: Any) -> None:
-        path = await self.get_device(uuid)
-        await self.call(
-            path,
-            DEVICE_INTERFACE,
-            member,
-            "a{sv}",
-            [_options(**options, auth_interactive=self._auth())],
-        )
+        return await self.run(
+            calls.define_device(
+                parent, type_id, uuid=uuid, attributes=attributes, autostart=autostart,
+                start=start, force=force, interactive=self.interactive,
+            )
+        )  # fmt: skip
 
     async def start(self, uuid: str, *, force: bool | None = None) -> None:
-        await self._device_call(uuid, "Start", force=force)
+        await self.run(calls.start(uuid, force=force, interactive=self.interactive))
 
     async def stop(
         self, uuid: str, *, force: bool | None = None, caller_holds_group: bool | None = None
     ) -> None:
-        await self._device_call(uuid, "Stop", force=force, caller_holds_group=caller_holds_group)
+        await self.run(
+            calls.stop(
+                uuid, force=force, caller_holds_group=caller_holds_group,
+                interactive=self.interactive,
+            )
+        )  # fmt: skip
 
     async def define(
         self, uuid: str, *, autostart: bool | None = None, force: bool | None = None
     ) -> None:
-        await self._device_call(uuid, "Define", autostart=autostart, force=force)
+        await self.run(
+            calls.define(uuid, autostart=autostart, force=force, interactive=self.interactive)
+        )
 
     async def undefine(self, uuid: str, *, force: bool | None = None) -> None:
-        await self._device_call(uuid, "Undefine", force=force)
+        await self.run(calls.undefine(uuid, force=force, interactive=self.interactive))
 
     async def query_attributes(self, uuid: str) -> tuple[tuple[str, str], ...]:
         """The running device's attributes as its callout script reports them (mdevctl's
         `get attributes`), else as mdevd wrote them."""
-        path = await self.get_device(uuid)
-        (pairs,) = await self.call(
-            path,
-            DEVICE_INTERFACE,
-            "QueryAttributes",
-            "a{sv}",
-            [_options(auth_interactive=self._auth())],
-        )
-        return tuple((str(name), str(value)) for name, value in pairs)
+        return await self.run(calls.query_attributes(uuid, interactive=self.interactive))
 
     async def update(
         self,
@@ -321,33 +266,15 @@ class Client:
         persist: bool | None = None,
         force: bool | None = None,
     ) -> None:
-        changes: dict[str, Variant] = {}
-        if type_id is not None:
-            changes["type"] = Variant("s", type_id)
-        if autostart is not None:
-            changes["autostart"] = Variant("b", autostart)
-        if attributes is not None:
-            changes["attributes"] = Variant("a(ss)", [list(pair) for pair in attributes])
-        path = await self.get_device(uuid)
-        await self.call(
-            path,
-            DEVICE_INTERFACE,
-            "Update",
-            "a{sv}a{sv}",
-            [
-                changes,
-                _options(live=live, persist=persist, force=force, auth_interactive=self._auth()),
-            ],
-        )
+        await self.run(
+            calls.update(
+                uuid, type_id=type_id, autostart=autostart, attributes=attributes, live=live,
+                persist=persist, force=force, interactive=self.interactive,
+            )
+        )  # fmt: skip
 
     async def reload(self) -> None:
-        await self.call(
-            MANAGER_PATH,
-            MANAGER_INTERFACE,
-            "Reload",
-            "a{sv}",
-            [_options(auth_interactive=self._auth())],
-        )
+        await self.run(calls.reload(interactive=self.interactive))
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -476,7 +403,6 @@ class Client:
 # ---- the synchronous facade ---------------------------------------------------------------------
 
 P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def _blocking(

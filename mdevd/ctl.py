@@ -20,7 +20,7 @@ import uuid as uuid_module
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mdevd import __version__
+from mdevd import __version__, calls
 from mdevd.blocking import BlockingClient
 from mdevd.replies import (
     STATUS_FAILED,
@@ -334,24 +334,25 @@ def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-#: Commands that only read: answered by blocking calls (mdevd.blocking), so that they import
-#: neither asyncio nor dbus-fast; a command-line program's start-up is most of its time.
-READ_COMMANDS = frozenset({"list", "types", "show", "status"})
+#: Only these wait for signals, which takes the asyncio client (dbus-fast); every other command
+#: is a few blocking calls (mdevd.blocking), so it imports neither asyncio nor dbus-fast: a
+#: command-line program's start-up is most of its time.
+ASYNC_COMMANDS = frozenset({"monitor"})
 
 
-def read(args: argparse.Namespace) -> int:
+def run_blocking(args: argparse.Namespace) -> int:
     try:
         client = BlockingClient.connect(args.address, timeout=args.timeout)
     except ClientError as exc:
         raise Unreachable(str(exc)) from exc
     with client:
-        return _read(client, args)
+        return _dispatch(client, args)
 
 
-def _read(client: BlockingClient, args: argparse.Namespace) -> int:
+def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
     command = args.command
     if command == "list":
-        devices = client.devices()
+        devices = client.run(calls.devices())
         if args.defined:
             devices = [d for d in devices if d.defined]
         if args.active:
@@ -370,7 +371,7 @@ def _read(client: BlockingClient, args: argparse.Namespace) -> int:
                 print(_device_line(device))
         return EXIT_OK
     if command == "types":
-        parents = client.parents()
+        parents = client.run(calls.parents())
         if args.parent:
             parents = [p for p in parents if p.name == args.parent]
         schema = _json_schema(args)
@@ -389,7 +390,7 @@ def _read(client: BlockingClient, args: argparse.Namespace) -> int:
                     print(f"    Description: {t.description}")
         return EXIT_OK
     if command == "show":
-        device = client.device(args.uuid)
+        device = client.run(calls.device(args.uuid))
         schema = _json_schema(args)
         if schema is None:
             _print_device(device)
@@ -398,50 +399,37 @@ def _read(client: BlockingClient, args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "status":
         # Version first: the call that tells "not running" (exit 3, with the hint) apart.
-        version = str((client.manager_properties()).get("Version", ""))
-        report = StatusReport(version, client.devices(), client.parents())
+        version = str(client.run(calls.manager_properties()).get("Version", ""))
+        report = StatusReport(version, client.run(calls.devices()), client.run(calls.parents()))
         if _json_schema(args) is None:
             print(report.text(), end="")
         else:
             _print_json(status_v1(report))
         return report.exit_code()
-    raise AssertionError(f"not a read command: {command}")
-
-
-async def run(args: argparse.Namespace) -> int:
-    from mdevd.client import Client  # asyncio and dbus-fast: only for what needs them
-
-    try:
-        client = await Client.connect(args.address, timeout=args.timeout)
-    except ClientError as exc:
-        raise Unreachable(str(exc)) from exc
-    client.interactive = args.interactive
-    try:
-        return await _dispatch(client, args)
-    finally:
-        client.close()
-
-
-async def _dispatch(client: Client, args: argparse.Namespace) -> int:
-    command = args.command
     if command in ("create", "define"):
         # Chosen here, not by the daemon, so that after a timeout the user knows the UUID and
         # can retry with --uuid: the contract answers an identical retry with the same device.
         uuid = args.uuid or str(uuid_module.uuid4())
         try:
             if command == "create":
-                device = await client.create_device(
-                    args.parent, args.type, uuid=uuid, attributes=args.attr
-                )
+                device = client.run(
+                    calls.create_device(
+                        args.parent, args.type, uuid=uuid, attributes=args.attr,
+                        interactive=args.interactive,
+                    )
+                )  # fmt: skip
                 uuid = device.uuid
             else:
-                path = await client.define_device(
-                    args.parent,
-                    args.type,
-                    uuid=uuid,
-                    attributes=args.attr,
-                    autostart=args.autostart or None,
-                    start=args.start or None,
+                path = client.run(
+                    calls.define_device(
+                        args.parent,
+                        args.type,
+                        uuid=uuid,
+                        attributes=args.attr,
+                        autostart=args.autostart or None,
+                        start=args.start or None,
+                        interactive=args.interactive,
+                    )
                 )
                 uuid = path.rsplit("/", 1)[-1].replace("_", "-")
         except CallTimeout as exc:
@@ -454,19 +442,21 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
         print(uuid)
         return EXIT_OK
     if command == "start":
-        await client.start(args.uuid)
+        client.run(calls.start(args.uuid, interactive=args.interactive))
         return EXIT_OK
     if command == "stop":
-        await client.stop(args.uuid)
+        client.run(calls.stop(args.uuid, interactive=args.interactive))
         return EXIT_OK
     if command == "undefine":
-        await client.undefine(args.uuid)
+        client.run(calls.undefine(args.uuid, interactive=args.interactive))
         return EXIT_OK
     if command == "persist":
-        await client.define(args.uuid, autostart=args.autostart or None)
+        client.run(
+            calls.define(args.uuid, autostart=args.autostart or None, interactive=args.interactive)
+        )
         return EXIT_OK
     if command == "modify":
-        device = await client.device(args.uuid)
+        device = client.run(calls.device(args.uuid))
         attributes = _edited_attributes(device.attributes, args)
         if args.autostart is None and args.type_id is None and attributes is None:
             if not args.live:
@@ -477,37 +467,55 @@ async def _dispatch(client: Client, args: argparse.Namespace) -> int:
             # of a defined device) written to the running device, which ends a pending
             # attribute change (the command `status` and `show` suggest for it).
             attributes = list(device.attributes)
-        await client.update(
-            args.uuid,
-            type_id=args.type_id,
-            autostart=args.autostart,
-            attributes=attributes,
-            live=args.live or None,
+        client.run(
+            calls.update(
+                args.uuid,
+                type_id=args.type_id,
+                autostart=args.autostart,
+                attributes=attributes,
+                live=args.live or None,
+                interactive=args.interactive,
+            )
         )
         return EXIT_OK
-    if command == "monitor":
-
-        def subscribed() -> None:
-            # On stderr, like busctl's "Monitoring bus message stream.": stdout stays the events.
-            print("Monitoring mdevd's device events (Ctrl-C to stop).", file=sys.stderr, flush=True)
-
-        # Across a daemon restart: the bus keeps delivering the new daemon's signals to the
-        # same subscription, so the monitor only says that the daemon went and came back.
-        schema = _json_schema(args)
-        async for event in client.events(subscribed, daemon_restarts=True):
-            if schema is not None:
-                stamp = _now() if args.timestamp else None
-                data = event_v0(event, stamp) if schema == 0 else event_v1(event, stamp)
-                print(json.dumps(data), flush=True)
-            elif args.timestamp:
-                print(f"{_now()} {_event_line(event)}", flush=True)
-            else:
-                print(_event_line(event), flush=True)
-        return EXIT_OK
     if command == "reload":
-        await client.reload()
+        client.run(calls.reload(interactive=args.interactive))
         return EXIT_OK
     raise UsageError(f"unknown command {command!r}")
+
+
+async def run_monitor(args: argparse.Namespace) -> int:
+    from mdevd.client import Client  # asyncio and dbus-fast: only for what needs them
+
+    try:
+        client = await Client.connect(args.address, timeout=args.timeout)
+    except ClientError as exc:
+        raise Unreachable(str(exc)) from exc
+    client.interactive = args.interactive
+    try:
+        return await _monitor(client, args)
+    finally:
+        client.close()
+
+
+async def _monitor(client: Client, args: argparse.Namespace) -> int:
+    def subscribed() -> None:
+        # On stderr, like busctl's "Monitoring bus message stream.": stdout stays the events.
+        print("Monitoring mdevd's device events (Ctrl-C to stop).", file=sys.stderr, flush=True)
+
+    # Across a daemon restart: the bus keeps delivering the new daemon's signals to the
+    # same subscription, so the monitor only says that the daemon went and came back.
+    schema = _json_schema(args)
+    async for event in client.events(subscribed, daemon_restarts=True):
+        if schema is not None:
+            stamp = _now() if args.timestamp else None
+            data = event_v0(event, stamp) if schema == 0 else event_v1(event, stamp)
+            print(json.dumps(data), flush=True)
+        elif args.timestamp:
+            print(f"{_now()} {_event_line(event)}", flush=True)
+        else:
+            print(_event_line(event), flush=True)
+    return EXIT_OK
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -526,12 +534,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in READ_COMMANDS:
-            code = read(args)
+        if args.command not in ASYNC_COMMANDS:
+            code = run_blocking(args)
         else:
             import asyncio
 
-            code = asyncio.run(run(args))
+            code = asyncio.run(run_monitor(args))
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         _fail(EXIT_USAGE, str(exc))

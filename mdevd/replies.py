@@ -45,6 +45,7 @@ __all__ = [
     "Exists",
     "Failed",
     "InvalidArgument",
+    "ManagedObjects",
     "NoInstancesAvailable",
     "NotActive",
     "NotAuthorized",

@@ -1,0 +1,284 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Every request a client makes of mdevd, written once for both transports.
+
+Each request is a generator: it yields the D-Bus calls it needs (`Call`), receives each reply's
+values (or has the daemon's error raised at the `yield`), and returns its result. Nothing here
+does I/O. `mdevd.client.Client` runs them over dbus-fast on an asyncio loop;
+`mdevd.blocking.BlockingClient` runs them over `mdevd.wire` for the command-line programs, which
+then import neither asyncio nor dbus-fast. So a fallback (ListDevices on an older daemon) or a
+race (a device gone before it could be read back) is handled in one place for both.
+
+Variants are `mdevd.wire.Variant`s (a signature and a value); the asyncio client converts them
+to dbus-fast's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mdevd.bus.names import (
+    DEVICE_INTERFACE,
+    MANAGER_INTERFACE,
+    MANAGER_PATH,
+    OBJECT_MANAGER_INTERFACE,
+    PROPERTIES_INTERFACE,
+    ROOT_PATH,
+)
+from mdevd.replies import (
+    NO_SUCH_OBJECT,
+    DaemonError,
+    DeviceInfo,
+    ManagedObjects,
+    ParentInfo,
+    devices_from_objects,
+    older_than_list_devices,
+    parents_from_objects,
+    sorted_devices,
+    unwrap,
+)
+from mdevd.wire import Variant
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One method call on mdevd's bus name."""
+
+    path: str
+    interface: str
+    member: str
+    signature: str = ""
+    body: Sequence[Any] = ()
+
+
+#: A request: yields calls, is sent their replies' values, returns its result.
+Request = Generator[Call, list[Any], T]
+
+
+def options(**values: Any) -> dict[str, Variant]:
+    """`a{sv}` options from keyword arguments; None leaves a key out (the daemon's default).
+    `auth_interactive` is spelled `auth.interactive` on the bus."""
+    signatures = {bool: "b", str: "s"}
+    result: dict[str, Variant] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = key.replace("auth_interactive", "auth.interactive")
+        if key == "attributes":
+            result[name] = Variant("a(ss)", [list(pair) for pair in value])
+        else:
+            result[name] = Variant(signatures[type(value)], value)
+    return result
+
+
+def _auth(interactive: bool) -> bool | None:
+    return True if interactive else None
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+
+def managed_objects() -> Request[ManagedObjects]:
+    (objects,) = yield Call(ROOT_PATH, OBJECT_MANAGER_INTERFACE, "GetManagedObjects")
+    result: ManagedObjects = unwrap(objects)
+    return result
+
+
+def list_devices() -> Request[list[DeviceInfo]]:
+    """Every device, from one ListDevices call (a third of GetManagedObjects' size), in no
+    particular order."""
+    (structs,) = yield Call(MANAGER_PATH, MANAGER_INTERFACE, "ListDevices", "a{sv}", [{}])
+    return [DeviceInfo.from_struct(struct) for struct in structs]
+
+
+def devices() -> Request[list[DeviceInfo]]:
+    """Every device, sorted by parent and UUID."""
+    try:
+        return sorted_devices((yield from list_devices()))
+    except DaemonError as error:
+        if not older_than_list_devices(error):
+            raise
+    return devices_from_objects((yield from managed_objects()))
+
+
+def parents() -> Request[list[ParentInfo]]:
+    return parents_from_objects((yield from managed_objects()))
+
+
+def get_device(uuid: str) -> Request[str]:
+    (path,) = yield Call(MANAGER_PATH, MANAGER_INTERFACE, "GetDevice", "s", [uuid])
+    return str(path)
+
+
+def device(uuid: str) -> Request[DeviceInfo]:
+    path = yield from get_device(uuid)
+    (props,) = yield Call(path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE])
+    return DeviceInfo.from_properties(path, unwrap(props))
+
+
+def manager_properties() -> Request[dict[str, Any]]:
+    (props,) = yield Call(MANAGER_PATH, PROPERTIES_INTERFACE, "GetAll", "s", [MANAGER_INTERFACE])
+    result: dict[str, Any] = unwrap(props)
+    return result
+
+
+# ---- changes -----------------------------------------------------------------------------------
+
+
+def create_device_path(
+    parent: str,
+    type_id: str,
+    *,
+    uuid: str | None = None,
+    attributes: Sequence[tuple[str, str]] = (),
+    force: bool | None = None,
+    interactive: bool = False,
+) -> Request[str]:
+    """CreateDevice; its object path. Pass `uuid` to make a retry after a timeout safe."""
+    given = options(
+        uuid=uuid, attributes=attributes or None, force=force, auth_interactive=_auth(interactive)
+    )
+    (path,) = yield Call(
+        MANAGER_PATH, MANAGER_INTERFACE, "CreateDevice", "ssa{sv}", [parent, type_id, given]
+    )
+    return str(path)
+
+
+def create_device(
+    parent: str,
+    type_id: str,
+    *,
+    uuid: str | None = None,
+    attributes: Sequence[tuple[str, str]] = (),
+    force: bool | None = None,
+    interactive: bool = False,
+) -> Request[DeviceInfo]:
+    """CreateDevice, then the device as it is once created (one more read)."""
+    path = yield from create_device_path(
+        parent, type_id, uuid=uuid, attributes=attributes, force=force, interactive=interactive
+    )
+    try:
+        (props,) = yield Call(path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE])
+    except DaemonError as error:
+        if error.name not in NO_SUCH_OBJECT:
+            raise
+        # Created, then stopped by someone else before we looked: the create did happen,
+        # so report the device as it now is (gone) rather than fail the call.
+        return DeviceInfo(
+            path=path,
+            uuid=path.rsplit("/", 1)[-1].replace("_", "-"),
+            parent=parent,
+            type_id=type_id,
+            active=False,
+            defined=False,
+            autostart=False,
+            attributes=tuple(attributes),
+            sysfs_path="",
+            iommu_group=-1,
+            config_file="",
+            last_error="",
+        )
+    return DeviceInfo.from_properties(path, unwrap(props))
+
+
+def define_device(
+    parent: str,
+    type_id: str,
+    *,
+    uuid: str | None = None,
+    attributes: Sequence[tuple[str, str]] = (),
+    autostart: bool | None = None,
+    start: bool | None = None,
+    force: bool | None = None,
+    interactive: bool = False,
+) -> Request[str]:
+    given = options(
+        uuid=uuid,
+        attributes=attributes or None,
+        autostart=autostart,
+        start=start,
+        force=force,
+        auth_interactive=_auth(interactive),
+    )
+    (path,) = yield Call(
+        MANAGER_PATH, MANAGER_INTERFACE, "DefineDevice", "ssa{sv}", [parent, type_id, given]
+    )
+    return str(path)
+
+
+def _device_method(uuid: str, member: str, interactive: bool, **values: Any) -> Request[None]:
+    path = yield from get_device(uuid)
+    given = options(**values, auth_interactive=_auth(interactive))
+    yield Call(path, DEVICE_INTERFACE, member, "a{sv}", [given])
+
+
+def start(uuid: str, *, force: bool | None = None, interactive: bool = False) -> Request[None]:
+    return _device_method(uuid, "Start", interactive, force=force)
+
+
+def stop(
+    uuid: str,
+    *,
+    force: bool | None = None,
+    caller_holds_group: bool | None = None,
+    interactive: bool = False,
+) -> Request[None]:
+    return _device_method(
+        uuid, "Stop", interactive, force=force, caller_holds_group=caller_holds_group
+    )
+
+
+def define(
+    uuid: str,
+    *,
+    autostart: bool | None = None,
+    force: bool | None = None,
+    interactive: bool = False,
+) -> Request[None]:
+    return _device_method(uuid, "Define", interactive, autostart=autostart, force=force)
+
+
+def undefine(uuid: str, *, force: bool | None = None, interactive: bool = False) -> Request[None]:
+    return _device_method(uuid, "Undefine", interactive, force=force)
+
+
+def query_attributes(
+    uuid: str, *, interactive: bool = False
+) -> Request[tuple[tuple[str, str], ...]]:
+    """The running device's attributes as its callout script reports them (mdevctl's
+    `get attributes`), else as mdevd wrote them."""
+    path = yield from get_device(uuid)
+    given = options(auth_interactive=_auth(interactive))
+    (pairs,) = yield Call(path, DEVICE_INTERFACE, "QueryAttributes", "a{sv}", [given])
+    return tuple((str(name), str(value)) for name, value in pairs)
+
+
+def update(
+    uuid: str,
+    *,
+    type_id: str | None = None,
+    autostart: bool | None = None,
+    attributes: Sequence[tuple[str, str]] | None = None,
+    live: bool | None = None,
+    persist: bool | None = None,
+    force: bool | None = None,
+    interactive: bool = False,
+) -> Request[None]:
+    changes: dict[str, Variant] = {}
+    if type_id is not None:
+        changes["type"] = Variant("s", type_id)
+    if autostart is not None:
+        changes["autostart"] = Variant("b", autostart)
+    if attributes is not None:
+        changes["attributes"] = Variant("a(ss)", [list(pair) for pair in attributes])
+    path = yield from get_device(uuid)
+    given = options(live=live, persist=persist, force=force, auth_interactive=_auth(interactive))
+    yield Call(path, DEVICE_INTERFACE, "Update", "a{sv}a{sv}", [changes, given])
+
+
+def reload(*, interactive: bool = False) -> Request[None]:
+    given = options(auth_interactive=_auth(interactive))
+    yield Call(MANAGER_PATH, MANAGER_INTERFACE, "Reload", "a{sv}", [given])

@@ -30,13 +30,17 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mdevd import atomic, definitions
+from mdevd import definitions
 from mdevd.definitions import Problem, ProblemKind, printable_path
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
 from mdevd.model import Definition
-from mdevd.store import DefinitionStore
+
+if TYPE_CHECKING:
+    # Only a type here: the mdevctl front end parses mdevctl's JSON and must not pay for
+    # importing the store (nor `atomic`, imported where a directory is read).
+    from mdevd.store import DefinitionStore
 
 DEFAULT_MDEVCTL_DIR = Path("/etc/mdevctl.d")
 #: mdevctl's callout and notifier scripts live here, not definitions.
@@ -207,6 +211,8 @@ def read_mdevctl_tree(
     directory and each file must be root's alone (owned by root, writable by no one else);
     one that is not is reported and skipped, with everything in it.
     """
+    from mdevd import atomic
+
     tree = MdevctlTree()
     seen: set[str] = set()
     try:
@@ -279,6 +285,8 @@ def _read_parent(
     cache: ReadCache | None,
     seen: set[str],
 ) -> None:
+    from mdevd import atomic
+
     where = printable_path(parent_entry.path)
     try:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -349,6 +357,8 @@ def _read_bounded(child: os.DirEntry[str], parent_fd: int) -> bytes | str:
     directory without following a link, must still be that file, root's alone, and within
     MAX_MDEVCTL_FILE_SIZE.
     """
+    from mdevd import atomic
+
     limit = definitions.MAX_MDEVCTL_FILE_SIZE
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:

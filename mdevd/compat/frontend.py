@@ -18,7 +18,6 @@ message is printed after `Error: `. docs/mdevctl-compat.md lists the differences
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import os
 import re
@@ -29,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from mdevd import __version__, mdevctl_format
-from mdevd.client import Client, ClientError, DaemonError, DeviceInfo, ParentInfo
+from mdevd import __version__, calls, mdevctl_format
+from mdevd.blocking import BlockingClient
 from mdevd.compat import output
 from mdevd.compat.output import Listed
 from mdevd.errors import MdevdError
 from mdevd.model import Attributes, Definition
+from mdevd.replies import ClientError, DaemonError, DeviceInfo, ParentInfo
 
 #: The mdevctl version whose command line this reproduces.
 MDEVCTL_VERSION = "1.3.0"
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        return asyncio.run(_run(args))
+        return _run(args)
     except CommandError as e:
         sys.stderr.write(e.before)
         text = f"Error: {e.message}\n"
@@ -275,14 +275,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     try:
-        client = await Client.connect(timeout=CALL_TIMEOUT)
+        client = BlockingClient.connect(timeout=CALL_TIMEOUT)
     except ClientError as e:
         raise CommandError(f"cannot reach mdevd: {e}") from None
     try:
         handler = _COMMANDS[args.command]
-        await handler(Session(client), args)
+        handler(Session(client), args)
     except DaemonError as e:
         raise _daemon_error(e) from None
     except ClientError as e:
@@ -310,29 +310,29 @@ def _daemon_error(e: DaemonError) -> CommandError:
 class Session:
     """The daemon's view, fetched once per command, and the calls commands make."""
 
-    client: Client
+    client: BlockingClient
 
-    async def device(self, uuid: str) -> DeviceInfo | None:
+    def device(self, uuid: str) -> DeviceInfo | None:
         try:
-            return await self.client.device(uuid)
+            return self.client.run(calls.device(uuid))
         except DaemonError as e:
             if e.short_name == "NotFound":
                 return None
             raise
 
-    async def running_attributes(self, device: DeviceInfo) -> Attributes:
+    def running_attributes(self, device: DeviceInfo) -> Attributes:
         """What the device's callout script says (mdevctl's `get attributes`), through the
         daemon; the attributes mdevd knows when the caller may not run scripts."""
         try:
-            return await self.client.query_attributes(device.uuid)
+            return self.client.run(calls.query_attributes(device.uuid))
         except DaemonError as e:
             if e.short_name.startswith("NotAuthorized") or e.short_name == "NotActive":
                 return device.attributes
             raise
 
-    async def parent(self, name: str) -> ParentInfo:
+    def parent(self, name: str) -> ParentInfo:
         """The registered parent `name`, or mdevctl's error (with its case hint)."""
-        parents = await self.client.parents()
+        parents = self.client.run(calls.parents())
         for parent in parents:
             if parent.name == name:
                 return parent
@@ -343,7 +343,7 @@ class Session:
                 )
         raise CommandError(f"Unable to find parent device '{name}'")
 
-    async def start_failure(
+    def start_failure(
         self,
         e: DaemonError,
         uuid: str,
@@ -357,7 +357,7 @@ class Session:
         again (`AlreadyActive`, or `Exists` for another parent or type)."""
         if e.short_name == "ParentNotFound":
             try:
-                await self.parent(parent)
+                self.parent(parent)
             except CommandError as worded:
                 return worded
         if running is not None and e.short_name in ("AlreadyActive", "Exists"):
@@ -461,10 +461,10 @@ def _listed(device: DeviceInfo, attributes: Attributes | None = None) -> Listed:
 # ---- the commands --------------------------------------------------------------------------
 
 
-async def _list(session: Session, args: argparse.Namespace) -> None:
+def _list(session: Session, args: argparse.Namespace) -> None:
     devices = [
         d
-        for d in await session.client.devices()
+        for d in session.client.run(calls.devices())
         if (d.defined if args.defined else d.active)
         and (args.uuid is None or d.uuid == args.uuid)
         and (args.parent is None or d.parent == args.parent)
@@ -472,21 +472,23 @@ async def _list(session: Session, args: argparse.Namespace) -> None:
     if args.defined:
         listed = [_listed(d) for d in devices]
     else:
-        listed = [_listed(d, await session.running_attributes(d)) for d in devices]
+        listed = [_listed(d, session.running_attributes(d)) for d in devices]
     if args.dumpjson:
         sys.stdout.write(output.list_json(listed, uuid_given=args.uuid is not None))
     else:
         sys.stdout.write(output.list_text(listed, defined=args.defined, verbose=args.verbose))
 
 
-async def _types(session: Session, args: argparse.Namespace) -> None:
+def _types(session: Session, args: argparse.Namespace) -> None:
     parents = [
-        p for p in await session.client.parents() if args.parent is None or p.name == args.parent
+        p
+        for p in session.client.run(calls.parents())
+        if args.parent is None or p.name == args.parent
     ]
     sys.stdout.write(output.types_json(parents) if args.dumpjson else output.types_text(parents))
 
 
-async def _start(session: Session, args: argparse.Namespace) -> None:
+def _start(session: Session, args: argparse.Namespace) -> None:
     client = session.client
     if args.jsonfile is not None:
         text = _read_jsonfile(args.jsonfile)
@@ -494,7 +496,7 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
             raise CommandError("Parent device required to start device via json file")
         uuid = args.uuid or str(uuid_module.uuid4())
         wanted = _from_json(text, uuid, args.parent)
-        existing = await session.device(uuid) if args.uuid else None
+        existing = session.device(uuid) if args.uuid else None
         if existing is not None and existing.defined and not existing.active:
             # mdevctl would start a transient twin of the definition; mdevd has one device
             # per UUID, so it starts the definition when the file describes just that.
@@ -509,17 +511,15 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
                     f"`mdevctl start -u {uuid}` or change its definition first"
                 )
             try:
-                await client.start(uuid, force=args.force or None)
+                client.run(calls.start(uuid, force=args.force or None))
             except DaemonError as e:
-                raise await session.start_failure(
-                    e, uuid, existing.parent, existing.type_id
-                ) from None
+                raise session.start_failure(e, uuid, existing.parent, existing.type_id) from None
         else:
-            await _create_transient(session, wanted, args.force)
+            _create_transient(session, wanted, args.force)
     else:
         defined = None
         if args.uuid is not None:
-            device = await session.device(args.uuid)
+            device = session.device(args.uuid)
             if device is not None and device.defined and args.parent in (None, device.parent):
                 defined = device
         if defined is not None:
@@ -531,9 +531,9 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
             # A running device is refused by the daemon inside the callout transaction
             # (AlreadyActive), so the scripts hear of the failure as mdevctl's do.
             try:
-                await client.start(defined.uuid, force=args.force or None)
+                client.run(calls.start(defined.uuid, force=args.force or None))
             except DaemonError as e:
-                raise await session.start_failure(
+                raise session.start_failure(
                     e, defined.uuid, defined.parent, defined.type_id
                 ) from None
             return
@@ -542,12 +542,12 @@ async def _start(session: Session, args: argparse.Namespace) -> None:
         if args.mdev_type is None or args.parent is None:
             raise CommandError("Device is insufficiently specified")
         uuid = args.uuid or str(uuid_module.uuid4())
-        await _create_transient(session, Definition(uuid, args.parent, args.mdev_type), args.force)
+        _create_transient(session, Definition(uuid, args.parent, args.mdev_type), args.force)
     if args.uuid is None:
         print(uuid)
 
 
-async def _create_transient(session: Session, wanted: Definition, force: bool) -> None:
+def _create_transient(session: Session, wanted: Definition, force: bool) -> None:
     """mdevctl's start of a device it creates from the command line or a file.
 
     mdevctl runs `pre` first, then refuses a device that already runs, then `post` with
@@ -559,28 +559,30 @@ async def _create_transient(session: Session, wanted: Definition, force: bool) -
     inside the transaction.
     """
     client = session.client
-    running = await session.device(wanted.uuid)
+    running = session.device(wanted.uuid)
     if running is not None and not running.active:
         running = None
     retry = running is not None and _is_retry(running, wanted)
     try:
         if retry:
             try:
-                await client.start(wanted.uuid, force=force or None)
+                client.run(calls.start(wanted.uuid, force=force or None))
             except DaemonError as e:
                 if e.short_name not in ("NotDefined", "NotFound"):
                     raise
                 running, retry = None, False  # stopped meanwhile: create it, as asked
         if not retry:
-            await client.create_device(
-                wanted.parent,
-                wanted.type_id,
-                uuid=wanted.uuid,
-                attributes=wanted.attributes,
-                force=force or None,
+            client.run(
+                calls.create_device(
+                    wanted.parent,
+                    wanted.type_id,
+                    uuid=wanted.uuid,
+                    attributes=wanted.attributes,
+                    force=force or None,
+                )
             )
     except DaemonError as e:
-        raise await session.start_failure(
+        raise session.start_failure(
             e, wanted.uuid, wanted.parent, wanted.type_id, running
         ) from None
 
@@ -608,12 +610,12 @@ def _caller_holds_group(group: int) -> bool:
     return False
 
 
-async def _stop(session: Session, args: argparse.Namespace) -> None:
+def _stop(session: Session, args: argparse.Namespace) -> None:
     try:
-        device = await session.device(args.uuid)
+        device = session.device(args.uuid)
         holds = device is not None and device.active and _caller_holds_group(device.iommu_group)
-        await session.client.stop(
-            args.uuid, force=args.force or None, caller_holds_group=holds or None
+        session.client.run(
+            calls.stop(args.uuid, force=args.force or None, caller_holds_group=holds or None)
         )
     except DaemonError as e:
         if e.short_name in ("NotActive", "NotFound"):
@@ -625,29 +627,31 @@ async def _stop(session: Session, args: argparse.Namespace) -> None:
         raise CommandError(f"Error removing device {args.uuid}", e.message) from None
 
 
-async def _define(session: Session, args: argparse.Namespace) -> None:
+def _define(session: Session, args: argparse.Namespace) -> None:
     client = session.client
     uuid = args.uuid or str(uuid_module.uuid4())
     if args.jsonfile is not None:
         text = _read_jsonfile(args.jsonfile)
         if args.parent is None:
             raise CommandError(f'Parent device required to define device via "{args.jsonfile}"')
-        existing = await session.device(uuid)
+        existing = session.device(uuid)
         if existing is not None and existing.defined and existing.parent == args.parent:
             raise CommandError(
                 f"Cowardly refusing to overwrite existing config for {args.parent}/{uuid}"
             )
         wanted = _from_json(text, uuid, args.parent)
-        await client.define_device(
-            wanted.parent,
-            wanted.type_id,
-            uuid=uuid,
-            attributes=wanted.attributes,
-            autostart=wanted.autostart,
-            force=args.force or None,
+        client.run(
+            calls.define_device(
+                wanted.parent,
+                wanted.type_id,
+                uuid=uuid,
+                attributes=wanted.attributes,
+                autostart=wanted.autostart,
+                force=args.force or None,
+            )
         )
     else:
-        existing = await session.device(uuid) if args.uuid else None
+        existing = session.device(uuid) if args.uuid else None
         running = existing if existing is not None and existing.active else None
         if args.uuid and args.parent is None and (running is None or args.mdev_type):
             raise CommandError("No parent specified")
@@ -662,20 +666,22 @@ async def _define(session: Session, args: argparse.Namespace) -> None:
         if running is not None and (running.parent, running.type_id) == (parent, type_id):
             # Define the running device as it is: the daemon asks the callouts for its
             # attributes (mdevctl's `get attributes`).
-            await client.define(uuid, autostart=args.auto, force=args.force or None)
+            client.run(calls.define(uuid, autostart=args.auto, force=args.force or None))
         else:
-            await client.define_device(
-                parent, type_id, uuid=uuid, autostart=args.auto, force=args.force or None
+            client.run(
+                calls.define_device(
+                    parent, type_id, uuid=uuid, autostart=args.auto, force=args.force or None
+                )
             )
     if args.uuid is None:
         print(uuid)
 
 
-async def _undefine(session: Session, args: argparse.Namespace) -> None:
-    device = await session.device(args.uuid)
+def _undefine(session: Session, args: argparse.Namespace) -> None:
+    device = session.device(args.uuid)
     if device is None or not device.defined or args.parent not in (None, device.parent):
         raise CommandError("No devices match the specified uuid")
-    await session.client.undefine(args.uuid, force=args.force or None)
+    session.client.run(calls.undefine(args.uuid, force=args.force or None))
 
 
 def _not_defined(uuid: str, parent: str | None) -> CommandError:
@@ -683,9 +689,9 @@ def _not_defined(uuid: str, parent: str | None) -> CommandError:
     return CommandError(f"Mediated device {where} is not defined")
 
 
-async def _modify(session: Session, args: argparse.Namespace) -> None:
+def _modify(session: Session, args: argparse.Namespace) -> None:
     client = session.client
-    device = await session.device(args.uuid)
+    device = session.device(args.uuid)
     if args.live:
         if device is None or not device.active or args.parent not in (None, device.parent):
             where = f"{args.parent}/{args.uuid}" if args.parent else args.uuid
@@ -696,15 +702,19 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
         if args.defined:
             if not device.defined:
                 raise _not_defined(args.uuid, device.parent)
-            await client.update(
-                args.uuid,
-                autostart=wanted.autostart,
-                attributes=wanted.attributes,
-                live=True,
-                force=args.force or None,
+            client.run(
+                calls.update(
+                    args.uuid,
+                    autostart=wanted.autostart,
+                    attributes=wanted.attributes,
+                    live=True,
+                    force=args.force or None,
+                )
             )
         else:
-            await client.update(args.uuid, attributes=wanted.attributes, live=True, persist=False)
+            client.run(
+                calls.update(args.uuid, attributes=wanted.attributes, live=True, persist=False)
+            )
         return
     if device is None or not device.defined or args.parent not in (None, device.parent):
         raise _not_defined(args.uuid, args.parent)
@@ -712,12 +722,14 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
         if args.parent is None:
             raise CommandError("Parent device required to modify device via json file")
         wanted = _from_json(_read_jsonfile(args.jsonfile), args.uuid, args.parent)
-        await client.update(
-            args.uuid,
-            type_id=wanted.type_id,
-            autostart=wanted.autostart,
-            attributes=wanted.attributes,
-            force=args.force or None,
+        client.run(
+            calls.update(
+                args.uuid,
+                type_id=wanted.type_id,
+                autostart=wanted.autostart,
+                attributes=wanted.attributes,
+                force=args.force or None,
+            )
         )
         return
     attributes = list(device.attributes)
@@ -734,25 +746,27 @@ async def _modify(session: Session, args: argparse.Namespace) -> None:
         elif attributes:
             attributes.pop()
     autostart = True if args.auto else False if args.manual else None
-    await client.update(
-        args.uuid,
-        type_id=args.mdev_type,
-        autostart=autostart,
-        attributes=attributes if tuple(attributes) != device.attributes else None,
-        force=args.force or None,
+    client.run(
+        calls.update(
+            args.uuid,
+            type_id=args.mdev_type,
+            autostart=autostart,
+            attributes=attributes if tuple(attributes) != device.attributes else None,
+            force=args.force or None,
+        )
     )
 
 
-async def _start_parent_mdevs(session: Session, args: argparse.Namespace) -> None:
+def _start_parent_mdevs(session: Session, args: argparse.Namespace) -> None:
     """Start the parent's autostart devices (the daemon does this by itself when a parent
     registers; the udev rule that calls this is harmless beside it)."""
-    for device in await session.client.devices():
+    for device in session.client.run(calls.devices()):
         if device.parent != args.parent or not device.defined or not device.autostart:
             continue
         if device.active:
             continue
         try:
-            await session.client.start(device.uuid)
+            session.client.run(calls.start(device.uuid))
         except DaemonError as e:
             if e.short_name != "AlreadyActive":
                 sys.stderr.write(f"{e.message}\n")

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mdevd.client import ParentInfo
 from mdevd.model import Attributes
+from mdevd.replies import ParentInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 

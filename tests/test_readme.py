@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from mdevd import ctl, main
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 README = REPO / "README.md"
 UUID = "0c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e"

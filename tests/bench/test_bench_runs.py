@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.profiles import read
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 pytestmark = [
     pytest.mark.timeout(300),

@@ -18,7 +18,7 @@ from mdevd.bus.caller import CallerTracker
 from mdevd.bus.errors import dbus_errors
 from mdevd.bus.signatures import DBusStr, dbus_method
 from mdevd.errors import NotAuthorized
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(60)
 

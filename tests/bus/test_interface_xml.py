@@ -17,7 +17,7 @@ from dbus_fast.signature import get_signature_tree
 
 from mdevd.bus import names
 from mdevd.errors import CONTRACT_ERROR_NAMES
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 XML = REPO / "dbus" / "org.mdevd.Mdevd1.xml"
 #: The project's copy of the contract (the shared notes' text, with its additions).

@@ -21,7 +21,8 @@ from dbus_fast.service import ServiceInterface
 
 from mdevd.bus import names
 from mdevd.bus.signatures import DBusStr, dbus_method
-from tests.support.bus import PROJECT_POLICY, REPO, private_bus
+from tests.support.bus import PROJECT_POLICY, private_bus
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(60)
 

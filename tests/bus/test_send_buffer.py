@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bus import REPO, private_bus
+from tests.support.bus import private_bus
+from tests.support.paths import REPO
 
 CLIENTS = 64
 BACKLOG = 2

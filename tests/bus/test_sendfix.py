@@ -21,7 +21,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from mdevd.bus import sendfix
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 INTERFACE = "org.mdevd.Test.Chunks"
 #: Signals of this size, this many: far more than a socket's send buffer (~200 KB).

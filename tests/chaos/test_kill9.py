@@ -46,8 +46,9 @@ from tests.chaos.support import (
 )
 from tests.daemon.conftest import SCENARIO
 from tests.daemon.harness import new_uuid
-from tests.support.bus import PROJECT_POLICY, REPO, private_bus
+from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import running_daemon
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
 
 TRIALS = 100 if LONG else 10

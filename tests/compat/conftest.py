@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from mdevd.client import Client, Event
-from tests.support.bus import REPO, private_bus
+from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
 
 

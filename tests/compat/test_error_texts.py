@@ -25,7 +25,7 @@ from mdevd import __version__
 from mdevd.compat import frontend
 from tests.compat.conftest import StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 from tests.support.sim import running_sim
 
 pytestmark = pytest.mark.timeout(240, method="thread")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.compat.conftest import StackFactory, wait_until
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.compat.conftest import Stack, StackFactory
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 U = "d069d019-36ea-4111-8f0a-8c9a70e21366"
 JSON = '{"mdev_type":"mtty-1","start":"manual"}'

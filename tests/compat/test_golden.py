@@ -29,7 +29,7 @@ import pytest
 
 from tests.compat import scripts
 from tests.compat.conftest import ClientThread, Stack, StackFactory, wait_until
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.timeout(600, method="thread")
 

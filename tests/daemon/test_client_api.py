@@ -44,8 +44,9 @@ from mdevd.client import (
 )
 from tests.daemon.conftest import SCENARIO, Stack
 from tests.daemon.harness import in_sysfs, new_uuid, wait_until
-from tests.support.bus import REPO, private_bus
+from tests.support.bus import private_bus
 from tests.support.daemon import running_daemon
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
 
 DOCS = REPO / "docs"

@@ -16,7 +16,7 @@ from typing import Any
 from mdevd.bus import names
 from tests.daemon.conftest import Stack
 from tests.daemon.harness import BusClient, device_path, new_uuid, parent_path
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 XML = REPO / "dbus" / "org.mdevd.Mdevd1.xml"
 OUR_INTERFACES = (names.MANAGER_INTERFACE, names.PARENT_INTERFACE, names.DEVICE_INTERFACE)

@@ -25,7 +25,7 @@ import pytest
 
 from mdevd import __version__
 from tests.daemon.conftest import Stack
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 GOLDEN = REPO / "tests" / "data" / "golden"
 REGENERATE = os.environ.get("MDEVD_REGENERATE_GOLDEN") == "1"

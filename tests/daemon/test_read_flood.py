@@ -27,7 +27,7 @@ from mdevd.bus import names
 from mdevd.bus.reads import MAX_IN_FLIGHT, PER_CALLER_WAITING
 from tests.daemon.conftest import SCENARIO, Stack, daemon_stack
 from tests.daemon.harness import CALL_TIMEOUT, BusClient, new_uuid, options
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -24,7 +24,7 @@ import pytest
 
 from tests.packaging.build import BUILD_PATH, build_debs, package_field
 from tests.packaging.test_version import source_version
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 
 def make(target: str, destdir: Path, *variables: str) -> set[str]:

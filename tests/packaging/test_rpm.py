@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 SPEC = REPO / "mdevd.spec"
 MACROS = Path(__file__).with_name("fedora-macros")

@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 
 def source_version() -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 from mdevd.bus import auth, names, polkit
-from tests.support.bus import PROJECT_POLICY, REPO
+from tests.support.bus import PROJECT_POLICY
+from tests.support.paths import REPO
 
 DOC = REPO / "docs" / "security.md"
 

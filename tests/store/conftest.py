@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mdevd.store import DefinitionStore
+from tests.support.paths import TEST_DATA
 
-REPO = Path(__file__).resolve().parents[2]
-MDEVCTL_TESTDATA = REPO / "tests" / "data" / "mdevctl-testdata"
+MDEVCTL_TESTDATA = TEST_DATA / "mdevctl-testdata"
 
 UUID_A = "11111111-2222-4333-8444-555555555555"
 UUID_B = "22222222-3333-4444-8555-666666666666"

@@ -14,7 +14,8 @@ import pytest
 
 from mdevd import atomic
 from mdevd.store import DefinitionStore
-from tests.store.conftest import REPO, UUID_A, device_toml
+from tests.store.conftest import UUID_A, device_toml
+from tests.support.paths import REPO
 
 
 def test_write_creates_and_replaces(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ from mdevd import definitions
 from mdevd.definitions import ProblemKind, parse_text, render
 from mdevd.model import Definition
 from mdevd.store import DefinitionStore
-from tests.store.conftest import REPO, UUID_A, UUID_B, device_toml
+from tests.store.conftest import UUID_A, UUID_B, device_toml
+from tests.support.paths import REPO
 
 #: (file name, how to make it, what its problem says). Each is ~1 KB to 40 KB.
 HOSTILE_TEXT: dict[str, tuple[str, str]] = {

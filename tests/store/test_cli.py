@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mdevd.main import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, main
-from tests.store.conftest import MDEVCTL_TESTDATA, REPO, UUID_A, UUID_B, UUID_C, Dirs, device_toml
+from tests.store.conftest import MDEVCTL_TESTDATA, UUID_A, UUID_B, UUID_C, Dirs, device_toml
+from tests.support.paths import REPO
 
 
 def _dir_flags(dirs: Dirs) -> list[str]:

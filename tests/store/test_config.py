@@ -10,7 +10,7 @@ import pytest
 from mdevd import config as config_module
 from mdevd.config import Config, StoreConfig, load_config, parse_config, read_config
 from mdevd.errors import ConfigInvalid
-from tests.store.conftest import REPO
+from tests.support.paths import REPO
 
 
 def test_defaults_are_the_documented_directories() -> None:

@@ -16,7 +16,7 @@ import pytest
 from mdevd import atomic, definitions
 from mdevd.store import DefinitionStore
 from tests.store import crash_writer
-from tests.store.conftest import REPO
+from tests.support.paths import REPO
 
 ROUNDS = 20
 

@@ -11,7 +11,8 @@ from mdevd import definitions
 from mdevd.definitions import ProblemKind, parse_bytes, parse_text, render
 from mdevd.errors import ConfigInvalid, InvalidArgument, InvalidName, InvalidUUID
 from mdevd.model import Definition
-from tests.store.conftest import REPO, UUID_A, UUID_B, UUID_C, device_toml
+from tests.store.conftest import UUID_A, UUID_B, UUID_C, device_toml
+from tests.support.paths import REPO
 
 FULL = f"""\
 # a comment

@@ -23,7 +23,8 @@ from mdevd import atomic, main
 from mdevd.definitions import render
 from mdevd.errors import ConfigInvalid
 from mdevd.model import Definition
-from tests.store.conftest import REPO, UUID_A, UUID_B, Dirs, device_toml
+from tests.store.conftest import UUID_A, UUID_B, Dirs, device_toml
+from tests.support.paths import REPO
 
 NOBODY = 65534
 IN_OPEN = 0x00000020

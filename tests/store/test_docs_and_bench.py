@@ -11,7 +11,7 @@ import pytest
 from bench import bench_store
 from mdevd.config import parse_config
 from mdevd.definitions import parse_text
-from tests.store.conftest import REPO
+from tests.support.paths import REPO
 
 DOCS = [REPO / "docs" / "config-format.md", REPO / "README.md"]
 

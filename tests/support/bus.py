@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 #: The project's bus policy, as installed to /usr/share/dbus-1/system.d/.
 PROJECT_POLICY = REPO / "dbus" / "org.mdevd.Mdevd1.conf"
 #: polkitd's bus policy (Debian package `polkitd`), for tests that run a real polkitd.

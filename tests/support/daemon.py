@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# Re-exported for tests/packaging/build.py, which still imports it from here.
+from tests.support.paths import REPO as REPO
 
 
 @dataclass

@@ -51,8 +51,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
 from mdevd.bus.signatures import DBusSignature, DBusStr, dbus_method
-from tests.support.bus import REPO
 from tests.support.daemon import name_has_owner
+from tests.support.paths import REPO
 
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
 POLKIT_BUS_NAME = "org.freedesktop.PolicyKit1"

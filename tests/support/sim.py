@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdevd.sim.control import CONTROL_PATH, SimControl
+from tests.support.paths import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIO_DIR = REPO_ROOT / "config" / "sim"
+SCENARIO_DIR = REPO / "config" / "sim"
 
 
 class SimFailed(RuntimeError):

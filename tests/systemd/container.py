@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 SYSTEMD = Path("/lib/systemd/systemd")
 #: The host's cgroup v2 hierarchy (unified or hybrid layout); the container gets a cgroup of

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.daemon import REPO, running_daemon
+from tests.support.daemon import running_daemon
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim
 from tests.systemd.helpers import DEVICE_A, define
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mdevd import ctl, main
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 
 MAN_PAGES = {
     "mdevd.8": "usr/share/man/man8/mdevd.8",

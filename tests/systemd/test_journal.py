@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mdevd import logs
-from tests.support.daemon import REPO, name_has_owner
+from tests.support.daemon import name_has_owner
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim
 from tests.systemd.helpers import DEVICE_A, define, wait_until
 from tests.systemd.journal import entries, journal_stream, running_journald, wait_for_entries

@@ -10,7 +10,7 @@ from pathlib import Path
 from mdevd.bus.names import BUS_NAME
 from mdevd.config import Config
 from mdevd.mdevctl_format import DEFAULT_MDEVCTL_DIR
-from tests.support.daemon import REPO
+from tests.support.paths import REPO
 from tests.systemd.unitfile import read_unit
 
 UNIT = REPO / "systemd" / "mdevd.service"

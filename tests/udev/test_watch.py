@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""`mdevd.watch.DefinitionsWatcher` on its own, in-process on real directories and inotify:
-what counts as a change, debouncing, directories that come and go."""
+"""`mdevd.watch.DirectoryWatcher` on its own, in-process on real directories and inotify:
+what counts as a change (as the stores describe what they read: `DefinitionStore.watched`,
+`MdevctlDirectory.watched`, or a description of a test's own), debouncing, directories that
+come and go."""
 
 from __future__ import annotations
 
@@ -12,19 +14,29 @@ from pathlib import Path
 
 import pytest
 
-from mdevd.watch import DefinitionsWatcher
+from mdevd.compat.directory import MdevctlDirectory
+from mdevd.store import DefinitionStore
+from mdevd.watch import DirectoryWatcher, Watched
 
 pytestmark = pytest.mark.timeout(60, method="thread")
 
 DEBOUNCE = 0.05
 
 
+def _definitions(*directories: Path) -> list[Watched]:
+    """The TOML definition directories, as the store describes them."""
+    return DefinitionStore(directories).watched()
+
+
+def _mdevctl(
+    directory: Path, changed_by_others: Callable[[Path], bool] = lambda path: True
+) -> list[Watched]:
+    """mdevctl's directory, as its store describes it; by default every change is others'."""
+    return [MdevctlDirectory(directory).watched(changed_by_others)]
+
+
 async def _watching(
-    directories: list[Path],
-    body: Callable[[Callable[[], Awaitable[int]]], Awaitable[None]],
-    *,
-    mdevctl_dir: Path | None = None,
-    changed_by_others: Callable[[Path], bool] | None = None,
+    watched: list[Watched], body: Callable[[Callable[[], Awaitable[int]]], Awaitable[None]]
 ) -> None:
     """Run `body(quiet)` with a watcher attached; `quiet()` waits until no callback is due
     and returns how many callbacks came since the last call."""
@@ -35,14 +47,7 @@ async def _watching(
         nonlocal calls
         calls += 1
 
-    watcher = DefinitionsWatcher(
-        directories,
-        on_change,
-        debounce=DEBOUNCE,
-        max_delay=0.5,
-        mdevctl_dir=mdevctl_dir,
-        changed_by_others=changed_by_others,
-    )
+    watcher = DirectoryWatcher(watched, on_change, debounce=DEBOUNCE, max_delay=0.5)
     watcher.open()
     watcher.attach(asyncio.get_running_loop())
 
@@ -76,7 +81,7 @@ def test_a_burst_of_writes_is_one_change(tmp_path: Path) -> None:
         os.replace(tmp_path / "2.toml.mask", tmp_path / "2.toml")  # masked, systemd style
         assert await quiet() == 1
 
-    asyncio.run(_watching([tmp_path], body))
+    asyncio.run(_watching(_definitions(tmp_path), body))
 
 
 def test_what_the_store_does_not_read_is_no_change(tmp_path: Path) -> None:
@@ -92,7 +97,7 @@ def test_what_the_store_does_not_read_is_no_change(tmp_path: Path) -> None:
         os.rename(tmp_path / ".a.toml.1234abcd.tmp", tmp_path / "a.toml")
         assert await quiet() == 1
 
-    asyncio.run(_watching([tmp_path], body))
+    asyncio.run(_watching(_definitions(tmp_path), body))
 
 
 def test_a_long_burst_still_reports_within_max_delay(tmp_path: Path) -> None:
@@ -103,7 +108,7 @@ def test_a_long_burst_still_reports_within_max_delay(tmp_path: Path) -> None:
             await asyncio.sleep(DEBOUNCE / 2)
         assert await quiet() >= 2
 
-    asyncio.run(_watching([tmp_path], body))
+    asyncio.run(_watching(_definitions(tmp_path), body))
 
 
 def test_missing_directories_are_waited_for(tmp_path: Path) -> None:
@@ -129,7 +134,7 @@ def test_missing_directories_are_waited_for(tmp_path: Path) -> None:
         (admin / "d.toml").write_text("x")  # the other directory is still watched
         assert await quiet() == 1
 
-    asyncio.run(_watching([admin, runtime], body))
+    asyncio.run(_watching(_definitions(admin, runtime), body))
 
 
 UUID_A = "0b0e6c2a-1f3d-4c55-8e4a-6a5f3f0b1c01"
@@ -175,7 +180,7 @@ def test_mdevctls_directory_counts_what_mdevctl_reads(tmp_path: Path) -> None:
         (toml / "a.toml").write_text("x")  # the TOML directories are still watched
         assert await quiet() == 1
 
-    asyncio.run(_watching([toml], body, mdevctl_dir=mdevctl))
+    asyncio.run(_watching([*_definitions(toml), *_mdevctl(mdevctl)], body))
 
 
 def test_mdevctl_files_mdevd_left_as_they_are_are_no_change(tmp_path: Path) -> None:
@@ -198,7 +203,7 @@ def test_mdevctl_files_mdevd_left_as_they_are_are_no_change(tmp_path: Path) -> N
         (mdevctl / "mtty" / UUID_A).write_text("{}")  # someone else's now
         assert await quiet() == 1
 
-    asyncio.run(_watching([], body, mdevctl_dir=mdevctl, changed_by_others=changed_by_others))
+    asyncio.run(_watching(_mdevctl(mdevctl, changed_by_others), body))
 
 
 def test_a_missing_mdevctl_directory_is_waited_for(tmp_path: Path) -> None:
@@ -210,4 +215,39 @@ def test_a_missing_mdevctl_directory_is_waited_for(tmp_path: Path) -> None:
         (mdevctl / "mtty" / UUID_A).write_text("{}")
         assert await quiet() == 1
 
-    asyncio.run(_watching([], body, mdevctl_dir=mdevctl))
+    asyncio.run(_watching(_mdevctl(mdevctl), body))
+
+
+def test_the_watcher_counts_what_its_user_describes(tmp_path: Path) -> None:
+    """No layout is the watcher's own: which names count, which subdirectories hold them and
+    whether a change is someone else's all come from the description."""
+    root = tmp_path / "conf"
+    (root / "kept").mkdir(parents=True)
+    (root / "skipped").mkdir()
+    asked: list[Path] = []
+
+    def changed_by_others(path: Path) -> bool:
+        asked.append(path)
+        return path.name != "own.conf"
+
+    watched = Watched(
+        root,
+        files=lambda name: name.endswith(".conf"),
+        subdirectories=lambda name: name != "skipped",
+        changed_by_others=changed_by_others,
+        description="the test's directory",
+    )
+
+    async def body(quiet: Callable[[], Awaitable[int]]) -> None:
+        (root / "kept" / "a.toml").write_text("x")  # a name it does not count
+        (root / "skipped" / "a.conf").write_text("x")  # a subdirectory it does not accept
+        (root / "a.conf").write_text("x")  # its files are one level down, not here
+        assert await quiet() == 0
+        assert asked == []
+        (root / "kept" / "own.conf").write_text("x")  # the user's own write
+        assert await quiet() == 0
+        assert asked == [root / "kept" / "own.conf"]
+        (root / "kept" / "theirs.conf").write_text("x")
+        assert await quiet() == 1
+
+    asyncio.run(_watching([watched], body))

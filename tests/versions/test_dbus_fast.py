@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bus import REPO
+from tests.support.paths import REPO
 
 MATRIX = REPO / ".venv" / "matrix"
 

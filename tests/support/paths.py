@@ -1,0 +1,16 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""Where things are in the checkout, said once for every test, benchmark and script.
+
+    from tests.support.paths import REPO, TEST_DATA
+
+(tests/realkernel/guest/ keeps its own: it runs inside a VM, from a copy of the tree.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: The top of the checkout (the directory holding pyproject.toml).
+REPO = Path(__file__).resolve().parents[2]
+#: Data files the tests read: golden files, mdevctl's test data, recorded sysfs trees.
+TEST_DATA = REPO / "tests" / "data"

@@ -29,10 +29,11 @@ from mdevd.bus import names
 from mdevd.bus.paths import device_path
 from tests.chaos.support import LONG, devices, managed_objects
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import new_uuid, wait_until
+from tests.daemon.harness import new_uuid
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 ROUNDS = 2000 if LONG else 200
 FILES = 12

@@ -30,10 +30,11 @@ from mdevd.bus.paths import device_path
 from mdevd.sim.control import ControlError
 from tests.chaos.support import LONG, devices, kernel_devices, managed_objects
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import new_uuid, wait_until
+from tests.daemon.harness import new_uuid
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 ROUNDS = 400 if LONG else 40
 CLIENTS = 3

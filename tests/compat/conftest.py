@@ -220,16 +220,6 @@ class EventRecorder:
         raise AssertionError(f"no such event within {timeout} s; saw {self.events}")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 class ClientThread:
     """One client connection on a loop of its own, for synchronous tests to call through."""
 

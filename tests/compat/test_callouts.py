@@ -22,9 +22,10 @@ import pytest
 
 from mdevd.client import Client, DaemonError
 from tests.compat import scripts
-from tests.compat.conftest import CompatDirs, Stack, StackFactory, wait_until
+from tests.compat.conftest import CompatDirs, Stack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.sim import running_sim
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -125,7 +126,7 @@ def test_scripts_see_what_mdevctls_scripts_see(start_stack: StackFactory) -> Non
             # echoes scripts' stderr; mdevd logs it instead.)
             assert got.stderr.replace(str(stack.dirs.mdevctl), "/etc/mdevctl.d") == want.stderr
         # Notifiers run in the background in the daemon: wait for this command's.
-        wait_until(_notified(log, operations), what="the notifier")
+        wait_until(_notified(log, operations), timeout=20, what="the notifier")
 
     ours = _records(log)
     theirs = _records(reference_log)
@@ -299,12 +300,14 @@ def test_post_runs_after_a_failed_operation_and_autostart_has_callouts(
     before = len(_invocations(log))
     stack.sim.control.unregister("matrix")
     stack.sim.control.register("matrix")
-    wait_until(lambda: (stack.sim.root / "bus/mdev/devices" / A).exists(), what="autostart")
+    wait_until(
+        lambda: (stack.sim.root / "bus/mdev/devices" / A).exists(), timeout=20, what="autostart"
+    )
 
     def autostart() -> list[tuple[str, str]]:
         return [(c["event"], c["action"]) for c in _invocations(log)[before:] if c["uuid"] == A]
 
-    wait_until(lambda: ("post", "start") in autostart(), what="the autostart's post")
+    wait_until(lambda: ("post", "start") in autostart(), timeout=20, what="the autostart's post")
     assert autostart() == [("pre", "start"), ("post", "start")], stack.daemon.log()
     assert not lock.exists()
 
@@ -324,7 +327,9 @@ def test_callout_order_not_mine_notifiers_and_timeouts(
     dirs.notifier("n1", scripts.recorder(log))
     done = stack.mdevctl("start", "-p", "mtty", "-t", "mtty-1", "-u", U1)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr  # scripts' stderr: the log
-    wait_until(lambda: any(r["script"] == "n1" for r in _records(log)), what="the notifier")
+    wait_until(
+        lambda: any(r["script"] == "n1" for r in _records(log)), timeout=20, what="the notifier"
+    )
     calls = [(r["script"], r["argv"][3], r["argv"][5]) for r in _records(log)
              if "capabilities" not in r["argv"]]  # fmt: skip
     assert calls == [

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.conftest import StackFactory, wait_until
+from tests.compat.conftest import StackFactory
 from tests.support.paths import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -165,9 +166,9 @@ def test_export_is_what_the_daemon_lists_through_the_front_end(
         done = stack.mdevctl("list", "--defined", "--dumpjson")
         return done.stdout if all(u in done.stdout for u in (U1, U2, U3)) else ""
 
-    expected = wait_until(listed, what="the daemon holding all three definitions")
+    expected = wait_until(listed, timeout=20, what="the daemon holding all three definitions")
     # The mirror of a.toml is there too, and is not a second definition.
-    wait_until(lambda: (dirs.mdevctl / "mtty" / U1).exists(), what="a.toml's mirror")
+    wait_until(lambda: (dirs.mdevctl / "mtty" / U1).exists(), timeout=20, what="a.toml's mirror")
     done = _mdevd(
         "export-mdevctl",
         "--config",

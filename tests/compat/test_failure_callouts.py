@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from tests.compat import scripts
-from tests.compat.conftest import StackFactory, wait_until
+from tests.compat.conftest import StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.sim import running_sim
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -97,7 +98,7 @@ def test_a_refused_start_runs_pre_post_and_notifiers_as_mdevctl_does(
             _error_lines(want.stderr),
         ), command
         # The daemon runs the notifiers in the background: wait for this command's.
-        wait_until(functools.partial(_notified, log, done), what="the notifier")
+        wait_until(functools.partial(_notified, log, done), timeout=20, what="the notifier")
 
     ours = _records(log)
     assert _seen([r for r in ours if r["script"] != "n1"]) == _seen(

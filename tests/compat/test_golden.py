@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 
 from tests.compat import scripts
-from tests.compat.conftest import ClientThread, Stack, StackFactory, wait_until
+from tests.compat.conftest import ClientThread, Stack, StackFactory
 from tests.support.paths import REPO
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(600, method="thread")
 
@@ -214,6 +215,7 @@ class Golden:
         if registered:
             wait_until(
                 lambda: set(registered) <= {p.name for p in self.call("parents")},
+                timeout=20,
                 what=f"mdevd seeing {registered} again",
             )
         for device in self.call("devices"):
@@ -244,7 +246,7 @@ class Golden:
                 os.write(fd, uuid.encode())
             finally:
                 os.close(fd)
-            wait_until(self._active_check(uuid), what=f"device {uuid} seen by mdevd")
+            wait_until(self._active_check(uuid), timeout=20, what=f"device {uuid} seen by mdevd")
         for name in case.callouts:
             self.stack.dirs.callout(f"{name}.sh", scripts.golden(name, self.state))
         for parent in case.unregistered:
@@ -253,6 +255,7 @@ class Golden:
             gone = set(case.unregistered)
             wait_until(
                 lambda: not gone & {p.name for p in self.call("parents")},
+                timeout=20,
                 what=f"mdevd seeing {sorted(gone)} go",
             )
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.compat import libvirtd
-from tests.compat.conftest import Stack, StackFactory, wait_until
+from tests.compat.conftest import Stack, StackFactory
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.timeout(300, method="thread"),
@@ -136,11 +137,15 @@ def test_libvirt_manages_mdevs_through_mdevd(
     events.wait(_name(U2), "Created")
     assert (stack.sim.root / "bus/mdev/devices" / U2).exists()
     _ok(daemon.virsh("nodedev-autostart", _name(U2)))
-    wait_until(lambda: '"auto"' in stack.file("mtty", U2).read_text(), what="autostart on")
+    wait_until(
+        lambda: '"auto"' in stack.file("mtty", U2).read_text(), timeout=20, what="autostart on"
+    )
     info = _ok(daemon.virsh("nodedev-info", _name(U2)))
     assert re.search(r"Autostart:\s+yes", info), info
     _ok(daemon.virsh("nodedev-autostart", "--disable", _name(U2)))
-    wait_until(lambda: '"manual"' in stack.file("mtty", U2).read_text(), what="autostart off")
+    wait_until(
+        lambda: '"manual"' in stack.file("mtty", U2).read_text(), timeout=20, what="autostart off"
+    )
     assert {_name(U1), _name(U2), _name(generated_uuid)} <= _listed(daemon)
 
     _ok(daemon.virsh("nodedev-destroy", _name(U2)))
@@ -149,7 +154,7 @@ def test_libvirt_manages_mdevs_through_mdevd(
     _ok(daemon.virsh("nodedev-undefine", _name(U2)))
     events.wait(_name(U2), "Undefined")
     assert not stack.file("mtty", U2).exists()
-    wait_until(lambda: _name(U2) not in _listed(daemon), what="U2 gone from libvirt")
+    wait_until(lambda: _name(U2) not in _listed(daemon), timeout=20, what="U2 gone from libvirt")
 
     # Changes made through mdevd directly reach libvirt too.
     _ok(stack.daemon.ctl("define", "mtty", "mtty-1", "--uuid", U3))
@@ -163,10 +168,12 @@ def test_libvirt_manages_mdevs_through_mdevd(
 
     # Autostart after the driver goes away and comes back brings the device back, once.
     _ok(daemon.virsh("nodedev-autostart", _name(generated_uuid)))
-    wait_until(lambda: '"auto"' in stack.file("mtty", generated_uuid).read_text(), what="auto")
+    wait_until(
+        lambda: '"auto"' in stack.file("mtty", generated_uuid).read_text(), timeout=20, what="auto"
+    )
     stack.sim.control.unregister("mtty")
     stack.sim.control.register("mtty")
-    wait_until(lambda: (stack.sim.root / "bus/mdev/devices" / generated_uuid).exists(),
+    wait_until(lambda: (stack.sim.root / "bus/mdev/devices" / generated_uuid).exists(), timeout=20,
                what="autostart")  # fmt: skip
     events.wait(_name(generated_uuid), "Created")
     time.sleep(1)

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from mdevd.client import Client
-from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory, wait_until
+from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -137,9 +138,13 @@ def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
         # mdevd's own writes there (a new parent directory, the file, an update) are seen by
         # the watcher and recognised: no reload.
         _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
-        wait_until(lambda: OWN_WRITES_ONLY in stack.daemon.log(), what="the define's check")
+        wait_until(
+            lambda: OWN_WRITES_ONLY in stack.daemon.log(), timeout=20, what="the define's check"
+        )
         _call(stack, "update", U1, autostart=True)
-        wait_until(lambda: stack.daemon.log().count(OWN_WRITES_ONLY) >= 2, what="the update's")
+        wait_until(
+            lambda: stack.daemon.log().count(OWN_WRITES_ONLY) >= 2, timeout=20, what="the update's"
+        )
         assert RELOAD_FOR_OTHERS not in stack.daemon.log()
 
         # Another tool's file is a definition, with no Reload, SIGHUP or restart.

@@ -26,9 +26,10 @@ import pytest
 
 from mdevd.client import Client, DaemonError
 from tests.compat import scripts
-from tests.compat.conftest import Stack, StackFactory, wait_until
+from tests.compat.conftest import Stack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.sim import running_sim
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -171,7 +172,9 @@ def _run_front_end(stack: Stack, steps: list[Step]) -> tuple[list[tuple[int, str
         if step.callouts is not None:
             notified += 1
             # The daemon runs the notifiers in the background: wait for this command's.
-            wait_until(functools.partial(_notified, log, notified), what=f"notify {step.argv}")
+            wait_until(
+                functools.partial(_notified, log, notified), timeout=20, what=f"notify {step.argv}"
+            )
     return results, log
 
 
@@ -233,7 +236,7 @@ def test_dbus_callers_keep_their_retry_safe_create(start_stack: StackFactory) ->
 
     first, again, start_error = asyncio.run(make_calls())
     assert (again, start_error) == (first, "AlreadyActive")
-    wait_until(functools.partial(_notified, log, 2), what="both notifications")
+    wait_until(functools.partial(_notified, log, 2), timeout=20, what="both notifications")
     calls = _calls(_records(log))
     # The create, then the refused Start; the retry asked nothing. Notifiers run in the
     # background, so theirs may come in either order.

@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import threading
-import time
 import uuid as uuid_module
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,11 +29,11 @@ from mdevd.bus.paths import device_path, parent_path
 from mdevd.client import DaemonError
 from mdevd.sim.control import UeventRecord
 from tests.support.sim import RunningSim
+from tests.support.waiting import WAIT_TIMEOUT, wait_until
 
 T = TypeVar("T")
 
-#: Generous bounds for conditions the tests wait for (kernel events arrive asynchronously).
-WAIT_TIMEOUT = 30.0
+#: A generous bound for a call's reply.
 CALL_TIMEOUT = 60.0
 
 #: The D-Bus type of each option and change key the contract defines.
@@ -50,7 +49,6 @@ OPTION_SIGNATURES = {
 
 __all__ = [
     "CALL_TIMEOUT",
-    "WAIT_TIMEOUT",
     "BusClient",
     "DaemonError",
     "Signal",
@@ -58,7 +56,6 @@ __all__ = [
     "new_uuid",
     "options",
     "parent_path",
-    "wait_until",
 ]
 
 
@@ -89,20 +86,6 @@ def unwrap(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [unwrap(item) for item in value]
     return value
-
-
-def wait_until(
-    condition: Callable[[], T], timeout: float = WAIT_TIMEOUT, what: str = "condition"
-) -> T:
-    """Poll `condition` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass(frozen=True)

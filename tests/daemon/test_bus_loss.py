@@ -16,10 +16,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import bus_client, device_path, in_sysfs, new_uuid, wait_until
+from tests.daemon.harness import bus_client, device_path, in_sysfs, new_uuid
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 COMPLAINTS = (
     "never retrieved",

@@ -43,11 +43,12 @@ from mdevd.client import (
     SyncClient,
 )
 from tests.daemon.conftest import SCENARIO, Stack
-from tests.daemon.harness import in_sysfs, new_uuid, wait_until
+from tests.daemon.harness import in_sysfs, new_uuid
 from tests.support.bus import private_bus
 from tests.support.daemon import running_daemon
 from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 DOCS = REPO / "docs"
 

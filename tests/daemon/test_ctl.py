@@ -19,11 +19,12 @@ import pytest
 
 from mdevd import ctl
 from tests.daemon.conftest import daemon_stack
-from tests.daemon.harness import BusClient, in_sysfs, new_uuid, wait_until
+from tests.daemon.harness import BusClient, in_sysfs, new_uuid
 from tests.support.bus import private_bus, unprivileged_python
 from tests.support.daemon import DaemonProcess
 from tests.support.paths import REPO
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_AUTHORIZED, EXIT_NOT_FOUND = range(6)
 

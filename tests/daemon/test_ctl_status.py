@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from mdevd import __version__
-from tests.daemon.harness import in_sysfs, new_uuid, wait_until
+from tests.daemon.harness import in_sysfs, new_uuid
 from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 EXIT_STATUS_FAILED, EXIT_STATUS_ATTENTION = 7, 8

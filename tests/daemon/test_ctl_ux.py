@@ -19,10 +19,11 @@ from contextlib import ExitStack
 import pytest
 
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import in_sysfs, new_uuid, wait_until
+from tests.daemon.harness import in_sysfs, new_uuid
 from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 EXIT_OK, EXIT_UNREACHABLE, EXIT_TIMEOUT = 0, 3, 6
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"

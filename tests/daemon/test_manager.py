@@ -25,10 +25,10 @@ from tests.daemon.harness import (
     new_uuid,
     options,
     parent_path,
-    wait_until,
 )
 from tests.support.daemon import DaemonProcess
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

@@ -26,11 +26,11 @@ from tests.daemon.harness import (
     device_uevents,
     in_sysfs,
     new_uuid,
-    wait_until,
 )
 from tests.daemon.nobody import UnprivilegedCaller
 from tests.support.daemon import DaemonProcess
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 #: Long enough that a call sent meanwhile certainly reaches the daemon before it ends.
 IN_PROGRESS = 2.0

@@ -18,10 +18,11 @@ import pytest
 
 from mdevd.bus import names
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import bus_client, new_uuid, wait_until
+from tests.daemon.harness import bus_client, new_uuid
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import running_daemon
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from dbus_fast import Variant
 
 from mdevd.bus import names
 from tests.daemon.conftest import Stack
-from tests.daemon.harness import BusClient, DaemonError, device_path, new_uuid, wait_until
+from tests.daemon.harness import BusClient, DaemonError, device_path, new_uuid
+from tests.support.waiting import wait_until
 
 #: The GPU of the daemon tests' scenario that is not registered at mount time.
 ABSENT_PARENT = "0000:66:00.0"

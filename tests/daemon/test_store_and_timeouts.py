@@ -24,9 +24,9 @@ from tests.daemon.harness import (
     device_uevents,
     in_sysfs,
     new_uuid,
-    wait_until,
 )
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 IO_TIMEOUT = 1.0
 #: The emulated kernel takes this long for an operation: well beyond the daemon's patience.

@@ -32,11 +32,12 @@ import pytest
 
 from mdevd.bus import names
 from tests.daemon.conftest import SCENARIO
-from tests.daemon.harness import CALL_TIMEOUT, BusClient, DaemonError, bus_client, wait_until
+from tests.daemon.harness import CALL_TIMEOUT, BusClient, DaemonError, bus_client
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import DaemonProcess, name_has_owner, running_daemon
 from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
+from tests.support.waiting import wait_until
 
 CLIENTS = 64
 SECONDS = 10.0

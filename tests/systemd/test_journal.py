@@ -17,7 +17,8 @@ from mdevd import logs
 from tests.support.daemon import name_has_owner
 from tests.support.paths import REPO
 from tests.support.sim import RunningSim
-from tests.systemd.helpers import DEVICE_A, define, wait_until
+from tests.support.waiting import wait_until
+from tests.systemd.helpers import DEVICE_A, define
 from tests.systemd.journal import entries, journal_stream, running_journald, wait_for_entries
 
 
@@ -59,7 +60,11 @@ def daemon_logging_to_the_journal(
             argv, stdin=subprocess.DEVNULL, stdout=stream, stderr=stream, env=env
         )
     try:
-        wait_until(lambda: name_has_owner(bus) or process.poll() is not None, what="mdevd ready")
+        wait_until(
+            lambda: name_has_owner(bus) or process.poll() is not None,
+            timeout=20,
+            what="mdevd ready",
+        )
         assert process.poll() is None, f"mdevd exited with {process.returncode}"
         yield process
     finally:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from mdevd.bus.names import (
 from mdevd.client import Client, DeviceInfo
 from mdevd.sim.control import UeventRecord
 from tests.support.sim import RunningSim
+from tests.support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "scenario.toml"
@@ -79,23 +79,6 @@ def daemon_config(directory: Path, **daemon: object) -> Path:
     path = directory / "mdevd.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-# ---- waiting ------------------------------------------------------------------------------
-
-
-def wait_until(
-    condition: Callable[[], T | None], what: str, timeout: float = 30, interval: float = 0.05
-) -> T:
-    """Poll until `condition()` returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---- the daemon's signals -----------------------------------------------------------------
@@ -222,9 +205,9 @@ class Recorder:
 
         return wait_until(
             enough,
-            f"{count} {event or 'any'} event(s) of {uuid or 'any device'} (reason {reason}):"
+            what=f"{count} {event or 'any'} event(s) of {uuid or 'any device'} (reason {reason}):"
             f" have {self.events(uuid)}",
-            timeout,
+            timeout=timeout,
         )
 
 
@@ -253,7 +236,8 @@ def objects(address: str) -> Objects:
                 info = DeviceInfo.from_properties(path, interfaces[DEVICE_INTERFACE])
                 devices[info.uuid] = info
             if PARENT_INTERFACE in interfaces:
-                parents[interfaces[PARENT_INTERFACE]["Name"]] = interfaces[PARENT_INTERFACE]
+                parent = dict(interfaces[PARENT_INTERFACE])
+                parents[parent["Name"]] = parent
         return Objects(devices, parents)
 
     return asyncio.run(read())

@@ -11,6 +11,7 @@ import signal
 
 import pytest
 
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
 from tests.udev.support import (
     Wanted,
@@ -20,7 +21,6 @@ from tests.udev.support import (
     definitions_text,
     objects,
     uuid_for,
-    wait_until,
     write_definitions,
 )
 
@@ -160,4 +160,4 @@ def test_a_definition_directory_created_later_is_watched(
     runtime.mkdir()
     (runtime / "a.toml").write_text(definitions_text([Wanted(device, "mtty", "mtty-1")]))
     world.recorder.wait_for_events(2, device, "defined", "config")
-    wait_until(lambda: objects(world.address).devices[device].defined or None, "redefinition")
+    wait_until(lambda: objects(world.address).devices[device].defined or None, what="redefinition")

@@ -22,7 +22,8 @@ import pyudev
 from mdevd.kernel import Sysfs
 from mdevd.sim import control
 from tests.support.sim import RunningSim, running_sim
-from tests.udev.support import SCENARIO, uuid_for, wait_until
+from tests.support.waiting import wait_until
+from tests.udev.support import SCENARIO, uuid_for
 
 pytestmark = pytest.mark.timeout(60, method="thread")
 
@@ -122,7 +123,7 @@ def test_delay_types_leaves_the_types_directory_empty_for_a_while(sim: RunningSi
     assert types.is_dir()
     if time.monotonic() - registered_at < 0.4:  # looked in time (the host was not too slow)
         assert os.listdir(types) == []
-    wait_until(lambda: os.listdir(types) == ["mdpy-vga"] or None, "mdpy's types", timeout=10)
+    wait_until(lambda: os.listdir(types) == ["mdpy-vga"] or None, what="mdpy's types", timeout=10)
     # Registrations after `delay types 0` are populated at once again.
     sim.control.delay("types", 0)
     sim.control.unregister("mdpy")

@@ -8,16 +8,9 @@ from __future__ import annotations
 import pytest
 
 from mdevd.bus.paths import device_path
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
-from tests.udev.support import (
-    Wanted,
-    agreement,
-    attempts,
-    objects,
-    uuid_for,
-    wait_until,
-    write_definitions,
-)
+from tests.udev.support import Wanted, agreement, attempts, objects, uuid_for, write_definitions
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -60,14 +53,14 @@ def test_a_device_made_and_removed_by_another_tool_is_an_object_while_it_exists(
     assert device.sysfs_path.endswith(f"/mtty/{uuid}")
     wait_until(
         lambda: _available(world, "mtty", "mtty-2") == before - 1 or None,
-        "the parent's Types to count the new device",
+        what="the parent's Types to count the new device",
     )
 
     _remove(world, uuid)
 
     (stopped,) = world.recorder.wait_for_events(1, uuid, "stopped")
     assert stopped.details == {"reason": "kernel"}
-    wait_until(lambda: uuid not in objects(world.address).devices or None, "the object to go")
+    wait_until(lambda: uuid not in objects(world.address).devices or None, what="the object to go")
     assert any(
         s.kind == "removed" and s.path == device_path(uuid) for s in world.recorder.signals()
     )

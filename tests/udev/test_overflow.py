@@ -13,16 +13,9 @@ import signal
 
 import pytest
 
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
-from tests.udev.support import (
-    Wanted,
-    agreement,
-    attempts,
-    objects,
-    uuid_for,
-    wait_until,
-    write_definitions,
-)
+from tests.udev.support import Wanted, agreement, attempts, objects, uuid_for, write_definitions
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -50,7 +43,7 @@ def test_lost_events_are_made_up_for_by_a_full_rescan(
     world.recorder.wait_for_events(1, auto, "started", "autostart")
     world.recorder.wait_for_events(1, foreign, "started", "kernel")
     assert "receive buffer overflow" in daemon.log()
-    wait_until(lambda: agreement(world.sim, world.address) is None or None, "agreement")
+    wait_until(lambda: agreement(world.sim, world.address) is None or None, what="agreement")
     assert attempts(world.sim, auto) == 2  # once with the daemon, once for the new registration
     shown = objects(world.address).devices
     assert shown[auto].active and shown[foreign].active and not shown[foreign].defined

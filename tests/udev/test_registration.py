@@ -13,6 +13,7 @@ import signal
 import pytest
 
 from mdevd.bus.paths import parent_path
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
 from tests.udev.support import (
     Wanted,
@@ -23,7 +24,6 @@ from tests.udev.support import (
     objects,
     registrations,
     uuid_for,
-    wait_until,
     write_definitions,
 )
 
@@ -183,7 +183,7 @@ def test_unregister_makes_devices_inactive_and_reregistration_autostarts_again(
 
     for uuid in (auto, manual, transient):
         world.recorder.wait_for_events(1, uuid, "stopped", "kernel")
-    wait_until(lambda: "mtty" not in objects(world.address).parents, "the Parent object to go")
+    wait_until(lambda: "mtty" not in objects(world.address).parents, what="the Parent object to go")
     shown = objects(world.address)
     assert transient not in shown.devices  # a transient device has nothing left to show
     for uuid in (auto, manual):

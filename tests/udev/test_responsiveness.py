@@ -15,6 +15,7 @@ import threading
 
 import pytest
 
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
 from tests.udev.support import (
     Wanted,
@@ -23,7 +24,6 @@ from tests.udev.support import (
     kernel_devices,
     objects,
     uuid_for,
-    wait_until,
     write_definitions,
 )
 
@@ -49,7 +49,7 @@ def test_method_calls_are_answered_during_a_long_autostart(
     world.sim.control.delay("create", 0.08)  # the autostart takes >= 5 s
 
     world.sim.control.register("mtty")
-    wait_until(lambda: _on_mtty(world) >= 2 or None, "autostart to be under way")
+    wait_until(lambda: _on_mtty(world) >= 2 or None, what="autostart to be under way")
 
     shown = objects(world.address)  # GetManagedObjects
     assert _on_mtty(world) < COUNT
@@ -69,7 +69,7 @@ def test_method_calls_are_answered_during_a_long_autostart(
     for wanted in autostart:
         world.recorder.wait_for_events(1, wanted.uuid, "started", "autostart", timeout=120)
     world.sim.control.delay("create", 0)
-    wait_until(lambda: agreement(world.sim, world.address) is None or None, "agreement")
+    wait_until(lambda: agreement(world.sim, world.address) is None or None, what="agreement")
 
 
 def test_clients_and_another_tool_at_once(world: Setup, start_daemon: StartDaemon) -> None:
@@ -100,7 +100,7 @@ def test_clients_and_another_tool_at_once(world: Setup, start_daemon: StartDaemo
     marker = uuid_for(1, family=0xBA)
     (world.sim.root / "class/mdev_bus/mdpy/mdev_supported_types/mdpy-vga/create").write_text(marker)
     world.recorder.wait_for_events(1, marker, "started", "kernel")
-    wait_until(lambda: agreement(world.sim, world.address) is None or None, "agreement")
+    wait_until(lambda: agreement(world.sim, world.address) is None or None, what="agreement")
     for uuid in ours:
         assert [(s.event, s.details["reason"]) for s in world.recorder.events(uuid)] == [
             ("started", "api"),

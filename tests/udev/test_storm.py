@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from tests.support.waiting import wait_until
 from tests.udev.conftest import Setup, StartDaemon
 from tests.udev.support import (
     Wanted,
@@ -21,7 +22,6 @@ from tests.udev.support import (
     objects,
     registrations,
     uuid_for,
-    wait_until,
     write_definitions,
 )
 
@@ -53,7 +53,7 @@ def test_unregister_register_storm(world: Setup, start_daemon: StartDaemon) -> N
     for _ in range(CYCLES):
         world.sim.control.unregister("mtty")
         world.sim.control.register("mtty")
-        wait_until(lambda: _all_up(world, uuids), "all 64 devices", timeout=60, interval=0.1)
+        wait_until(lambda: _all_up(world, uuids), what="all 64 devices", timeout=60, interval=0.1)
 
     segments = registrations(world.sim.control.uevents(), MTTY)
     assert len(segments) == CYCLES + 1  # the registration at mount time, then one per cycle
@@ -72,7 +72,7 @@ def test_unregister_register_storm(world: Setup, start_daemon: StartDaemon) -> N
     for uuid in uuids:
         world.recorder.wait_for_events(CYCLES, uuid, "started", "autostart")
         world.recorder.wait_for_events(CYCLES, uuid, "stopped", "kernel")
-    wait_until(lambda: agreement(world.sim, world.address) is None or None, "agreement")
+    wait_until(lambda: agreement(world.sim, world.address) is None or None, what="agreement")
     assert all(objects(world.address).devices[u].active for u in uuids)
 
     # Back to back: the daemon falls behind, registrations end while autostart runs.
@@ -80,12 +80,16 @@ def test_unregister_register_storm(world: Setup, start_daemon: StartDaemon) -> N
     for _ in range(RAPID_CYCLES):
         world.sim.control.unregister("mtty")
         world.sim.control.register("mtty")
-    wait_until(lambda: _all_up(world, uuids), "all 64 devices after the rapid cycles", timeout=120)
+    wait_until(
+        lambda: _all_up(world, uuids), what="all 64 devices after the rapid cycles", timeout=120
+    )
     log = world.sim.control.uevents()[before:]
     for segment in registrations(log, MTTY)[1:]:
         for uuid in uuids:
             assert len(mdev_events(segment, uuid, "add")) <= 1
-    wait_until(lambda: agreement(world.sim, world.address) is None or None, "agreement", 60)
+    wait_until(
+        lambda: agreement(world.sim, world.address) is None or None, what="agreement", timeout=60
+    )
     shown = objects(world.address)
     assert all(shown.devices[u].active and shown.devices[u].defined for u in uuids)
     assert "mtty" in shown.parents

@@ -26,8 +26,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dbus_fast import BusType, Message, RequestNameReply, Variant
@@ -66,7 +66,7 @@ from mdevd.service import (
 )
 from mdevd.store import DefinitionStore
 from mdevd.udev import RECEIVE_BUFFER_BYTES, Uevent, UeventSource
-from mdevd.watch import DefinitionsWatcher
+from mdevd.watch import DirectoryWatcher, Watched
 
 log = logging.getLogger("mdevd")
 
@@ -75,8 +75,6 @@ log = logging.getLogger("mdevd")
 class DaemonSettings:
     sysfs_root: Path = Path("/sys")
     dev_root: Path = Path("/dev")
-    #: Definition directories, highest precedence first; the first is where the API writes.
-    devices_dirs: tuple[Path, ...] = field(default_factory=tuple)
     #: `udev` (after udevd's processing, production), `kernel` (no udevd) or `none`.
     uevent_source: str = "udev"
     bus_address: str | None = None
@@ -85,8 +83,6 @@ class DaemonSettings:
     autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
     #: Reload when the definition directories change (inotify).
     watch_definitions: bool = True
-    #: mdevctl's directory in compatibility mode (watched like the definition directories).
-    mdevctl_dir: Path | None = None
     #: Seconds without an autostart attempt ending after which a long startup stops asking the
     #: service manager for more time: longer than one attempt can take.
     startup_stall_limit: float = 120.0
@@ -131,13 +127,12 @@ class Daemon:
         store: EngineStore,
         hooks: OperationHooks | None = None,
         *,
-        changed_by_others: Callable[[Path], bool] | None = None,
+        watched: Sequence[Watched] = (),
     ) -> None:
-        """`changed_by_others(path)`: whether a file in mdevctl's directory was changed by
-        someone else (`CompatStore.changed_by_others`), so mdevd's own writes there are not
-        taken for changes to reload."""
+        """`watched`: the directories the store reads, as it describes them
+        (`CompatStore.watched`), watched for changes to reload."""
         self.settings = settings
-        self._changed_by_others = changed_by_others
+        self._watched = watched
         self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
         self.store = store
         self.engine = Engine(
@@ -150,7 +145,7 @@ class Daemon:
             hooks,
         )
         self.events: UeventSource | None = None
-        self.watcher: DefinitionsWatcher | None = None
+        self.watcher: DirectoryWatcher | None = None
         self.bus: ManagedObjectBus | None = None
         self.tree: ObjectTree | None = None
         self._stop = asyncio.Event()
@@ -177,12 +172,7 @@ class Daemon:
             )
             self.events.open()
         if self.settings.watch_definitions:
-            self.watcher = DefinitionsWatcher(
-                self.settings.devices_dirs,
-                self.engine.request_reload,
-                mdevctl_dir=self.settings.mdevctl_dir,
-                changed_by_others=self._changed_by_others,
-            )
+            self.watcher = DirectoryWatcher(self._watched, self.engine.request_reload)
             self.watcher.open()
         # Autostart runs before READY=1; a long one asks for more time while it progresses.
         progress = AutostartProgress(lambda: extender.progressed())
@@ -418,7 +408,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     compat_config = compat_setup.effective_config(config.mdevctl, args)
     daemon_config = config.daemon
     settings = DaemonSettings(
-        devices_dirs=toml_store.dirs,
         sysfs_root=args.sysfs_root or daemon_config.sysfs_root,
         dev_root=args.dev_root or daemon_config.dev_root,
         uevent_source=args.uevent_source or daemon_config.uevent_source,
@@ -439,13 +428,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     async def main() -> int:
         compat = compat_setup.build(compat_config)
         store = compat.store(toml_store)
-        mdevctl_dir = compat.directory.root if compat.directory is not None else None
-        daemon = Daemon(
-            replace(settings, mdevctl_dir=mdevctl_dir),
-            store,
-            compat.hooks(),
-            changed_by_others=store.changed_by_others,
-        )
+        daemon = Daemon(settings, store, compat.hooks(), watched=store.watched())
         try:
             await daemon.start()
         except BaseException as exc:

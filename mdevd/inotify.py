@@ -3,7 +3,7 @@
 
 The fd is non-blocking and close-on-exec; its users read it from the asyncio loop
 (`loop.add_reader`), so no thread ever waits on it. What to watch and what an event means is
-theirs: `mdevd.watch` (the definition directories), `mdevd.compat.callouts` (the script
+theirs: `mdevd.watch` (the directories stores read), `mdevd.compat.callouts` (the script
 directories).
 """
 

@@ -40,9 +40,17 @@ from mdevd.config import StoreConfig
 from mdevd.definitions import ParsedFile, Problem, ProblemKind
 from mdevd.errors import ConfigInvalid, Failed, NotFound, ReadOnly
 from mdevd.model import Definition
+from mdevd.watch import Watched
 
 DEFINITION_SUFFIX = ".toml"
 MASK_TARGET = "/dev/null"
+
+
+def is_definition_file_name(name: str) -> bool:
+    """Whether the store reads a file of this name: `*.toml`, not hidden (so neither its own
+    temporary files, `.NAME.XXXX.tmp`, nor editors' swap files)."""
+    return name.endswith(DEFINITION_SUFFIX) and not name.startswith(".")
+
 
 # (device, inode, size, mtime, ctime): an atomic replace changes the inode, an edit in place
 # changes mtime or size; either makes the store parse the file again.
@@ -210,7 +218,7 @@ def _directory_names(dir_fd: int, links: set[str]) -> list[str] | None:
         for count, entry in enumerate(entries, start=1):
             if count > definitions.MAX_DIRECTORY_ENTRIES:
                 return None
-            if entry.name.endswith(DEFINITION_SUFFIX) and not entry.name.startswith("."):
+            if is_definition_file_name(entry.name):
                 names.append(entry.name)
                 if entry.is_symlink():  # from the directory entry: no system call
                     links.add(entry.name)
@@ -283,6 +291,10 @@ class DefinitionStore:
         )
 
     # --- reading --------------------------------------------------------------------------
+
+    def watched(self) -> list[Watched]:
+        """What a watcher looks at to see the definitions change on disk: each directory."""
+        return [Watched(directory, is_definition_file_name) for directory in self.dirs]
 
     def load(self) -> LoadResult:
         """Read every directory; files unchanged since the last load are not parsed again."""

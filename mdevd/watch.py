@@ -1,25 +1,32 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""Watching the definition directories for changes: inotify (`mdevd.inotify`), debounced.
+"""Watching directories for changes to the files their users read: inotify (`mdevd.inotify`),
+debounced.
 
-Each definition directory is watched for files appearing, changing, being renamed or going.
-A directory that does not exist (yet) is waited for by watching its nearest existing ancestor,
+What to watch comes from the users, as `Watched` descriptions: a directory, which file names
+in it count, whether those files are one level down in subdirectories (and which), and whether
+a changed file must first be asked about. The stores describe themselves
+(`DefinitionStore.watched`, `MdevctlDirectory.watched`); this module knows no layout.
+
+Each watched directory is watched for files appearing, changing, being renamed or going. A
+directory that does not exist (yet) is waited for by watching its nearest existing ancestor,
 so creating `/run/mdevd/devices.d` later is seen too; a directory that is removed is waited for
-again the same way. Only what the store reads counts: `*.toml` names that are not hidden, so
-the store's own temporary files (`.NAME.XXXX.tmp`) and editors' swap files do not.
+again the same way. Only the names the user counts are a change, so temporary files and
+editors' swap files are not.
 
-In mdevctl compatibility mode mdevctl's directory is watched too, as mdevctl reads it:
-`<dir>/<parent>/<uuid>`, UUID-named files in per-parent directories (not `scripts.d`, not
-symlinked ones), and the parent directories coming and going. mdevd writes there itself (its
-definitions, the mirror of the TOML ones), so each such file is asked about
-(`changed_by_others`, run in a worker thread: it may wait for a write in progress) once the
-burst is over, and only a file someone else changed counts; a parent directory that arrives
-counts by the files it holds, one that goes always counts (mdevd never removes one).
+With subdirectories, the directory itself is watched for subdirectories coming and going, and
+each subdirectory it accepts (never a symlink) for its files. A subdirectory that arrives
+counts by the files it holds; one that goes always counts (what it held can no longer be
+asked about).
+
+A user that writes there itself says how to tell its own writes from others'
+(`changed_by_others`): each changed file is asked about once the burst is over, in a worker
+thread (it may wait for a write in progress), and only a file someone else changed counts.
 
 Changes come in bursts (an editor's write-rename-chmod, a package installing ten files), so
 `on_change` is called once the directories have been quiet for `debounce` seconds, and at the
 latest `max_delay` seconds after the first change of a burst. What changed is not passed on:
-the caller re-reads everything (the store skips unchanged files) and compares. An inotify queue
-overflow is just another change.
+the caller re-reads everything (the stores skip unchanged files) and compares. An inotify
+queue overflow is just another change.
 
 The fd is non-blocking and read from the asyncio loop, like the uevent monitor.
 """
@@ -50,14 +57,12 @@ from mdevd.inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
-from mdevd.mdevctl_format import SCRIPTS_DIR_NAME, mdevctl_uuid
-from mdevd.store import DEFINITION_SUFFIX
 
 log = logging.getLogger(__name__)
 
-#: In a definition directory: anything that can change what the store reads. IN_ATTRIB: a
-#: file made unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
-_DIRECTORY_MASK = (
+#: In a directory of files: anything that can change what is read. IN_ATTRIB: a file made
+#: unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
+_FILES_MASK = (
     IN_ATTRIB
     | IN_CLOSE_WRITE
     | IN_MOVED_FROM
@@ -70,8 +75,8 @@ _DIRECTORY_MASK = (
 )
 #: In an ancestor of a missing directory: something appearing (or the ancestor going).
 _ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-#: In mdevctl's directory: parent directories appearing or going (or the directory itself).
-_MDEVCTL_ROOT_MASK = (
+#: In a directory of subdirectories: subdirectories appearing or going (or itself).
+_SUBDIRECTORIES_MASK = (
     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 )
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
@@ -81,64 +86,70 @@ _ARM_ATTEMPTS = 16
 
 
 @dataclass(frozen=True, slots=True)
+class Watched:
+    """A directory whose files a watcher's user reads, and what counts as a change there."""
+
+    directory: Path
+    #: Whether a file of this name can change what the user reads.
+    files: Callable[[str], bool]
+    #: None: the files are in `directory` itself. Else they are one level down, in each
+    #: subdirectory (not a symlink) whose name this accepts.
+    subdirectories: Callable[[str], bool] | None = None
+    #: Whether a file, as it is now, was changed by someone other than the user (asked once a
+    #: burst is over, in a worker thread). None: every change counts.
+    changed_by_others: Callable[[Path], bool] | None = None
+    #: What the log calls it when a change had to be asked about.
+    description: str = "the definitions"
+
+
+@dataclass(frozen=True, slots=True)
 class _Watch:
     path: Path
-    #: It is a definition directory.
-    definitions: bool = False
-    #: It is mdevctl's directory: its parent directories come and go.
-    mdevctl_root: bool = False
-    #: It is a parent directory in mdevctl's: UUID-named files.
-    mdevctl_parent: bool = False
-    #: Names of children that lead to missing definition directories.
+    #: The indexes of the `Watched` whose files are in this directory.
+    files_of: frozenset[int] = frozenset()
+    #: The indexes of the `Watched` whose subdirectories are in this directory.
+    subdirectories_of: frozenset[int] = frozenset()
+    #: Names of children that lead to missing watched directories.
     towards: frozenset[str] = frozenset()
 
     @property
     def mask(self) -> int:
-        mask = _DIRECTORY_MASK if self.definitions or self.mdevctl_parent else 0
-        if self.mdevctl_root:
-            mask |= _MDEVCTL_ROOT_MASK
+        mask = _FILES_MASK if self.files_of else 0
+        if self.subdirectories_of:
+            mask |= _SUBDIRECTORIES_MASK
         if self.towards:
             mask |= _ANCESTOR_MASK
         return mask
 
 
-def relevant_name(name: str) -> bool:
-    """Whether a file of this name in a definition directory can change what is loaded."""
-    return name.endswith(DEFINITION_SUFFIX) and not name.startswith(".")
-
-
-class DefinitionsWatcher:
-    """Calls `on_change` (from the loop) after the definition directories changed."""
+class DirectoryWatcher:
+    """Calls `on_change` (from the loop) after what the `watched` describe changed."""
 
     def __init__(
         self,
-        directories: Sequence[Path],
+        watched: Sequence[Watched],
         on_change: Callable[[], None],
         *,
         debounce: float = 0.2,
         max_delay: float = 2.0,
-        mdevctl_dir: Path | None = None,
-        changed_by_others: Callable[[Path], bool] | None = None,
     ) -> None:
-        """`mdevctl_dir`: mdevctl's directory, in compatibility mode; `changed_by_others(path)`
-        tells a file someone else changed there from one as mdevd left it (default: all are)."""
-        self.directories = tuple(Path(os.path.abspath(d)) for d in directories)
-        self.mdevctl_dir = Path(os.path.abspath(mdevctl_dir)) if mdevctl_dir else None
+        self.watched = tuple(
+            replace(each, directory=Path(os.path.abspath(each.directory))) for each in watched
+        )
         self._on_change = on_change
-        self._changed_by_others = changed_by_others or (lambda path: True)
         self._debounce = debounce
         self._max_delay = max_delay
         self._inotify: Inotify | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: wd -> what it watches: a definition directory, or an ancestor of missing ones.
+        #: wd -> what it watches: a watched directory, or an ancestor of missing ones.
         self._watches: dict[int, _Watch] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._burst_started = 0.0
-        # This burst: a change for certain, and mdevctl files and parent directories that are
-        # one unless mdevd itself left them so.
+        # This burst: a change for certain, and, by the index of their `Watched`, files and
+        # arrived subdirectories that are one unless the user itself left them so.
         self._changed = False
-        self._mdevctl_files: set[Path] = set()
-        self._mdevctl_parents: set[Path] = set()
+        self._to_ask: dict[int, set[Path]] = {}
+        self._arrived: dict[int, set[Path]] = {}
         self._checking: asyncio.Task[None] | None = None
 
     def open(self) -> None:
@@ -155,7 +166,7 @@ class DefinitionsWatcher:
     @property
     def pending(self) -> bool:
         """A change was seen and `on_change` has not been called for it yet (or it is being
-        found out whether mdevd made it itself)."""
+        found out whether the user made it itself)."""
         return self._timer is not None or (self._checking is not None and not self._checking.done())
 
     def close(self) -> None:
@@ -178,14 +189,13 @@ class DefinitionsWatcher:
         wanted: dict[Path, _Watch] = {}
 
         def want(
-            path: Path, *, definitions: bool = False, root: bool = False, parent: bool = False
+            path: Path, *, files_of: int | None = None, subdirectories_of: int | None = None
         ) -> None:
             watch = wanted.get(path, _Watch(path))
             wanted[path] = replace(
                 watch,
-                definitions=watch.definitions or definitions,
-                mdevctl_root=watch.mdevctl_root or root,
-                mdevctl_parent=watch.mdevctl_parent or parent,
+                files_of=watch.files_of | _one(files_of),
+                subdirectories_of=watch.subdirectories_of | _one(subdirectories_of),
             )
 
         def wait_for(directory: Path) -> None:
@@ -196,23 +206,21 @@ class DefinitionsWatcher:
             watch = wanted.get(ancestor, _Watch(ancestor))
             wanted[ancestor] = replace(watch, towards=watch.towards | {step})
 
-        for directory in self.directories:
-            if directory.is_dir():
-                want(directory, definitions=True)
+        for index, watched in enumerate(self.watched):
+            if not watched.directory.is_dir():
+                wait_for(watched.directory)
+            elif watched.subdirectories is None:
+                want(watched.directory, files_of=index)
             else:
-                wait_for(directory)
-        if self.mdevctl_dir is not None:
-            if self.mdevctl_dir.is_dir():
-                want(self.mdevctl_dir, root=True)
-                for parent in _mdevctl_parent_dirs(self.mdevctl_dir):
-                    want(parent, parent=True)
-            else:
-                wait_for(self.mdevctl_dir)
+                want(watched.directory, subdirectories_of=index)
+                for subdirectory in _subdirectories(watched.directory, watched.subdirectories):
+                    want(subdirectory, files_of=index)
         return wanted
 
     def _arm(self) -> None:
-        """Watch each existing definition directory, and the nearest existing ancestor of each
-        missing one. Idempotent: called again whenever a watched directory comes or goes.
+        """Watch each existing watched directory (and its subdirectories), and the nearest
+        existing ancestor of each missing one. Idempotent: called again whenever a watched
+        directory comes or goes.
 
         A directory can appear between looking for it and watching its parent; its creation
         is then never reported, so the look is repeated until it no longer changes."""
@@ -245,8 +253,8 @@ class DefinitionsWatcher:
             return
         changed = False
         rearm = False
-        mdevctl_files: set[Path] = set()
-        mdevctl_parents: set[Path] = set()
+        to_ask: dict[int, set[Path]] = {}
+        arrived: dict[int, set[Path]] = {}
         for wd, mask, name in self._inotify.read():
             if mask & IN_Q_OVERFLOW:
                 changed = True
@@ -257,26 +265,35 @@ class DefinitionsWatcher:
             if mask & _SELF_EVENTS:
                 rearm = changed = True
                 continue
-            if watch.definitions and relevant_name(name):
-                changed = True
-            if watch.mdevctl_parent and mdevctl_uuid(name) is not None:
-                mdevctl_files.add(watch.path / name)
-            if watch.mdevctl_root and mask & IN_ISDIR and name != SCRIPTS_DIR_NAME:
+            for index in watch.files_of:
+                watched = self.watched[index]
+                if not watched.files(name):
+                    continue
+                if watched.changed_by_others is None:
+                    changed = True
+                else:
+                    to_ask.setdefault(index, set()).add(watch.path / name)
+            for index in watch.subdirectories_of:
+                accepts = self.watched[index].subdirectories
+                if not mask & IN_ISDIR or accepts is None or not accepts(name):
+                    continue
                 rearm = True
                 if mask & (IN_CREATE | IN_MOVED_TO):
-                    mdevctl_parents.add(watch.path / name)  # mdevd makes them too
+                    arrived.setdefault(index, set()).add(watch.path / name)  # may be the user's
                 else:
-                    changed = True  # mdevd never removes a parent directory
+                    changed = True  # what it held can no longer be asked about
             if name in watch.towards:
                 # A missing directory, or a step towards it, appeared; one that arrives whole
                 # (renamed into place) may already hold files.
                 rearm = changed = True
         if rearm:
             self._arm()
-        if changed or mdevctl_files or mdevctl_parents:
+        if changed or to_ask or arrived:
             self._changed = self._changed or changed
-            self._mdevctl_files |= mdevctl_files
-            self._mdevctl_parents |= mdevctl_parents
+            for index, paths in to_ask.items():
+                self._to_ask.setdefault(index, set()).update(paths)
+            for index, paths in arrived.items():
+                self._arrived.setdefault(index, set()).update(paths)
             self._schedule()
 
     def _schedule(self) -> None:
@@ -291,42 +308,60 @@ class DefinitionsWatcher:
 
     def _fire(self) -> None:
         self._timer = None
-        changed, files, parents = self._changed, self._mdevctl_files, self._mdevctl_parents
-        self._changed, self._mdevctl_files, self._mdevctl_parents = False, set(), set()
+        changed, to_ask, arrived = self._changed, self._to_ask, self._arrived
+        self._changed, self._to_ask, self._arrived = False, {}, {}
         if changed:
             log.debug("the definitions changed on disk: reloading")
             self._on_change()
-        elif files or parents:
+        elif to_ask or arrived:
             assert self._loop is not None
-            self._checking = self._loop.create_task(self._fire_if_changed_by_others(files, parents))
+            self._checking = self._loop.create_task(
+                self._fire_if_changed_by_others(to_ask, arrived)
+            )
 
-    async def _fire_if_changed_by_others(self, files: set[Path], parents: set[Path]) -> None:
-        if await asyncio.to_thread(self._any_changed_by_others, files, parents):
-            log.debug("mdevctl's directory changed: reloading")
+    async def _fire_if_changed_by_others(
+        self, to_ask: dict[int, set[Path]], arrived: dict[int, set[Path]]
+    ) -> None:
+        changed = await asyncio.to_thread(self._changed_by_others, to_ask, arrived)
+        if changed is not None:
+            log.debug("%s changed: reloading", changed.description)
             self._on_change()
         else:
-            log.debug("mdevctl's directory changed by mdevd only: no reload")
+            asked = sorted(set(to_ask) | set(arrived))
+            described = " and ".join(self.watched[index].description for index in asked)
+            log.debug("%s changed by mdevd only: no reload", described)
 
-    def _any_changed_by_others(self, files: set[Path], parents: set[Path]) -> bool:
-        candidates = set(files)
-        for parent in parents:
-            with contextlib.suppress(OSError):  # gone again: its removal is its own event
-                candidates.update(
-                    parent / entry.name
-                    for entry in os.scandir(parent)
-                    if mdevctl_uuid(entry.name) is not None
-                )
-        return any(self._changed_by_others(path) for path in sorted(candidates))
+    def _changed_by_others(
+        self, to_ask: dict[int, set[Path]], arrived: dict[int, set[Path]]
+    ) -> Watched | None:
+        """The first `Watched` with a file someone else changed, if any."""
+        for index in sorted(set(to_ask) | set(arrived)):
+            watched = self.watched[index]
+            candidates = set(to_ask.get(index, ()))
+            for subdirectory in arrived.get(index, ()):
+                # Gone again: its removal is its own event.
+                with contextlib.suppress(OSError), os.scandir(subdirectory) as entries:
+                    candidates.update(
+                        subdirectory / entry.name for entry in entries if watched.files(entry.name)
+                    )
+            ask = watched.changed_by_others
+            if any(ask is None or ask(path) for path in sorted(candidates)):
+                return watched
+        return None
 
 
-def _mdevctl_parent_dirs(root: Path) -> list[Path]:
-    """The parent directories mdevctl reads in its directory (not symlinks, not scripts.d)."""
+def _one(index: int | None) -> frozenset[int]:
+    return frozenset() if index is None else frozenset({index})
+
+
+def _subdirectories(directory: Path, accepts: Callable[[str], bool]) -> list[Path]:
+    """The subdirectories of `directory` that `accepts` names (not symlinks), sorted."""
     try:
-        entries = list(os.scandir(root))
+        with os.scandir(directory) as entries:
+            return sorted(
+                directory / entry.name
+                for entry in entries
+                if accepts(entry.name) and entry.is_dir(follow_symlinks=False)
+            )
     except OSError:
         return []
-    return sorted(
-        root / entry.name
-        for entry in entries
-        if entry.name != SCRIPTS_DIR_NAME and entry.is_dir(follow_symlinks=False)
-    )

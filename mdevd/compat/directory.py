@@ -13,6 +13,10 @@ skips it (it is a file, not a parent directory).
 
 Synchronous and not locked: `mdevd.compat.store` serializes its callers. Files unchanged since
 the last read (inode, size, times) are not parsed again.
+
+What the daemon's watcher looks at here is what mdevctl reads (`watched`): UUID-named files in
+the parent directories, not `scripts.d`, not symlinked ones, and the parent directories coming
+and going; mdevd's own writes there are told apart by the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from mdevd.definitions import Problem
 from mdevd.errors import Failed, MdevdError
 from mdevd.mdevctl_format import MdevctlTree
 from mdevd.model import Definition
+from mdevd.watch import Watched
 
 MIRROR_RECORD_NAME = ".mdevd-mirrors.json"
 
@@ -77,6 +83,19 @@ class MdevctlDirectory:
         tree = mdevctl_format.read_mdevctl_tree(self.root, verb="ignored", cache=self._cache)
         tree.problems = [p for p in tree.problems if not atomic.is_temp_name(Path(p.file).name)]
         return tree
+
+    def watched(self, changed_by_others: Callable[[Path], bool]) -> Watched:
+        """What a watcher looks at to see mdevctl's definitions change: `<root>/<parent>/<uuid>`
+        as mdevctl reads it. mdevd writes there itself (its definitions, the mirror of the
+        TOML ones): `changed_by_others(path)` tells a file someone else changed from one as
+        mdevd left it. A parent directory that goes always counts (mdevd never removes one)."""
+        return Watched(
+            self.root,
+            files=lambda name: mdevctl_format.mdevctl_uuid(name) is not None,
+            subdirectories=is_parent_directory_name,
+            changed_by_others=changed_by_others,
+            description="mdevctl's directory",
+        )
 
     def digest_of(self, path: Path) -> str | None:
         data = _read_regular(path, definitions.MAX_MDEVCTL_FILE_SIZE)
@@ -172,6 +191,11 @@ class MdevctlDirectory:
         return True
 
 
+def is_parent_directory_name(name: str) -> bool:
+    """Whether mdevctl takes a directory of this name in its directory for a parent's."""
+    return name != mdevctl_format.SCRIPTS_DIR_NAME
+
+
 def _parent_directories(root: Path) -> list[Path]:
     """mdevctl's parent directories (not symlinks, not scripts.d); none if `root` is absent."""
     try:
@@ -179,8 +203,7 @@ def _parent_directories(root: Path) -> list[Path]:
             return [
                 Path(entry.path)
                 for entry in entries
-                if entry.is_dir(follow_symlinks=False)
-                and entry.name != mdevctl_format.SCRIPTS_DIR_NAME
+                if entry.is_dir(follow_symlinks=False) and is_parent_directory_name(entry.name)
             ]
     except FileNotFoundError:
         return []

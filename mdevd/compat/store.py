@@ -47,6 +47,7 @@ from mdevd.errors import ConfigInvalid, Failed, NotFound
 from mdevd.mdevctl_format import MdevctlTree
 from mdevd.model import Definition
 from mdevd.store import DefinitionStore, LoadResult
+from mdevd.watch import Watched
 
 
 @dataclass(slots=True)
@@ -149,6 +150,12 @@ class CompatStore:
                 self.mdevctl.save_record(record)
 
     # ---- for a file watcher ------------------------------------------------------------
+
+    def watched(self) -> list[Watched]:
+        """What a watcher looks at to see the definitions change on disk: the TOML
+        directories, and mdevctl's directory where mdevd's own writes do not count."""
+        own = [] if self.mdevctl is None else [self.mdevctl.watched(self.changed_by_others)]
+        return [*self.toml.watched(), *own]
 
     def changed_by_others(self, path: Path | str) -> bool:
         """False while `path` is exactly as mdevd's own last write or removal left it."""

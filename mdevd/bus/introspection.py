@@ -18,7 +18,7 @@ from typing import Any
 
 from dbus_fast.service import ServiceInterface
 
-EMITS_CHANGED_SIGNAL = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+from mdevd.bus.names import EMITS_CHANGED_SIGNAL
 
 
 def _member(cls: type[ServiceInterface], name: str, marker: str) -> Any:

@@ -37,6 +37,8 @@ OBJECT_MANAGER_INTERFACE: Final = "org.freedesktop.DBus.ObjectManager"
 PROPERTIES_INTERFACE: Final = "org.freedesktop.DBus.Properties"
 INTROSPECTABLE_INTERFACE: Final = "org.freedesktop.DBus.Introspectable"
 PEER_INTERFACE: Final = "org.freedesktop.DBus.Peer"
+#: Introspection annotation: whether a property announces its changes (`true`, `const`).
+EMITS_CHANGED_SIGNAL: Final = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 # The bus daemon and polkitd, which the daemon calls.
 DBUS_BUS_NAME: Final = "org.freedesktop.DBus"
@@ -45,6 +47,9 @@ DBUS_INTERFACE: Final = "org.freedesktop.DBus"
 POLKIT_BUS_NAME: Final = "org.freedesktop.PolicyKit1"
 POLKIT_PATH: Final = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_INTERFACE: Final = "org.freedesktop.PolicyKit1.Authority"
+#: The bus daemon's errors for a call to a name nobody owns (and none can be activated).
+DBUS_ERROR_SERVICE_UNKNOWN: Final = "org.freedesktop.DBus.Error.ServiceUnknown"
+DBUS_ERROR_NAME_HAS_NO_OWNER: Final = "org.freedesktop.DBus.Error.NameHasNoOwner"
 
 
 def error_name(suffix: str) -> str:

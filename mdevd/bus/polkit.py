@@ -76,10 +76,7 @@ ALLOW_USER_INTERACTION: Final = 0x1
 
 #: Errors from the bus daemon: nobody owns the polkit name and none can be activated.
 _ABSENT_ERRORS: Final = frozenset(
-    {
-        "org.freedesktop.DBus.Error.ServiceUnknown",
-        "org.freedesktop.DBus.Error.NameHasNoOwner",
-    }
+    {names.DBUS_ERROR_SERVICE_UNKNOWN, names.DBUS_ERROR_NAME_HAS_NO_OWNER}
 )
 
 

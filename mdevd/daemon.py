@@ -38,9 +38,10 @@ from mdevd import __version__
 from mdevd.bus import sendfix
 from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
+from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.names import BUS_NAME
 from mdevd.bus.paths import device_path
-from mdevd.bus.tree import ManagedObjectBus, ObjectTree
+from mdevd.bus.tree import ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
 from mdevd.engine import (

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -64,6 +64,10 @@ UNIDENTIFIED: Final = "unidentified callers"
 
 #: Table value for methods anyone may call.
 NO_CHECK: Final = ""
+
+#: `authorize(method_name, interactive)` for the caller of the method call being served:
+#: returns when it is allowed, raises otherwise (`Authorizer.authorize_caller`).
+Authorize = Callable[[str, bool], Awaitable[None]]
 
 #: Method name (unique across the three interfaces) -> polkit action id, or NO_CHECK.
 METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(

@@ -1,22 +1,23 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """`org.mdevd.Mdevd1.Device`: one object per UUID that is defined, active, or both.
 
-Every handler has one shape: check arguments -> authorize -> let the engine act -> reply. The
+Every method has one shape: check the arguments, and return the work, which runs once
+`mdevd.bus.exported` has authorized the caller; the engine acts, and the reply follows. The
 engine decides and publishes; this class only translates.
 """
 
 # No `from __future__ import annotations`: dbus-fast reads `-> None` as a signature only
 # when it is the real None, not the string "None".
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
 from mdevd import validate
 from mdevd.bus import options as opts
-from mdevd.bus.errors import dbus_errors
+from mdevd.bus.context import HandlerContext
+from mdevd.bus.exported import ExportedInterface, Work, exported_method
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import DEVICE_INTERFACE, NO_OBJECT_PATH
 from mdevd.bus.paths import parent_path
@@ -27,14 +28,10 @@ from mdevd.bus.signatures import (
     DBusObjectPath,
     DBusSignature,
     DBusStr,
-    dbus_method,
     dbus_property,
 )
 from mdevd.errors import InvalidArgument
 from mdevd.model import DeviceState, PendingChanges
-
-if TYPE_CHECKING:
-    from mdevd.bus.tree import ObjectTree
 
 DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
@@ -60,16 +57,16 @@ def pending_changes(pending: PendingChanges) -> dict[str, Variant]:
     return changes
 
 
-class DeviceInterface(ServiceInterface):
-    def __init__(self, tree: "ObjectTree", state: DeviceState) -> None:
-        super().__init__(DEVICE_INTERFACE)
-        self._tree = tree
+class DeviceInterface(ExportedInterface):
+    def __init__(self, context: HandlerContext, state: DeviceState) -> None:
+        super().__init__(DEVICE_INTERFACE, context.authorize)
+        self._context = context
         self.state = state
 
     def properties(self) -> dict[str, Any]:
         """Every property's current value, as the D-Bus layer sends them."""
         state = self.state
-        parent_present = state.parent in self._tree.engine.parents()
+        parent_present = state.parent in self._context.engine.parents()
         return {
             "UUID": state.uuid,
             "Parent": state.parent,
@@ -148,45 +145,52 @@ class DeviceInterface(ServiceInterface):
 
     # ---- methods ---------------------------------------------------------------------------
 
-    @dbus_method()
-    @dbus_errors
-    async def Start(self, options: DBusDict) -> None:
+    @exported_method()
+    def Start(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _OPERATION_OPTIONS, "Start")
-        await self._tree.authorize("Start", opts.interactive(values))
-        await self._tree.engine.start_device(self.state.uuid, force=opts.force(values))
 
-    @dbus_method()
-    @dbus_errors
-    async def Stop(self, options: DBusDict) -> None:
+        async def start() -> None:
+            await self._context.engine.start_device(self.state.uuid, force=opts.force(values))
+
+        return start
+
+    @exported_method()
+    def Stop(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _STOP_OPTIONS, "Stop")
-        await self._tree.authorize("Stop", opts.interactive(values))
-        await self._tree.engine.stop_device(
-            self.state.uuid,
-            force=opts.force(values),
-            caller_holds_group=opts.caller_holds_group(values),
-        )
 
-    @dbus_method()
-    @dbus_errors
-    async def Define(self, options: DBusDict) -> None:
+        async def stop() -> None:
+            await self._context.engine.stop_device(
+                self.state.uuid,
+                force=opts.force(values),
+                caller_holds_group=opts.caller_holds_group(values),
+            )
+
+        return stop
+
+    @exported_method()
+    def Define(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _DEFINE_OPTIONS, "Define")
-        await self._tree.authorize("Define", opts.interactive(values))
-        await self._tree.engine.define_active(
-            self.state.uuid,
-            autostart=bool(values.get("autostart", False)),
-            force=opts.force(values),
-        )
 
-    @dbus_method()
-    @dbus_errors
-    async def Undefine(self, options: DBusDict) -> None:
+        async def define() -> None:
+            await self._context.engine.define_active(
+                self.state.uuid,
+                autostart=bool(values.get("autostart", False)),
+                force=opts.force(values),
+            )
+
+        return define
+
+    @exported_method()
+    def Undefine(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _OPERATION_OPTIONS, "Undefine")
-        await self._tree.authorize("Undefine", opts.interactive(values))
-        await self._tree.engine.undefine(self.state.uuid, force=opts.force(values))
 
-    @dbus_method()
-    @dbus_errors
-    async def Update(self, changes: DBusDict, options: DBusDict) -> None:
+        async def undefine() -> None:
+            await self._context.engine.undefine(self.state.uuid, force=opts.force(values))
+
+        return undefine
+
+    @exported_method()
+    def Update(self, changes: DBusDict, options: DBusDict) -> Work[None]:
         change = opts.check_options(changes, _UPDATE_CHANGES, "Update changes")
         values = opts.check_options(options, _UPDATE_OPTIONS, "Update")
         type_id = validate.type_id(change["type"]) if "type" in change else None
@@ -200,26 +204,34 @@ class DeviceInterface(ServiceInterface):
                     "Update: persist=false changes only the running device's attributes: "
                     "it needs live=true and no change but attributes"
                 )
-            await self._tree.authorize("Update", opts.interactive(values))
-            await self._tree.engine.update_running(self.state.uuid, attributes)
-            return
-        await self._tree.authorize("Update", opts.interactive(values))
-        await self._tree.engine.update(
-            self.state.uuid,
-            type_id=type_id,
-            autostart=change.get("autostart"),
-            attributes=attributes,
-            live=live,
-            force=opts.force(values),
-        )
+            running_attributes = attributes
 
-    @dbus_method()
-    @dbus_errors
-    async def QueryAttributes(self, options: DBusDict) -> DBusAttributes:
-        values = opts.check_options(options, _AUTH_ONLY, "QueryAttributes")
-        await self._tree.authorize("QueryAttributes", opts.interactive(values))
-        attributes = await self._tree.engine.query_attributes(self.state.uuid)
-        return [list(pair) for pair in attributes]
+            async def update_running() -> None:
+                await self._context.engine.update_running(self.state.uuid, running_attributes)
+
+            return update_running
+
+        async def update() -> None:
+            await self._context.engine.update(
+                self.state.uuid,
+                type_id=type_id,
+                autostart=change.get("autostart"),
+                attributes=attributes,
+                live=live,
+                force=opts.force(values),
+            )
+
+        return update
+
+    @exported_method()
+    def QueryAttributes(self, options: DBusDict) -> Work[DBusAttributes]:
+        opts.check_options(options, _AUTH_ONLY, "QueryAttributes")
+
+        async def query() -> list[list[str]]:
+            attributes = await self._context.engine.query_attributes(self.state.uuid)
+            return [list(pair) for pair in attributes]
+
+        return query
 
 
 describe(DeviceInterface, out_args={"QueryAttributes": ["attributes"]}, const_properties={"UUID"})

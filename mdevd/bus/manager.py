@@ -4,15 +4,15 @@
 # No `from __future__ import annotations`: dbus-fast reads `-> None` as a signature only
 # when it is the real None, not the string "None".
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
 from mdevd import __version__, validate
 from mdevd.bus import options as opts
-from mdevd.bus.errors import dbus_errors
+from mdevd.bus.context import HandlerContext
+from mdevd.bus.exported import ExportedInterface, Work, exported_method, exported_read
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import MANAGER_INTERFACE
 from mdevd.bus.paths import device_path
@@ -22,13 +22,9 @@ from mdevd.bus.signatures import (
     DBusObjectPath,
     DBusSignature,
     DBusStr,
-    dbus_method,
     dbus_property,
     dbus_signal,
 )
-
-if TYPE_CHECKING:
-    from mdevd.bus.tree import ObjectTree
 
 DBusStrList = Annotated[list[str], DBusSignature("as")]
 # Several arguments: a list, which every dbus-fast takes (before 2.x, a tuple is refused).
@@ -61,13 +57,13 @@ _DEFINE_OPTIONS = {**_CREATE_OPTIONS, "autostart": "b", "start": "b"}
 _RELOAD_OPTIONS = {opts.AUTH_INTERACTIVE: "b"}
 
 
-class ManagerInterface(ServiceInterface):
-    def __init__(self, tree: "ObjectTree") -> None:
-        super().__init__(MANAGER_INTERFACE)
-        self._tree = tree
+class ManagerInterface(ExportedInterface):
+    def __init__(self, context: HandlerContext) -> None:
+        super().__init__(MANAGER_INTERFACE, context.authorize)
+        self._context = context
 
     def properties(self) -> dict[str, Any]:
-        return {"Version": __version__, "Features": list(self._tree.features)}
+        return {"Version": __version__, "Features": list(self._context.features)}
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
@@ -75,65 +71,69 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Features(self) -> DBusStrList:
-        return list(self._tree.features)
+        return list(self._context.features)
 
-    @dbus_method()
-    @dbus_errors
-    async def CreateDevice(
+    @exported_method()
+    def CreateDevice(
         self, parent: DBusStr, type: DBusStr, options: DBusDict
-    ) -> DBusObjectPath:
+    ) -> Work[DBusObjectPath]:
         validate.parent_name(parent)
         validate.type_id(type)
         values = opts.check_options(options, _CREATE_OPTIONS, "CreateDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "CreateDevice")
-        await self._tree.authorize("CreateDevice", opts.interactive(values))
-        state = await self._tree.engine.create_device(
-            parent, type, uuid=uuid, attributes=attributes, force=opts.force(values)
-        )
-        return device_path(state.uuid)
 
-    @dbus_method()
-    @dbus_errors
-    async def DefineDevice(
+        async def create() -> str:
+            state = await self._context.engine.create_device(
+                parent, type, uuid=uuid, attributes=attributes, force=opts.force(values)
+            )
+            return device_path(state.uuid)
+
+        return create
+
+    @exported_method()
+    def DefineDevice(
         self, parent: DBusStr, type: DBusStr, options: DBusDict
-    ) -> DBusObjectPath:
+    ) -> Work[DBusObjectPath]:
         validate.parent_name(parent)
         validate.type_id(type)
         values = opts.check_options(options, _DEFINE_OPTIONS, "DefineDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "DefineDevice")
-        await self._tree.authorize("DefineDevice", opts.interactive(values))
-        state = await self._tree.engine.define_device(
-            parent,
-            type,
-            uuid=uuid,
-            attributes=attributes,
-            autostart=bool(values.get("autostart", False)),
-            start=bool(values.get("start", False)),
-            force=opts.force(values),
-        )
-        return device_path(state.uuid)
 
-    @dbus_method()
-    @dbus_errors
+        async def define() -> str:
+            state = await self._context.engine.define_device(
+                parent,
+                type,
+                uuid=uuid,
+                attributes=attributes,
+                autostart=bool(values.get("autostart", False)),
+                start=bool(values.get("start", False)),
+                force=opts.force(values),
+            )
+            return device_path(state.uuid)
+
+        return define
+
+    @exported_read()
     def GetDevice(self, uuid: DBusStr) -> DBusObjectPath:
-        return device_path(self._tree.engine.device(validate.uuid(uuid)).uuid)
+        return device_path(self._context.engine.device(validate.uuid(uuid)).uuid)
 
-    @dbus_method()
-    @dbus_errors
+    @exported_read()
     async def ListDevices(self, options: DBusDict) -> DBusDeviceList:
         # The daemon's ReadServer answers this call before dbus-fast dispatches it (with a
         # per-caller limit and a cache); this member declares it, and serves a bus without it.
         opts.check_options(options, {}, "ListDevices")
-        return await self._tree.reads.device_list()
+        return await self._context.list_devices()
 
-    @dbus_method()
-    @dbus_errors
-    async def Reload(self, options: DBusDict) -> None:
-        values = opts.check_options(options, _RELOAD_OPTIONS, "Reload")
-        await self._tree.authorize("Reload", opts.interactive(values))
-        await self._tree.reload()
+    @exported_method()
+    def Reload(self, options: DBusDict) -> Work[None]:
+        opts.check_options(options, _RELOAD_OPTIONS, "Reload")
+
+        async def reload() -> None:
+            await self._context.reload()
+
+        return reload
 
     @dbus_signal()
     def DeviceEvent(

@@ -82,6 +82,15 @@ def interactive(values: Mapping[str, Any]) -> bool:
     return bool(values.get(AUTH_INTERACTIVE, False))
 
 
+def interactive_requested(options: Any) -> bool:
+    """Whether a method's trailing `a{sv}`, as the caller sent it, asks for interactive
+    authentication (`auth.interactive=true`). Anything else there, of any type, does not."""
+    if not isinstance(options, Mapping):
+        return False
+    variant = options.get(AUTH_INTERACTIVE)
+    return isinstance(variant, Variant) and variant.signature == "b" and bool(variant.value)
+
+
 def force(values: Mapping[str, Any]) -> bool:
     return bool(values.get(FORCE, False))
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from dbus_fast.constants import PropertyAccess
-from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
+from mdevd.bus.context import HandlerContext
+from mdevd.bus.exported import ExportedInterface
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import PARENT_INTERFACE
 from mdevd.bus.signatures import DBusSignature, DBusStr, dbus_property
@@ -29,9 +30,9 @@ def types_value(parent: Parent) -> dict[str, dict[str, Variant]]:
     }
 
 
-class ParentInterface(ServiceInterface):
-    def __init__(self, parent: Parent) -> None:
-        super().__init__(PARENT_INTERFACE)
+class ParentInterface(ExportedInterface):
+    def __init__(self, context: HandlerContext, parent: Parent) -> None:
+        super().__init__(PARENT_INTERFACE, context.authorize)
         self.parent = parent
 
     def properties(self) -> dict[str, Any]:

@@ -3,33 +3,25 @@
 
 Every engine change arrives here synchronously, before the operation that caused it replies,
 so a client that gets a reply has already been sent InterfacesAdded / PropertiesChanged /
-DeviceEvent (contract rule 1). Signals go out from the ObjectManager's path as the D-Bus
-specification says (dbus-fast would send InterfacesAdded from the object's own path, which
-GDBusObjectManagerClient and sd-bus clients ignore).
+DeviceEvent (contract rule 1). The tree creates the interface objects and hands them a
+`HandlerContext`; they never call back into it. It also tells the reads' cache
+(`mdevd.bus.reads`) which paths changed, and where each path's object is.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
-from dbus_fast.introspection import Node
-from dbus_fast.service import ServiceInterface
 from dbus_fast.signature import Variant
 
-from mdevd.bus import errors
+from mdevd.bus.auth import Authorize
+from mdevd.bus.connection import ManagedObjectBus
+from mdevd.bus.context import HandlerContext, Reload
 from mdevd.bus.device import DeviceInterface
 from mdevd.bus.manager import FEATURES, ManagerInterface
-from mdevd.bus.names import (
-    DEVICES_PATH,
-    MANAGER_PATH,
-    OBJECT_MANAGER_INTERFACE,
-    PARENTS_PATH,
-    ROOT_PATH,
-)
+from mdevd.bus.names import DEVICES_PATH, MANAGER_PATH, PARENTS_PATH
 from mdevd.bus.parent import ParentInterface
 from mdevd.bus.paths import (
     device_path,
@@ -37,92 +29,9 @@ from mdevd.bus.paths import (
     parent_path,
     uuid_from_device_path,
 )
-from mdevd.bus.reads import ReadServer, variants
-from mdevd.bus.sendfix import PacedMessageBus
+from mdevd.bus.reads import ReadServer
 from mdevd.engine import Engine
 from mdevd.model import DeviceState, Parent
-
-#: `authorize(method, interactive)`: returns when allowed, raises a NotAuthorized* otherwise.
-Authorize = Callable[[str, bool], Awaitable[None]]
-#: `reload()`: an explicit reload of the definitions (the daemon's tells the service manager).
-Reload = Callable[[], Awaitable[object]]
-
-
-class ManagedObjectBus(PacedMessageBus):
-    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH.
-
-    Paced (mdevd.bus.sendfix): a full send buffer never disconnects it.
-
-    GetManagedObjects is answered by the tree's `ReadServer` (dbus-fast's own handler costs the
-    square of the number of objects). dbus-fast introspects a path that has no
-    exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
-    with the standard interfaces (ObjectManager among them), as the contract places it there.
-
-    Once disconnected, replies and signals are dropped: nobody can receive them, and dbus-fast
-    would raise from its reply callback on the closed socket (logged by asyncio as an error).
-    """
-
-    # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
-    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
-        if self._disconnected and msg.message_type is not MessageType.METHOD_CALL:
-            dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            dropped.set_result(None)
-            return dropped
-        sent: asyncio.Future[None] = super().send(msg)
-        return sent
-
-    async def calls_finished(self, timeout: float) -> int:
-        """Wait until the method calls being served have ended, at most `timeout` seconds;
-        how many still run then."""
-        return await errors.calls_finished(timeout)
-
-    def _introspect_export_path(self, path: str) -> Node:
-        node: Node = super()._introspect_export_path(path)
-        if path == ROOT_PATH and not node.interfaces:
-            children = node.nodes
-            node = Node.default(path)
-            node.nodes = children
-        return node
-
-    #: While True, exports announce nothing: the first export of the whole tree happens before
-    #: the daemon owns its name, when no client can be matching its signals, and announcing
-    #: 10,000 devices then would cost start-up time and memory for nobody.
-    quiet_exports = False
-
-    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
-        if self.quiet_exports:
-            return
-        properties = getattr(interface, "properties", None)
-        if properties is None or not path.startswith(ROOT_PATH + "/"):
-            super()._emit_interface_added(path, interface)
-            return
-        if self._disconnected:
-            return
-        self.send(
-            Message.new_signal(
-                path=ROOT_PATH,
-                interface=OBJECT_MANAGER_INTERFACE,
-                member="InterfacesAdded",
-                signature="oa{sa{sv}}",
-                body=[path, {interface.name: variants(properties())}],
-            )
-        )
-
-    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
-        if not path.startswith(ROOT_PATH + "/"):
-            super()._emit_interface_removed(path, removed_interfaces)
-            return
-        if self._disconnected:
-            return
-        self.send(
-            Message.new_signal(
-                path=ROOT_PATH,
-                interface=OBJECT_MANAGER_INTERFACE,
-                member="InterfacesRemoved",
-                signature="oas",
-                body=[path, removed_interfaces],
-            )
-        )
 
 
 class ObjectTree:
@@ -139,14 +48,18 @@ class ObjectTree:
     ) -> None:
         self.bus = bus
         self.engine = engine
-        self.authorize = authorize
-        self.reload: Reload = reload or engine.reload
-        self.features = tuple(features)
-        self.manager = ManagerInterface(self)
-        self._devices: dict[str, DeviceInterface] = {}
-        self._parents: dict[str, ParentInterface] = {}
         #: GetManagedObjects and ListDevices, from a cache this tree keeps current.
         self.reads = ReadServer(bus, self.interface_at)
+        self.context = HandlerContext(
+            engine=engine,
+            authorize=authorize,
+            reload=reload or engine.reload,
+            list_devices=self.reads.device_list,
+            features=tuple(features),
+        )
+        self.manager = ManagerInterface(self.context)
+        self._devices: dict[str, DeviceInterface] = {}
+        self._parents: dict[str, ParentInterface] = {}
 
     def export_all(self) -> None:
         """Export the manager and every object the engine knows; then follow its changes.
@@ -187,7 +100,7 @@ class ObjectTree:
     def device_changed(self, state: DeviceState) -> None:
         interface = self._devices.get(state.uuid)
         if interface is None:
-            interface = DeviceInterface(self, state)
+            interface = DeviceInterface(self.context, state)
             self._devices[state.uuid] = interface
             self.bus.export(device_path(state.uuid), interface)
             self.reads.changed(device_path(state.uuid))
@@ -206,7 +119,7 @@ class ObjectTree:
     def parent_changed(self, parent: Parent) -> None:
         interface = self._parents.get(parent.name)
         if interface is None:
-            self._parents[parent.name] = ParentInterface(parent)
+            self._parents[parent.name] = ParentInterface(self.context, parent)
             self.bus.export(parent_path(parent.name), self._parents[parent.name])
             self.reads.changed(parent_path(parent.name))
             self._refresh_parent_objects(parent.name)

@@ -22,8 +22,9 @@ from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from mdevd.bus.caller import CallerTracker
+from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.reads import LATER_DEVICE_PROPERTIES, ReadLimiter
-from mdevd.bus.tree import ManagedObjectBus, ObjectTree
+from mdevd.bus.tree import ObjectTree
 from mdevd.engine import Engine
 from mdevd.errors import Busy
 from mdevd.kernel import Sysfs

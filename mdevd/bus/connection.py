@@ -1,0 +1,97 @@
+# SPDX-License-Identifier: LGPL-2.1-or-later
+"""The daemon's connection to the bus: dbus-fast's MessageBus, as an ObjectManager needs it.
+
+Signals about the object tree go out from the ObjectManager's path as the D-Bus specification
+says (dbus-fast would send InterfacesAdded from the object's own path, which
+GDBusObjectManagerClient and sd-bus clients ignore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from dbus_fast import Message, MessageType
+from dbus_fast.introspection import Node
+from dbus_fast.service import ServiceInterface
+
+from mdevd.bus import errors
+from mdevd.bus.names import OBJECT_MANAGER_INTERFACE, ROOT_PATH
+from mdevd.bus.reads import variants
+from mdevd.bus.sendfix import PacedMessageBus
+
+
+class ManagedObjectBus(PacedMessageBus):
+    """A MessageBus whose InterfacesAdded/Removed come from the ObjectManager at ROOT_PATH.
+
+    Paced (mdevd.bus.sendfix): a full send buffer never disconnects it.
+
+    GetManagedObjects is answered by the tree's `ReadServer` (dbus-fast's own handler costs the
+    square of the number of objects). dbus-fast introspects a path that has no
+    exported interface of its own as a bare node; ROOT_PATH has none, so it is introspected
+    with the standard interfaces (ObjectManager among them), as the contract places it there.
+
+    Once disconnected, replies and signals are dropped: nobody can receive them, and dbus-fast
+    would raise from its reply callback on the closed socket (logged by asyncio as an error).
+    """
+
+    # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        if self._disconnected and msg.message_type is not MessageType.METHOD_CALL:
+            dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            dropped.set_result(None)
+            return dropped
+        sent: asyncio.Future[None] = super().send(msg)
+        return sent
+
+    async def calls_finished(self, timeout: float) -> int:
+        """Wait until the method calls being served have ended, at most `timeout` seconds;
+        how many still run then."""
+        return await errors.calls_finished(timeout)
+
+    def _introspect_export_path(self, path: str) -> Node:
+        node: Node = super()._introspect_export_path(path)
+        if path == ROOT_PATH and not node.interfaces:
+            children = node.nodes
+            node = Node.default(path)
+            node.nodes = children
+        return node
+
+    #: While True, exports announce nothing: the first export of the whole tree happens before
+    #: the daemon owns its name, when no client can be matching its signals, and announcing
+    #: 10,000 devices then would cost start-up time and memory for nobody.
+    quiet_exports = False
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if self.quiet_exports:
+            return
+        properties = getattr(interface, "properties", None)
+        if properties is None or not path.startswith(ROOT_PATH + "/"):
+            super()._emit_interface_added(path, interface)
+            return
+        if self._disconnected:
+            return
+        self.send(
+            Message.new_signal(
+                path=ROOT_PATH,
+                interface=OBJECT_MANAGER_INTERFACE,
+                member="InterfacesAdded",
+                signature="oa{sa{sv}}",
+                body=[path, {interface.name: variants(properties())}],
+            )
+        )
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        if not path.startswith(ROOT_PATH + "/"):
+            super()._emit_interface_removed(path, removed_interfaces)
+            return
+        if self._disconnected:
+            return
+        self.send(
+            Message.new_signal(
+                path=ROOT_PATH,
+                interface=OBJECT_MANAGER_INTERFACE,
+                member="InterfacesRemoved",
+                signature="oas",
+                body=[path, removed_interfaces],
+            )
+        )

@@ -11,7 +11,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
-from tests.daemon.harness import unwrap
+from mdevd.replies import unwrap
 from tests.support.sim import RunningSim
 
 #: `MDEVD_CHAOS=long` (by hand): many more trials and rounds than CI can afford.

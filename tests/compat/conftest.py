@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mdevd.client import Client, Event
+from mdevd.client import Client
 from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.paths import REPO
@@ -163,61 +162,6 @@ def start_stack(dirs: CompatDirs, bus_address: str) -> Iterator[StackFactory]:
             return Stack(daemon, sim, dirs, bus_address)
 
         yield start
-
-
-class EventRecorder:
-    """Every DeviceEvent the daemon sends, collected by a client on a thread of its own."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.events: list[Event] = []
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> EventRecorder:
-        self._thread.start()
-        assert self._ready.wait(20), "the event recorder did not subscribe"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        client = await Client.connect(self.address)
-        iterator = client.events()
-
-        async def consume() -> None:
-            async for event in iterator:
-                if event.kind == "device-event":
-                    self.events.append(event)
-
-        # events() subscribes before its first yield; a no-op call after it proves it is done.
-        task = asyncio.get_running_loop().create_task(consume())
-        await asyncio.sleep(0)
-        await client.managed_objects()
-        await asyncio.sleep(0.2)
-        self._ready.set()
-        await self._stop.wait()
-        task.cancel()
-        client.close()
-
-    def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 20) -> Event:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in list(self.events):
-                if predicate(event):
-                    return event
-            time.sleep(0.02)
-        raise AssertionError(f"no such event within {timeout} s; saw {self.events}")
 
 
 class ClientThread:

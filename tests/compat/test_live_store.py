@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from mdevd.client import Client
-from tests.compat.conftest import CompatDirs, EventRecorder, Stack, StackFactory
+from tests.compat.conftest import CompatDirs, Stack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
+from tests.support.signals import SignalRecorder
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180, method="thread")
@@ -91,25 +92,26 @@ def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
     start_stack: StackFactory,
 ) -> None:
     stack = start_stack()
-    with EventRecorder(stack.address) as recorder:
+    with SignalRecorder(stack.address) as recorder:
         _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
-        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "defined")
+        recorder.wait_for_event(lambda e: e.uuid == U1 and e.event == "defined", timeout=20)
         _call(stack, "update", U1, autostart=True)
-        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "updated")
+        recorder.wait_for_event(lambda e: e.uuid == U1 and e.event == "updated", timeout=20)
         path = stack.file("mtty", U1)
         assert json.loads(path.read_text())["start"] == "auto"
 
         # mdevd's own writes, re-read: nothing happened.
-        before = len(recorder.events)
+        before = recorder.mark()
         _call(stack, "reload")
         _call(stack, "reload")
-        assert [(e.uuid, e.event) for e in recorder.events[before:]] == []
+        assert [(e.uuid, e.event) for e in recorder.events(since=before)] == []
 
         # Someone else's edit (the real mdevctl, an admin): picked up as a config change.
         path.write_text(json.dumps({"mdev_type": "mtty-2", "start": "auto"}))
         _call(stack, "reload")
-        recorder.wait_for(
-            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
+        recorder.wait_for_event(
+            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config",
+            timeout=20,
         )
         assert _call(stack, "device", U1).type_id == "mtty-2"
 
@@ -118,10 +120,10 @@ def test_own_writes_do_not_come_back_as_changes_but_external_edits_do(
             json.dumps({"mdev_type": "mtty-1", "start": "manual", "attrs": []})
         )
         _call(stack, "reload")
-        recorder.wait_for(lambda e: e.uuid == U2 and e.event == "defined")
+        recorder.wait_for_event(lambda e: e.uuid == U2 and e.event == "defined", timeout=20)
 
         _call(stack, "undefine", U1)
-        recorder.wait_for(lambda e: e.uuid == U1 and e.event == "undefined")
+        recorder.wait_for_event(lambda e: e.uuid == U1 and e.event == "undefined", timeout=20)
         assert not path.exists()
 
 
@@ -134,7 +136,7 @@ def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
 ) -> None:
     stack = start_stack()
     mdevctl = stack.dirs.mdevctl
-    with EventRecorder(stack.address) as recorder:
+    with SignalRecorder(stack.address) as recorder:
         # mdevd's own writes there (a new parent directory, the file, an update) are seen by
         # the watcher and recognised: no reload.
         _call(stack, "define_device", "mtty", "mtty-1", uuid=U1)
@@ -151,11 +153,14 @@ def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
         (mdevctl / "mtty" / U2).write_text(
             json.dumps({"mdev_type": "mtty-2", "start": "manual", "attrs": []})
         )
-        defined = recorder.wait_for(lambda e: e.uuid == U2 and e.event == "defined")
+        defined = recorder.wait_for_event(
+            lambda e: e.uuid == U2 and e.event == "defined", timeout=20
+        )
         assert defined.details["reason"] == "config"
         (mdevctl / "mtty" / U1).write_text(json.dumps({"mdev_type": "mtty-2", "start": "auto"}))
-        recorder.wait_for(
-            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config"
+        recorder.wait_for_event(
+            lambda e: e.uuid == U1 and e.event == "updated" and e.details["reason"] == "config",
+            timeout=20,
         )
         assert _call(stack, "device", U1).type_id == "mtty-2"
 
@@ -164,11 +169,11 @@ def test_changes_other_tools_make_in_mdevctls_directory_apply_without_a_reload(
         arriving.mkdir()
         (arriving / U3).write_text(json.dumps({"mdev_type": "mdpy-vga", "start": "manual"}))
         arriving.rename(mdevctl / "mdpy")
-        recorder.wait_for(lambda e: e.uuid == U3 and e.event == "defined")
+        recorder.wait_for_event(lambda e: e.uuid == U3 and e.event == "defined", timeout=20)
         shutil.rmtree(mdevctl / "mdpy")
-        recorder.wait_for(lambda e: e.uuid == U3 and e.event == "undefined")
+        recorder.wait_for_event(lambda e: e.uuid == U3 and e.event == "undefined", timeout=20)
         (mdevctl / "mtty" / U2).unlink()
-        recorder.wait_for(lambda e: e.uuid == U2 and e.event == "undefined")
+        recorder.wait_for_event(lambda e: e.uuid == U2 and e.event == "undefined", timeout=20)
     assert stack.daemon.log().count(RELOAD_FOR_OTHERS) >= 3
 
 

@@ -1,23 +1,20 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """A synchronous D-Bus client for the daemon tests, recording every signal the daemon sends.
 
-The tests are plain functions; the connection lives on its own thread with its own asyncio
-loop (dbus-fast is asyncio only). Every signal from `org.mdevd.Mdevd1` is recorded, in the order
-the bus delivered it, by the same loop that resolves method replies. So when a call returns
-here, every signal the daemon sent before its reply has already been recorded: "the signal
-came before the reply" is a plain membership test, no waiting involved.
+`BusClient` is a `tests.support.signals.SignalRecorder` that also calls the daemon. Every
+signal from `org.mdevd.Mdevd1` is recorded, in the order the bus delivered it, by the same loop
+that resolves method replies. So when a call returns here, every signal the daemon sent before
+its reply has already been recorded: "the signal came before the reply" is a plain membership
+test, no waiting involved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
-import threading
 import uuid as uuid_module
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +24,10 @@ from dbus_fast.aio import MessageBus
 from mdevd.bus import names
 from mdevd.bus.paths import device_path, parent_path
 from mdevd.client import DaemonError
+from mdevd.replies import unwrap
 from mdevd.sim.control import UeventRecord
+from tests.support.signals import SignalRecorder
 from tests.support.sim import RunningSim
-from tests.support.waiting import WAIT_TIMEOUT, wait_until
 
 T = TypeVar("T")
 
@@ -51,7 +49,6 @@ __all__ = [
     "CALL_TIMEOUT",
     "BusClient",
     "DaemonError",
-    "Signal",
     "device_path",
     "new_uuid",
     "options",
@@ -77,115 +74,12 @@ def options(**values: Any) -> dict[str, Variant]:
     return result
 
 
-def unwrap(value: Any) -> Any:
-    """Variants replaced by their values, structs (tuples) by lists, all the way down."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {key: unwrap(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [unwrap(item) for item in value]
-    return value
-
-
-@dataclass(frozen=True)
-class Signal:
-    """One signal the daemon sent, its body unwrapped."""
-
-    index: int
-    path: str
-    interface: str
-    member: str
-    body: list[Any]
-
-    @property
-    def object_path(self) -> str:
-        """The object it is about: the first argument of ObjectManager signals, else `path`."""
-        if self.interface == names.OBJECT_MANAGER_INTERFACE:
-            return str(self.body[0])
-        if self.member == "DeviceEvent":
-            return str(self.body[0])
-        return self.path
-
-    def is_added(self, path: str) -> bool:
-        return self.member == "InterfacesAdded" and self.body[0] == path
-
-    def is_removed(self, path: str) -> bool:
-        return self.member == "InterfacesRemoved" and self.body[0] == path
-
-    def is_event(self, uuid: str, event: str | None = None) -> bool:
-        return (
-            self.member == "DeviceEvent"
-            and self.body[1] == uuid
-            and (event is None or self.body[2] == event)
-        )
-
-    def changed(self, path: str) -> dict[str, Any] | None:
-        """The changed properties if this is PropertiesChanged of `path`."""
-        if self.member == "PropertiesChanged" and self.path == path:
-            result: dict[str, Any] = self.body[1]
-            return result
-        return None
-
-
-class BusClient:
-    """One connection to the bus, driven from the test's thread."""
+class BusClient(SignalRecorder):
+    """One connection to the bus, driven from the test's thread: it records every signal of
+    the daemon (tests.support.signals) and makes calls."""
 
     def __init__(self, address: str) -> None:
-        self.address = address
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="test-bus-client", daemon=True
-        )
-        self._thread.start()
-        self._lock = threading.Lock()
-        self._signals: list[Signal] = []
-        self._counter = itertools.count()
-        self.bus: MessageBus = self.run(self._connect())
-
-    async def _connect(self) -> MessageBus:
-        bus = await MessageBus(bus_address=self.address).connect()
-        bus.add_message_handler(self._on_message)
-        await self._call_on(
-            bus,
-            Message(
-                destination=names.DBUS_BUS_NAME,
-                path=names.DBUS_PATH,
-                interface=names.DBUS_INTERFACE,
-                member="AddMatch",
-                signature="s",
-                body=[f"type='signal',sender='{names.BUS_NAME}'"],
-            ),
-        )
-        return bus
-
-    def _on_message(self, message: Message) -> None:
-        if message.message_type is not MessageType.SIGNAL:
-            return
-        with self._lock:
-            self._signals.append(
-                Signal(
-                    next(self._counter),
-                    message.path or "",
-                    message.interface or "",
-                    message.member or "",
-                    unwrap(message.body),
-                )
-            )
-
-    def close(self) -> None:
-        if self.bus.connected:
-            self._loop.call_soon_threadsafe(self.bus.disconnect)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    # ---- running things on the loop ----------------------------------------------------------
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT) -> T:
-        return self.submit(coroutine).result(timeout)
+        super().__init__(address, thread_name="test-bus-client")
 
     # ---- calls -------------------------------------------------------------------------------
 
@@ -301,31 +195,6 @@ class BusClient:
     def introspect(self, path: str) -> str:
         (xml,) = self.call(path, names.INTROSPECTABLE_INTERFACE, "Introspect")
         return str(xml)
-
-    # ---- signals -----------------------------------------------------------------------------
-
-    def mark(self) -> int:
-        """A position in the signal record: `signals(since=mark)` is what came after it."""
-        with self._lock:
-            return len(self._signals)
-
-    def signals(self, since: int = 0) -> list[Signal]:
-        with self._lock:
-            return list(self._signals[since:])
-
-    def wait_signal(
-        self, predicate: Callable[[Signal], bool], since: int = 0, timeout: float = WAIT_TIMEOUT
-    ) -> Signal:
-        def found() -> Signal | None:
-            return next((s for s in self.signals(since) if predicate(s)), None)
-
-        signal = wait_until(found, timeout, "a signal")
-        assert signal is not None
-        return signal
-
-    def events(self, uuid: str, since: int = 0) -> list[tuple[str, dict[str, Any]]]:
-        """The (event, details) of every DeviceEvent about `uuid` since `since`."""
-        return [(s.body[2], s.body[3]) for s in self.signals(since) if s.is_event(uuid)]
 
 
 @contextmanager

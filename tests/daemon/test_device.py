@@ -163,7 +163,7 @@ def test_an_update_that_changes_nothing_writes_and_signals_nothing(client: BusCl
     after = os.stat(config_file)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     client.update(uuid, {"autostart": False})  # a real change is still one
-    assert client.events(uuid, since=mark) == [("updated", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("updated", {"reason": "api"})]
     client.undefine(uuid)
 
 

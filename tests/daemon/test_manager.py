@@ -220,7 +220,7 @@ def test_an_autostart_definition_starts_when_its_parent_registers(
     sim.control.register("0000:66:00.0")
     try:
         client.wait_signal(lambda s: s.is_event(uuid, "started"), since=mark)
-        assert ("started", {"reason": "autostart"}) in client.events(uuid, since=mark)
+        assert ("started", {"reason": "autostart"}) in client.event_details(uuid, since=mark)
         assert in_sysfs(sim, uuid)
         device = client.device(uuid)
         assert device["Active"] is True
@@ -282,7 +282,7 @@ def test_reload_picks_up_added_changed_and_removed_files(
     client.reload()
     # Added: defined, and (autostart, parent present) started.
     assert any(s.is_added(device_path(uuid)) for s in client.signals(mark))
-    assert client.events(uuid, since=mark) == [
+    assert client.event_details(uuid, since=mark) == [
         ("defined", {"reason": "config"}),
         ("started", {"reason": "autostart"}),
     ]
@@ -293,13 +293,13 @@ def test_reload_picks_up_added_changed_and_removed_files(
     mark = client.mark()
     path.write_text(path.read_text().replace("autostart = true", "autostart = false"))
     client.reload()
-    assert client.events(uuid, since=mark) == [("updated", {"reason": "config"})]
+    assert client.event_details(uuid, since=mark) == [("updated", {"reason": "config"})]
     assert client.device(uuid)["Autostart"] is False
 
     mark = client.mark()
     path.unlink()
     client.reload()
-    assert client.events(uuid, since=mark) == [("undefined", {"reason": "config"})]
+    assert client.event_details(uuid, since=mark) == [("undefined", {"reason": "config"})]
     device = client.device(uuid)
     # A removed definition leaves its running device alone.
     assert (device["Defined"], device["Active"], device["ConfigFile"]) == (False, True, "")

@@ -119,7 +119,7 @@ def test_a_repeated_define_returns_the_same_device_and_leaves_the_file_alone(
     assert first == second
     after = os.stat(config_file)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert client.events(uuid, since=mark) == []
+    assert client.event_details(uuid, since=mark) == []
     assert [r.action for r in device_uevents(sim, uuid)] == ["add", "bind"]
     error = _error(
         client.manager_async(
@@ -164,7 +164,7 @@ def test_when_the_rollback_fails_too_the_first_error_is_reported_and_the_device_
     # The device could not be removed: it must not be hidden, or nobody could stop it.
     assert in_sysfs(sim, uuid)
     assert any(s.is_added(device_path(uuid)) for s in client.signals(mark))
-    [(event, details)] = client.events(uuid, since=mark)
+    [(event, details)] = client.event_details(uuid, since=mark)
     assert (event, details["error_name"]) == ("start-failed", names.error_name("AttributeRejected"))
     device = client.device(uuid)
     assert (device["Active"], device["Defined"]) == (True, False)

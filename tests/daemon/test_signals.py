@@ -18,7 +18,6 @@ from mdevd.bus import names
 from tests.daemon.harness import (
     BusClient,
     DaemonError,
-    Signal,
     create_behind_the_daemons_back,
     device_path,
     in_sysfs,
@@ -26,6 +25,7 @@ from tests.daemon.harness import (
     parent_path,
     remove_behind_the_daemons_back,
 )
+from tests.support.signals import Signal
 from tests.support.sim import RunningSim
 
 
@@ -61,7 +61,7 @@ def test_create_and_stop_of_a_transient_device(client: BusClient) -> None:
     assert added.path == names.ROOT_PATH
     assert added.interface == names.OBJECT_MANAGER_INTERFACE
     assert added.body[1] == {names.DEVICE_INTERFACE: client.device(uuid)}
-    assert client.events(uuid, since=mark) == [("started", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("started", {"reason": "api"})]
     [event] = [s for s in client.signals(mark) if s.is_event(uuid)]
     assert (event.path, event.interface, event.body[0]) == (
         names.MANAGER_PATH,
@@ -71,7 +71,7 @@ def test_create_and_stop_of_a_transient_device(client: BusClient) -> None:
 
     mark = client.mark()
     client.stop(uuid)
-    assert client.events(uuid, since=mark) == [("stopped", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("stopped", {"reason": "api"})]
     [removed] = [s for s in client.signals(mark) if s.is_removed(path)]
     assert removed.path == names.ROOT_PATH
     assert removed.body[1] == [names.DEVICE_INTERFACE]
@@ -82,30 +82,30 @@ def test_the_lifecycle_of_a_defined_device(client: BusClient) -> None:
     mark = client.mark()
     client.define_device("mtty", "mtty-1", uuid=uuid)
     assert any(s.is_added(device_path(uuid)) for s in client.signals(mark))
-    assert client.events(uuid, since=mark) == [("defined", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("defined", {"reason": "api"})]
 
     mark = client.mark()
     client.start(uuid)
-    assert client.events(uuid, since=mark) == [("started", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("started", {"reason": "api"})]
     _assert_changes_are_the_new_state(
         client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
     )
 
     mark = client.mark()
     client.update(uuid, {"autostart": True, "attributes": []})
-    assert client.events(uuid, since=mark) == [("updated", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("updated", {"reason": "api"})]
     _assert_changes_are_the_new_state(client, uuid, mark, {"Autostart"})
 
     mark = client.mark()
     client.stop(uuid)
-    assert client.events(uuid, since=mark) == [("stopped", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("stopped", {"reason": "api"})]
     _assert_changes_are_the_new_state(
         client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
     )
 
     mark = client.mark()
     client.undefine(uuid)
-    assert client.events(uuid, since=mark) == [("undefined", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("undefined", {"reason": "api"})]
     assert any(s.is_removed(device_path(uuid)) for s in client.signals(mark))
 
 
@@ -114,12 +114,12 @@ def test_define_and_undefine_of_a_running_device(client: BusClient) -> None:
     client.create_device("par-a", "par-a-1", uuid=uuid, attributes=[("setting", "1")])
     mark = client.mark()
     client.define(uuid, autostart=True)
-    assert client.events(uuid, since=mark) == [("defined", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("defined", {"reason": "api"})]
     _assert_changes_are_the_new_state(client, uuid, mark, {"Defined", "Autostart", "ConfigFile"})
 
     mark = client.mark()
     client.undefine(uuid)
-    assert client.events(uuid, since=mark) == [("undefined", {"reason": "api"})]
+    assert client.event_details(uuid, since=mark) == [("undefined", {"reason": "api"})]
     _assert_changes_are_the_new_state(client, uuid, mark, {"Defined", "Autostart", "ConfigFile"})
     assert not any(s.is_removed(device_path(uuid)) for s in client.signals(mark))
     client.stop(uuid)
@@ -133,7 +133,7 @@ def test_a_failed_start_is_an_event_and_the_last_error(client: BusClient, sim: R
     with pytest.raises(DaemonError) as raised:
         client.start(uuid)
     assert raised.value.short_name == "Failed"
-    [(event, details)] = client.events(uuid, since=mark)
+    [(event, details)] = client.event_details(uuid, since=mark)
     assert event == "start-failed"
     assert details == {
         "reason": "api",
@@ -164,13 +164,13 @@ def test_a_device_created_and_removed_by_another_tool(client: BusClient, sim: Ru
     added = [s for s in client.signals(mark) if s.is_added(path)]
     assert len(added) == 1
     assert added[0].body[1][names.DEVICE_INTERFACE]["Type"] == "mtty-2"
-    assert client.events(uuid, since=mark) == [("started", {"reason": "kernel"})]
+    assert client.event_details(uuid, since=mark) == [("started", {"reason": "kernel"})]
     assert client.device(uuid)["Active"] is True
 
     mark = client.mark()
     remove_behind_the_daemons_back(sim, uuid)
     client.wait_signal(lambda s: s.is_removed(path), since=mark)
-    assert client.events(uuid, since=mark) == [("stopped", {"reason": "kernel"})]
+    assert client.event_details(uuid, since=mark) == [("stopped", {"reason": "kernel"})]
 
 
 def test_a_defined_device_started_and_stopped_by_another_tool(
@@ -181,7 +181,7 @@ def test_a_defined_device_started_and_stopped_by_another_tool(
     mark = client.mark()
     create_behind_the_daemons_back(sim, "mtty", "mtty-1", uuid)
     client.wait_signal(lambda s: s.is_event(uuid, "started"), since=mark)
-    assert client.events(uuid, since=mark) == [("started", {"reason": "kernel"})]
+    assert client.event_details(uuid, since=mark) == [("started", {"reason": "kernel"})]
     _assert_changes_are_the_new_state(
         client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
     )
@@ -189,7 +189,7 @@ def test_a_defined_device_started_and_stopped_by_another_tool(
     mark = client.mark()
     remove_behind_the_daemons_back(sim, uuid)
     client.wait_signal(lambda s: s.is_event(uuid, "stopped"), since=mark)
-    assert client.events(uuid, since=mark) == [("stopped", {"reason": "kernel"})]
+    assert client.event_details(uuid, since=mark) == [("stopped", {"reason": "kernel"})]
     _assert_changes_are_the_new_state(
         client, uuid, mark, {"Active", "SysfsPath", "IommuGroup", "Status"}
     )
@@ -215,7 +215,7 @@ def test_a_parent_going_and_coming_back(client: BusClient, sim: RunningSim) -> N
     client.wait_signal(lambda s: s.is_removed(parent), since=mark)
     client.wait_signal(lambda s: s.changed(device_path(uuid)) == {"ParentObject": "/"}, mark)
     client.wait_signal(lambda s: s.is_removed(device_path(transient)), since=mark)
-    assert client.events(transient, since=mark) == [("stopped", {"reason": "kernel"})]
+    assert client.event_details(transient, since=mark) == [("stopped", {"reason": "kernel"})]
 
 
 # ---- nothing but what happened -----------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_concurrent_operations_signal_only_their_own_effects(
         future.result()
     for uuid in created:
         assert not in_sysfs(sim, uuid)
-        assert client.events(uuid, since=mark) == [
+        assert client.event_details(uuid, since=mark) == [
             ("started", {"reason": "api"}),
             ("stopped", {"reason": "api"}),
         ]
@@ -280,7 +280,7 @@ def test_a_failed_autostart_is_an_event_and_the_last_error(
     sim.control.register("0000:66:00.0")
     try:
         client.wait_signal(lambda s: s.is_event(uuid, "start-failed"), since=mark)
-        [(event, details)] = client.events(uuid, since=mark)
+        [(event, details)] = client.event_details(uuid, since=mark)
         assert (event, details["reason"], details["error_name"]) == (
             "start-failed",
             "autostart",

@@ -50,10 +50,10 @@ def test_startup_failures_are_sent_again_once_the_name_is_owned(
                 )
                 # A call's reply comes after every signal sent before it: none is still coming.
                 client.get_device(failing)
-                events = client.events(failing, since=mark)
+                events = client.event_details(failing, since=mark)
                 last_error = client.device(failing)["LastError"]
                 assert client.device(started)["Status"] == "active"
-                assert client.events(started, since=mark) == []  # only failures are replayed
+                assert client.event_details(started, since=mark) == []  # only failures are replayed
                 log = daemon.log()
         finally:
             sim.control.clear()

@@ -144,7 +144,7 @@ def test_a_create_the_kernel_does_not_finish_in_time_is_timeout_and_undone(
     wait_until(lambda: [r.action for r in device_uevents(sim, uuid)][-1:] == ["remove"], 20)
     assert not in_sysfs(sim, uuid)
     assert _error(lambda: client.get_device(uuid)).short_name == "NotFound"
-    assert client.events(uuid, since=mark) == []
+    assert client.event_details(uuid, since=mark) == []
     assert not any(s.object_path == device_path(uuid) for s in client.signals(mark))
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from tests.support.bus import private_bus
 from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.signals import EVENTS_FROM_ANY_SENDER, SignalRecorder
 from tests.support.sim import RunningSim, running_sim
-from tests.udev.support import SCENARIO, Recorder, daemon_config
+from tests.udev.support import SCENARIO, daemon_config
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Setup:
     sim: RunningSim
     devices_dir: Path
     workdir: Path
-    recorder: Recorder
+    recorder: SignalRecorder
     daemon: DaemonProcess | None = None
 
 
@@ -57,7 +58,7 @@ StartDaemon = Callable[..., DaemonProcess]
 @pytest.fixture
 def world(bus_address: str, sim: RunningSim, workdir: Path) -> Iterator[Setup]:
     """The bus, the kernel and a recorder; `start_daemon(world)` adds the daemon."""
-    with Recorder(bus_address) as recorder:
+    with SignalRecorder(bus_address, EVENTS_FROM_ANY_SENDER) as recorder:
         yield Setup(bus_address, sim, workdir / "devices.d", workdir, recorder)
 
 

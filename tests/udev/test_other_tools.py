@@ -42,7 +42,7 @@ def test_a_device_made_and_removed_by_another_tool_is_an_object_while_it_exists(
     (started,) = world.recorder.wait_for_events(1, uuid, "started")
     assert started.details == {"reason": "kernel"}
     assert started.path == device_path(uuid)
-    assert any(s.kind == "added" and s.path == device_path(uuid) for s in world.recorder.signals())
+    assert any(e.path == device_path(uuid) for e in world.recorder.events(kind="added"))
     device = objects(world.address).devices[uuid]
     assert (device.active, device.defined, device.parent, device.type_id) == (
         True,
@@ -61,9 +61,7 @@ def test_a_device_made_and_removed_by_another_tool_is_an_object_while_it_exists(
     (stopped,) = world.recorder.wait_for_events(1, uuid, "stopped")
     assert stopped.details == {"reason": "kernel"}
     wait_until(lambda: uuid not in objects(world.address).devices or None, what="the object to go")
-    assert any(
-        s.kind == "removed" and s.path == device_path(uuid) for s in world.recorder.signals()
-    )
+    assert any(e.path == device_path(uuid) for e in world.recorder.events(kind="removed"))
     assert agreement(world.sim, world.address) is None
     assert attempts(world.sim, uuid) == 1  # only the other tool's: mdevd did not touch it
 

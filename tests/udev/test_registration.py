@@ -190,7 +190,7 @@ def test_unregister_makes_devices_inactive_and_reregistration_autostarts_again(
         device = shown.devices[uuid]
         assert (device.defined, device.active, device.sysfs_path) == (True, False, "")
         assert device.parent_object == "/"
-    removed = {s.path for s in world.recorder.signals() if s.kind == "removed"}
+    removed = {e.path for e in world.recorder.events(kind="removed")}
     assert parent_path("mtty") in removed
     assert agreement(world.sim, world.address) is None
 

@@ -30,12 +30,12 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mdevd import definitions
 from mdevd.definitions import Problem, ProblemKind, printable_path
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
-from mdevd.model import Definition
+from mdevd.model import Attributes, Definition
 
 if TYPE_CHECKING:
     # Only a type here: the mdevctl front end parses mdevctl's JSON and must not pay for
@@ -138,44 +138,76 @@ def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> D
 
 
 # --- export -------------------------------------------------------------------------------
+# The one place mdevctl's JSON is built: the definition files, `--dumpjson`, and the callouts'
+# stdin, whether the daemon writes them or the `mdevctl` front end prints them.
 
 
-def to_mdevctl_object(definition: Definition) -> dict[str, Any]:
-    """A definition as mdevctl's JSON object (what its config files and `--dumpjson` hold)."""
+class MdevctlDevice(Protocol):
+    """What mdevctl's JSON says of a device: a `Definition`, or the front end's listed device."""
+
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def parent(self) -> str: ...
+    @property
+    def type_id(self) -> str: ...
+    @property
+    def autostart(self) -> bool: ...
+    @property
+    def attributes(self) -> Attributes: ...
+
+
+def config_object(device: MdevctlDevice) -> dict[str, Any]:
+    """A device as mdevctl's JSON object, `{"mdev_type", "start", "attrs"}`: what its config
+    files, `--dumpjson` and the callouts' stdin hold."""
     return {
-        "mdev_type": definition.type_id,
-        "start": "auto" if definition.autostart else "manual",
-        "attrs": [{name: value} for name, value in definition.attributes],
+        "mdev_type": device.type_id,
+        "start": "auto" if device.autostart else "manual",
+        "attrs": [{name: value} for name, value in device.attributes],
     }
 
 
-def _pretty(value: object) -> str:
-    # serde_json's to_string_pretty: two-space indent, UTF-8 left unescaped.
+def listing_object(devices: Iterable[MdevctlDevice]) -> list[dict[str, Any]]:
+    """`list --dumpjson`'s shape: `[{"<parent>": [{"<uuid>": {...}}, ...], ...}]`, parents
+    (byte order) and UUIDs sorted; `[]` if there are none."""
+    by_parent: dict[str, list[MdevctlDevice]] = {}
+    for device in devices:
+        by_parent.setdefault(device.parent, []).append(device)
+    if not by_parent:
+        return []
+    return [
+        {
+            parent: [
+                {d.uuid: config_object(d)} for d in sorted(by_parent[parent], key=lambda d: d.uuid)
+            ]
+            for parent in sorted(by_parent)
+        }
+    ]
+
+
+def pretty_json(value: object) -> str:
+    """serde_json's `to_string_pretty`: two-space indent, `": "`, UTF-8 left unescaped."""
     return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def compact_json(value: object) -> str:
+    """serde_json's `to_string`: no whitespace, UTF-8 left unescaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def to_mdevctl_json(definition: Definition) -> str:
     """One definition as mdevctl writes its file `/etc/mdevctl.d/<parent>/<uuid>`."""
-    return _pretty(to_mdevctl_object(definition))
+    return pretty_json(config_object(definition))
+
+
+def config_json(device: MdevctlDevice) -> str:
+    """The device's config as callout scripts read it on stdin."""
+    return compact_json(config_object(device))
 
 
 def dumpjson(defined: Iterable[Definition]) -> str:
-    """`mdevctl list --defined --dumpjson` for these definitions.
-
-    `[{"<parent>": [{"<uuid>": {...}}, ...], ...}]`, parents and UUIDs sorted; `[]` if none.
-    """
-    by_parent: dict[str, list[Definition]] = {}
-    for definition in defined:
-        by_parent.setdefault(definition.parent, []).append(definition)
-    if not by_parent:
-        return _pretty([])
-    parents = {
-        parent: [
-            {d.uuid: to_mdevctl_object(d)} for d in sorted(by_parent[parent], key=lambda d: d.uuid)
-        ]
-        for parent in sorted(by_parent)
-    }
-    return _pretty([parents])
+    """`mdevctl list --defined --dumpjson` for these definitions (without the final newline)."""
+    return pretty_json(listing_object(defined))
 
 
 # --- reading a tree -----------------------------------------------------------------------

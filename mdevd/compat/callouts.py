@@ -52,6 +52,7 @@ from mdevd.inotify import (
     IN_ONLYDIR,
     Inotify,
 )
+from mdevd.mdevctl_format import config_json
 from mdevd.model import Definition
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,6 @@ PROVIDES = {
         "events": ["pre", "post", "notify", "get", "live"],
     }
 }
-
-
-def config_json(device: Definition) -> str:
-    """The device's config as scripts read it on stdin (serde_json's compact `to_string`)."""
-    document = {
-        "mdev_type": device.type_id,
-        "start": "auto" if device.autostart else "manual",
-        "attrs": [{name: value} for name, value in device.attributes],
-    }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,9 @@ from mdevd.compat.callouts import (
     Event,
     ScriptRun,
     State,
-    config_json,
 )
 from mdevd.errors import Failed, MdevdError, Timeout, Vetoed
+from mdevd.mdevctl_format import config_json
 from mdevd.model import Attributes, Definition
 
 log = logging.getLogger(__name__)

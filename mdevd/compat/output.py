@@ -4,16 +4,18 @@
 mdevctl builds each listing as a string and prints it with `println!`, so every output ends
 with one extra newline (an empty listing prints just "\\n"). JSON is serde_json's
 `to_string_pretty`: two-space indent, `": "`, non-ASCII left as UTF-8; objects keep mdevctl's
-key order. Parents are sorted by name (byte order), devices by UUID, types by id.
+key order. Parents are sorted by name (byte order), devices by UUID, types by id. A device's
+JSON, and the listing of devices, are built where the daemon builds them for the files it
+writes (`mdevd.mdevctl_format`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mdevd import mdevctl_format
 from mdevd.model import Attributes
 from mdevd.replies import ParentInfo
 
@@ -29,24 +31,6 @@ class Listed:
     attributes: Attributes
     active: bool
     defined: bool
-
-
-def pretty(value: object) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def device_config(device: Listed) -> dict[str, Any]:
-    """`{"mdev_type", "start", "attrs"}`: a definition file's content."""
-    return {
-        "mdev_type": device.type_id,
-        "start": "auto" if device.autostart else "manual",
-        "attrs": [{name: value} for name, value in device.attributes],
-    }
-
-
-def compact_config(device: Listed) -> str:
-    """The config as callouts get it on stdin (serde_json's `to_string`)."""
-    return json.dumps(device_config(device), separators=(",", ":"), ensure_ascii=False)
 
 
 def _by_parent(devices: Iterable[Listed]) -> dict[str, list[Listed]]:
@@ -83,19 +67,11 @@ def list_text(devices: Iterable[Listed], *, defined: bool, verbose: bool) -> str
 def list_json(devices: Sequence[Listed], *, uuid_given: bool) -> str:
     """`mdevctl list --dumpjson`: `[{parent: [{uuid: config}, ...]}]`, `[]` when empty, and
     just the config object when a UUID was asked for and one device matches."""
-    grouped = _by_parent(devices)
     if uuid_given and len(devices) <= 1:
-        value: object = device_config(devices[0]) if devices else []
-    elif not grouped:
-        value = []
+        value: object = mdevctl_format.config_object(devices[0]) if devices else []
     else:
-        value = [
-            {
-                parent: [{d.uuid: device_config(d)} for d in children]
-                for parent, children in grouped.items()
-            }
-        ]
-    return pretty(value) + "\n"
+        value = mdevctl_format.listing_object(devices)
+    return mdevctl_format.pretty_json(value) + "\n"
 
 
 def _description(text: str) -> str:
@@ -134,4 +110,4 @@ def types_json(parents: Iterable[ParentInfo]) -> str:
                 fields["description"] = _description(info.description)
             entries.append({type_id: fields})
         document[parent.name] = entries
-    return pretty([document] if document else []) + "\n"
+    return mdevctl_format.pretty_json([document] if document else []) + "\n"

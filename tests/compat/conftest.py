@@ -21,9 +21,10 @@ import pytest
 
 from mdevd.client import Client
 from tests.support.bus import private_bus
-from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.daemon import running_daemon
 from tests.support.paths import REPO
 from tests.support.sim import RunningSim, running_sim
+from tests.support.stack import Stack
 
 
 @dataclass
@@ -104,13 +105,11 @@ def sim() -> Iterator[RunningSim]:
 
 
 @dataclass
-class Stack:
-    """A daemon in compatibility mode, its emulated kernel and its directories."""
+class CompatStack(Stack):
+    """A `tests.support.stack.Stack` whose daemon runs in compatibility mode: with mdevctl's
+    directories (`dirs`) and mdevctl's front end to run against it."""
 
-    daemon: DaemonProcess
-    sim: RunningSim
     dirs: CompatDirs
-    address: str
 
     def mdevctl(
         self, *args: str, stdin: str | None = None, timeout: float = 60
@@ -132,7 +131,7 @@ class Stack:
         return self.dirs.mdevctl / parent / uuid
 
 
-StackFactory = Callable[..., Stack]
+StackFactory = Callable[..., CompatStack]
 
 
 @pytest.fixture
@@ -146,7 +145,7 @@ def start_stack(dirs: CompatDirs, bus_address: str) -> Iterator[StackFactory]:
             scenario_text: str | None = None,
             daemon_args: tuple[str, ...] = (),
             sim: RunningSim | None = None,
-        ) -> Stack:
+        ) -> CompatStack:
             if sim is None:
                 sim = stack.enter_context(running_sim(scenario, scenario_text=scenario_text))
             daemon = stack.enter_context(
@@ -159,7 +158,7 @@ def start_stack(dirs: CompatDirs, bus_address: str) -> Iterator[StackFactory]:
                     extra_args=daemon_args,
                 )
             )
-            return Stack(daemon, sim, dirs, bus_address)
+            return CompatStack(bus_address, sim, daemon, dirs)
 
         yield start
 

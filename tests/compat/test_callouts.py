@@ -22,7 +22,7 @@ import pytest
 
 from mdevd.client import Client, DaemonError
 from tests.compat import scripts
-from tests.compat.conftest import CompatDirs, Stack, StackFactory
+from tests.compat.conftest import CompatDirs, CompatStack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.sim import running_sim
 from tests.support.waiting import wait_until
@@ -43,7 +43,7 @@ def _records(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def _client_call(stack: Stack, method: str, *args: object, **kwargs: object) -> Any:
+def _client_call(stack: CompatStack, method: str, *args: object, **kwargs: object) -> Any:
     """A `Client` method's result (whatever that method returns)."""
 
     async def run() -> Any:
@@ -148,7 +148,7 @@ def test_scripts_see_what_mdevctls_scripts_see(start_stack: StackFactory) -> Non
 # ---- ap-check's protocol --------------------------------------------------------------------
 
 
-def _ap_stack(start_stack: StackFactory, dirs: CompatDirs) -> tuple[Stack, Path, Path]:
+def _ap_stack(start_stack: StackFactory, dirs: CompatDirs) -> tuple[CompatStack, Path, Path]:
     lock = dirs.root / "s390apconfig.lock"
     log = dirs.root / "ap-check.log"
     stack = start_stack()

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.compat.conftest import Stack, StackFactory
+from tests.compat.conftest import CompatStack, StackFactory
 from tests.support.paths import REPO
 
 U = "d069d019-36ea-4111-8f0a-8c9a70e21366"
@@ -36,7 +36,7 @@ sys.exit(code)
 
 
 def _probe(
-    stack: Stack, *args: str, stdin: str | None = None, control: bool = False
+    stack: CompatStack, *args: str, stdin: str | None = None, control: bool = False
 ) -> subprocess.CompletedProcess[str]:
     env = {**stack.daemon.env, "PROBE_CONTROL": "1" if control else ""}
     return subprocess.run(
@@ -61,11 +61,11 @@ LIBVIRT_CALLS = [
 
 
 @pytest.fixture
-def stack(start_stack: StackFactory) -> Stack:
+def stack(start_stack: StackFactory) -> CompatStack:
     return start_stack()
 
 
-def test_libvirts_calls_import_nothing_heavy(stack: Stack) -> None:
+def test_libvirts_calls_import_nothing_heavy(stack: CompatStack) -> None:
     for argv, stdin in LIBVIRT_CALLS:
         done = _probe(stack, *argv, stdin=stdin)
         assert done.returncode == 0, (argv, done.stderr)
@@ -73,13 +73,13 @@ def test_libvirts_calls_import_nothing_heavy(stack: Stack) -> None:
     assert _probe(stack, "list").stdout.strip() == ""  # the last call removed the device
 
 
-def test_the_probe_sees_the_imports_it_looks_for(stack: Stack) -> None:
+def test_the_probe_sees_the_imports_it_looks_for(stack: CompatStack) -> None:
     done = _probe(stack, "list", control=True)
     assert done.returncode == 0, done.stderr
     assert "IMPORTED " + ",".join(sorted(HEAVY)) in done.stderr
 
 
-def test_a_refusal_still_reads_as_mdevctls(stack: Stack) -> None:
+def test_a_refusal_still_reads_as_mdevctls(stack: CompatStack) -> None:
     done = _probe(stack, "stop", f"--uuid={U}")
     assert done.returncode == 1
     assert "Error: " in done.stderr

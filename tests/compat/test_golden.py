@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.compat import scripts
-from tests.compat.conftest import ClientThread, Stack, StackFactory
+from tests.compat.conftest import ClientThread, CompatStack, StackFactory
 from tests.support.paths import REPO
 from tests.support.waiting import wait_until
 
@@ -183,7 +183,7 @@ class Case:
 
 @dataclass
 class Golden:
-    stack: Stack
+    stack: CompatStack
     group: str
     state: Path = field(init=False)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import Stack, StackFactory
+from tests.compat.conftest import CompatStack, StackFactory
 
 pytestmark = pytest.mark.timeout(240, method="thread")
 
@@ -92,7 +92,7 @@ def _stdin(name: str) -> list[str]:
     return [line for line in (CALLS / name).read_text().splitlines() if line.strip()]
 
 
-def _defined(stack: Stack) -> Any:
+def _defined(stack: CompatStack) -> Any:
     """`mdevctl list --defined --dumpjson`, parsed."""
     done = stack.mdevctl(*_commands("mdevctl-list-defined.argv")[0])
     assert done.returncode == 0, done.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.compat import libvirtd
-from tests.compat.conftest import Stack, StackFactory
+from tests.compat.conftest import CompatStack, StackFactory
 from tests.support.waiting import wait_until
 
 pytestmark = [
@@ -82,7 +82,7 @@ class Events:
 
 
 @pytest.fixture
-def world(start_stack: StackFactory) -> Iterator[tuple[Stack, libvirtd.Libvirtd, Events]]:
+def world(start_stack: StackFactory) -> Iterator[tuple[CompatStack, libvirtd.Libvirtd, Events]]:
     stack = start_stack(scenario="mtty")
     with libvirtd.running_libvirtd(
         stack.sim.root, stack.dirs.mdevctl, stack.address, stack.dirs.bin
@@ -106,7 +106,7 @@ def _listed(daemon: libvirtd.Libvirtd) -> set[str]:
 
 
 def test_libvirt_manages_mdevs_through_mdevd(
-    world: tuple[Stack, libvirtd.Libvirtd, Events], tmp_path: Path
+    world: tuple[CompatStack, libvirtd.Libvirtd, Events], tmp_path: Path
 ) -> None:
     stack, daemon, events = world
     xml = tmp_path / "device.xml"

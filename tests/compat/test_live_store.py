@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mdevd.client import Client
-from tests.compat.conftest import CompatDirs, Stack, StackFactory
+from tests.compat.conftest import CompatDirs, CompatStack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.signals import SignalRecorder
 from tests.support.waiting import wait_until
@@ -29,7 +29,7 @@ U2 = "59e8b599-afdd-4766-a59e-415ef4f5a492"
 U3 = "3a7c02f1-62b9-4d0e-9d41-7f1e0c9a5b33"
 
 
-def _call(stack: Stack, method: str, *args: object, **kwargs: object) -> Any:
+def _call(stack: CompatStack, method: str, *args: object, **kwargs: object) -> Any:
     """A `Client` method's result (whatever that method returns)."""
 
     async def run() -> Any:

@@ -26,7 +26,7 @@ import pytest
 
 from mdevd.client import Client, DaemonError
 from tests.compat import scripts
-from tests.compat.conftest import Stack, StackFactory
+from tests.compat.conftest import CompatStack, StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.sim import running_sim
 from tests.support.waiting import wait_until
@@ -160,7 +160,7 @@ def _notified(log: Path, count: int) -> bool:
     return notified >= count
 
 
-def _run_front_end(stack: Stack, steps: list[Step]) -> tuple[list[tuple[int, str]], Path]:
+def _run_front_end(stack: CompatStack, steps: list[Step]) -> tuple[list[tuple[int, str]], Path]:
     log = Path(tempfile.mkdtemp(dir="/tmp")) / "calls"
     stack.dirs.callout("20-rec", scripts.recorder(log), where="etc")
     stack.dirs.notifier("n1", scripts.recorder(log), where="etc")

@@ -18,19 +18,19 @@ import pytest
 
 from tests.daemon.harness import BusClient, bus_client
 from tests.daemon.nobody import UnprivilegedCaller, unprivileged_caller
-from tests.support.bus import PROJECT_POLICY, private_bus, unprivileged_python
-from tests.support.daemon import DaemonProcess, running_daemon
-from tests.support.sim import RunningSim, running_sim
+from tests.support.bus import unprivileged_python
+from tests.support.daemon import DEFAULT_CONFIG, DaemonProcess
+from tests.support.sim import RunningSim
+from tests.support.stack import Stack, running_stack
 
 SCENARIO = Path(__file__).with_name("scenario.toml")
-DEFAULT_CONFIG = "# defaults; the command line sets the directories\n"
 
 
 @dataclass
-class Stack:
-    address: str
-    sim: RunningSim
-    daemon: DaemonProcess
+class ClientStack(Stack):
+    """The daemon tests' stack: a `tests.support.stack.Stack` and a test client connected to
+    its bus, recording the daemon's signals from the start."""
+
     client: BusClient
 
 
@@ -39,46 +39,44 @@ def daemon_stack(
     *,
     scenario: Path = SCENARIO,
     devices_dirs: Sequence[Path] | None = None,
-    config_text: str | None = None,
+    config_text: str = DEFAULT_CONFIG,
     program: Sequence[str] = ("-m", "mdevd"),
     policy: bool = True,
-) -> Iterator[Stack]:
+) -> Iterator[ClientStack]:
     with ExitStack() as stack:
-        address = stack.enter_context(private_bus([PROJECT_POLICY] if policy else None))
-        sim = stack.enter_context(running_sim(scenario))
-        daemon = stack.enter_context(
-            running_daemon(
-                address,
-                sim.root,
-                devices_dirs,
+        running = stack.enter_context(
+            running_stack(
+                scenario,
+                policy=policy,
+                devices_dirs=devices_dirs,
+                config_text=config_text,
                 program=program,
-                config_text=DEFAULT_CONFIG if config_text is None else config_text,
             )
         )
-        client = stack.enter_context(bus_client(address))
-        yield Stack(address, sim, daemon, client)
+        client = stack.enter_context(bus_client(running.address))
+        yield ClientStack(running.address, running.sim, running.daemon, client)
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def stack() -> Iterator[ClientStack]:
     with daemon_stack() as running:
         yield running
 
 
 @pytest.fixture
-def sim(stack: Stack) -> Iterator[RunningSim]:
+def sim(stack: ClientStack) -> Iterator[RunningSim]:
     """The module's emulated kernel; faults and delays a test set are cleared after it."""
     yield stack.sim
     stack.sim.control.clear()
 
 
 @pytest.fixture
-def client(stack: Stack, sim: RunningSim) -> BusClient:
+def client(stack: ClientStack, sim: RunningSim) -> BusClient:
     return stack.client
 
 
 @pytest.fixture
-def daemon(stack: Stack) -> DaemonProcess:
+def daemon(stack: ClientStack) -> DaemonProcess:
     return stack.daemon
 
 
@@ -89,7 +87,7 @@ def nobody_python() -> Iterator[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def nobody(stack: Stack, nobody_python: list[str]) -> Iterator[UnprivilegedCaller]:
+def nobody(stack: ClientStack, nobody_python: list[str]) -> Iterator[UnprivilegedCaller]:
     """A connected D-Bus caller running as nobody/nogroup."""
     with unprivileged_caller(nobody_python, stack.address) as caller:
         yield caller

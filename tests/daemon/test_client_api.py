@@ -42,7 +42,7 @@ from mdevd.client import (
     PendingChanges,
     SyncClient,
 )
-from tests.daemon.conftest import SCENARIO, Stack
+from tests.daemon.conftest import SCENARIO, ClientStack
 from tests.daemon.harness import in_sysfs, new_uuid
 from tests.support.bus import private_bus
 from tests.support.daemon import running_daemon
@@ -79,7 +79,7 @@ def test_every_contract_error_has_its_own_class() -> None:
     assert isinstance(not_running, client_module.DaemonNotRunning)
 
 
-def test_errors_from_the_daemon_arrive_as_their_class(stack: Stack, sim: RunningSim) -> None:
+def test_errors_from_the_daemon_arrive_as_their_class(stack: ClientStack, sim: RunningSim) -> None:
     with SyncClient(stack.address) as client:
         with pytest.raises(NotFound) as missing:
             client.device(new_uuid())
@@ -90,7 +90,7 @@ def test_errors_from_the_daemon_arrive_as_their_class(stack: Stack, sim: Running
             client.create_device("no-such-parent", "mtty-1", uuid=new_uuid())
 
 
-def test_create_device_returns_the_device(stack: Stack, sim: RunningSim) -> None:
+def test_create_device_returns_the_device(stack: ClientStack, sim: RunningSim) -> None:
     uuid = new_uuid()
 
     async def create() -> client_module.DeviceInfo:
@@ -111,7 +111,7 @@ def test_create_device_returns_the_device(stack: Stack, sim: RunningSim) -> None
         client.stop(other.uuid)
 
 
-def test_the_clients_own_timeout_is_not_the_daemons(stack: Stack, sim: RunningSim) -> None:
+def test_the_clients_own_timeout_is_not_the_daemons(stack: ClientStack, sim: RunningSim) -> None:
     sim.control.delay("create", 3)
     uuid = new_uuid()
     with SyncClient(stack.address, timeout=1) as client:
@@ -128,7 +128,7 @@ def test_the_clients_own_timeout_is_not_the_daemons(stack: Stack, sim: RunningSi
         client.stop(uuid)
 
 
-def test_status_and_pending_changes_from_the_daemon_and_without_them(stack: Stack) -> None:
+def test_status_and_pending_changes_from_the_daemon_and_without_them(stack: ClientStack) -> None:
     """`status` and `pending_changes` as the daemon sends them; and, from a daemon older than
     those properties (the same replies without them), the status derived by the contract's
     rule, which agrees with the daemon's own word."""
@@ -250,7 +250,7 @@ def test_docs_client_md_has_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(_examples())))
-def test_docs_client_md_examples_run(stack: Stack, sim: RunningSim, index: int) -> None:
+def test_docs_client_md_examples_run(stack: ClientStack, sim: RunningSim, index: int) -> None:
     """Each example, as a program of its own, against the system bus it finds in the
     environment (the test's private bus), as a reader would run it."""
     env = dict(os.environ)

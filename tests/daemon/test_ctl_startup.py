@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, new_uuid
 
 _PROBE = """
@@ -32,7 +32,9 @@ sys.exit(code)
 """
 
 
-def _probe(stack: Stack, *args: str, control: bool = False) -> subprocess.CompletedProcess[str]:
+def _probe(
+    stack: ClientStack, *args: str, control: bool = False
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", _PROBE, "--address", stack.address, *args],
         capture_output=True,
@@ -58,7 +60,7 @@ def _probe(stack: Stack, *args: str, control: bool = False) -> subprocess.Comple
     ],
 )
 def test_no_command_but_monitor_imports_asyncio_or_dbus_fast(
-    stack: Stack, client: BusClient, command: list[str]
+    stack: ClientStack, client: BusClient, command: list[str]
 ) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid, start=True)
@@ -69,13 +71,13 @@ def test_no_command_but_monitor_imports_asyncio_or_dbus_fast(
         assert uuid in done.stdout
 
 
-def test_the_probe_sees_the_imports_it_looks_for(stack: Stack, client: BusClient) -> None:
+def test_the_probe_sees_the_imports_it_looks_for(stack: ClientStack, client: BusClient) -> None:
     done = _probe(stack, "list", control=True)
     assert done.returncode == 0, done.stderr
     assert "IMPORTED asyncio,dbus_fast,mdevd.client" in done.stderr
 
 
-def test_read_errors_keep_their_exit_codes(stack: Stack, client: BusClient) -> None:
+def test_read_errors_keep_their_exit_codes(stack: ClientStack, client: BusClient) -> None:
     missing = _probe(stack, "show", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 5, missing.stderr
     assert "[NotFound]" in missing.stderr

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from mdevd.bus import names
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, device_path, in_sysfs, new_uuid, parent_path
 from tests.support.sim import RunningSim
 
 TIMEOUT = 60
 
 
-def busctl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+def busctl(stack: ClientStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["busctl", f"--address={stack.address}", *args],
         capture_output=True,
@@ -33,7 +33,7 @@ def busctl(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def gdbus(stack: Stack, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+def gdbus(stack: ClientStack, command: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["gdbus", command, "--address", stack.address, "--dest", names.BUS_NAME, *args],
         capture_output=True,
@@ -85,7 +85,7 @@ def watch() -> Iterator[list[Watcher]]:
 # ---- busctl --------------------------------------------------------------------------------------
 
 
-def test_busctl_introspects_the_manager(stack: Stack) -> None:
+def test_busctl_introspects_the_manager(stack: ClientStack) -> None:
     result = busctl(stack, "introspect", names.BUS_NAME, names.MANAGER_PATH)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line}
@@ -98,7 +98,7 @@ def test_busctl_introspects_the_manager(stack: Stack) -> None:
     assert rows[".Features"][-1] == "const"
 
 
-def test_busctl_introspects_a_device_and_a_parent(stack: Stack, client: BusClient) -> None:
+def test_busctl_introspects_a_device_and_a_parent(stack: ClientStack, client: BusClient) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid)
     result = busctl(stack, "introspect", names.BUS_NAME, device_path(uuid), names.DEVICE_INTERFACE)
@@ -115,7 +115,7 @@ def test_busctl_introspects_a_device_and_a_parent(stack: Stack, client: BusClien
     assert rows[".Types"][:2] == ["property", "a{sa{sv}}"] and rows[".Types"][-1] == "emits-change"
 
 
-def test_busctl_tree(stack: Stack, client: BusClient) -> None:
+def test_busctl_tree(stack: ClientStack, client: BusClient) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid)
     result = busctl(stack, "tree", "--list", names.BUS_NAME)
@@ -124,7 +124,7 @@ def test_busctl_tree(stack: Stack, client: BusClient) -> None:
 
 
 def test_busctl_creates_a_device_and_reads_it_back(
-    stack: Stack, sim: RunningSim, client: BusClient
+    stack: ClientStack, sim: RunningSim, client: BusClient
 ) -> None:
     uuid = new_uuid()
     result = busctl(
@@ -170,7 +170,7 @@ def test_busctl_creates_a_device_and_reads_it_back(
     client.stop(uuid)
 
 
-def test_busctl_shows_the_error_message(stack: Stack) -> None:
+def test_busctl_shows_the_error_message(stack: ClientStack) -> None:
     result = busctl(
         stack,
         "call",
@@ -188,7 +188,7 @@ def test_busctl_shows_the_error_message(stack: Stack) -> None:
 
 
 def test_busctl_monitor_sees_the_signals_before_the_reply(
-    stack: Stack, client: BusClient, watch: list[Watcher]
+    stack: ClientStack, client: BusClient, watch: list[Watcher]
 ) -> None:
     watcher = Watcher(
         ["busctl", f"--address={stack.address}", "monitor", names.BUS_NAME, "--json=short"],
@@ -218,7 +218,7 @@ def test_busctl_monitor_sees_the_signals_before_the_reply(
 # ---- gdbus ---------------------------------------------------------------------------------------
 
 
-def test_gdbus_introspects_a_device(stack: Stack, client: BusClient) -> None:
+def test_gdbus_introspects_a_device(stack: ClientStack, client: BusClient) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid)
     result = gdbus(stack, "introspect", "--object-path", device_path(uuid), "--xml")
@@ -230,7 +230,7 @@ def test_gdbus_introspects_a_device(stack: Stack, client: BusClient) -> None:
 
 
 def test_gdbus_creates_a_device_and_gets_the_error_name_of_a_failure(
-    stack: Stack, sim: RunningSim, client: BusClient
+    stack: ClientStack, sim: RunningSim, client: BusClient
 ) -> None:
     uuid = new_uuid()
     result = gdbus(
@@ -278,7 +278,7 @@ def test_gdbus_creates_a_device_and_gets_the_error_name_of_a_failure(
     client.stop(uuid)
 
 
-def test_gdbus_get_managed_objects(stack: Stack, client: BusClient) -> None:
+def test_gdbus_get_managed_objects(stack: ClientStack, client: BusClient) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid)
     result = gdbus(
@@ -297,7 +297,7 @@ def test_gdbus_get_managed_objects(stack: Stack, client: BusClient) -> None:
 
 
 def test_gdbus_monitor_sees_every_kind_of_signal(
-    stack: Stack, client: BusClient, watch: list[Watcher]
+    stack: ClientStack, client: BusClient, watch: list[Watcher]
 ) -> None:
     watcher = Watcher(
         ["gdbus", "monitor", "--address", stack.address, "--dest", names.BUS_NAME],
@@ -362,7 +362,7 @@ GLib.MainLoop().run()
 
 
 def test_glibs_object_manager_client_follows_the_tree(
-    stack: Stack, client: BusClient, watch: list[Watcher]
+    stack: ClientStack, client: BusClient, watch: list[Watcher]
 ) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid)

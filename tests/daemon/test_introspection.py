@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from mdevd.bus import names
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, device_path, new_uuid, parent_path
 from tests.support.paths import REPO
 
@@ -103,6 +103,6 @@ def test_the_root_is_the_object_manager(client: BusClient) -> None:
     assert children >= {"Manager", "parents", "devices"}
 
 
-def test_every_object_answers_ping(stack: Stack, client: BusClient) -> None:
+def test_every_object_answers_ping(stack: ClientStack, client: BusClient) -> None:
     for path in (names.ROOT_PATH, names.MANAGER_PATH, parent_path("mtty")):
         assert client.call(path, names.PEER_INTERFACE, "Ping") == []

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from mdevd import __version__
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.support.paths import REPO
 
 GOLDEN = REPO / "tests" / "data" / "golden"
@@ -63,7 +63,7 @@ MONITORS = {
 }
 
 
-def _normalised(text: str, stack: Stack) -> str:
+def _normalised(text: str, stack: ClientStack) -> str:
     text = text.replace(str(stack.sim.root), "@SYSFS@")
     text = text.replace(str(stack.daemon.devices_dir), "@DEVICES_DIR@")
     text = text.replace(f"mdevd {__version__} answers", "mdevd @VERSION@ answers")
@@ -82,14 +82,14 @@ def _matches_golden(name: str, actual: str) -> None:
     )
 
 
-def _ctl(stack: Stack, *args: str, code: int = 0) -> str:
+def _ctl(stack: ClientStack, *args: str, code: int = 0) -> str:
     result = stack.daemon.ctl(*args)
     assert (result.returncode, result.stderr) == (code, ""), (args, result.stderr)
     return result.stdout
 
 
 @pytest.fixture(scope="module")
-def devices(stack: Stack) -> Iterator[Stack]:
+def devices(stack: ClientStack) -> Iterator[ClientStack]:
     """The fixed devices, made through mdevdctl, in a fixed order (IOMMU groups and available
     instances follow from it)."""
     _ctl(stack, "define", "par-a", "par-a-1", "-u", FAILED, "--attr", "setting=abc", "--autostart")
@@ -107,12 +107,12 @@ def devices(stack: Stack) -> Iterator[Stack]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_output_matches_its_golden_file(devices: Stack, name: str) -> None:
+def test_output_matches_its_golden_file(devices: ClientStack, name: str) -> None:
     args, code = CASES[name]
     _matches_golden(name, _normalised(_ctl(devices, *args, code=code), devices))
 
 
-def test_monitor_output_matches_its_golden_files(devices: Stack) -> None:
+def test_monitor_output_matches_its_golden_files(devices: ClientStack) -> None:
     monitors = {
         name: subprocess.Popen(
             [

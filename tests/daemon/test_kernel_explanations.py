@@ -17,7 +17,7 @@ import pytest
 
 from mdevd.bus import names
 from mdevd.explain import ONE_TYPE_AT_A_TIME, VENDOR_HINTS, CreateFacts, checked
-from tests.daemon.conftest import Stack, daemon_stack
+from tests.daemon.conftest import ClientStack, daemon_stack
 from tests.daemon.harness import BusClient, DaemonError, new_uuid
 
 SCENARIO = textwrap.dedent(
@@ -105,7 +105,7 @@ INVALID_ARGUMENT = "org.mdevd.Mdevd1.Error.InvalidArgument"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientStack]:
     scenario = Path(tmp_path_factory.mktemp("scenario")) / "mixed-types.toml"
     scenario.write_text(SCENARIO)
     with daemon_stack(scenario=scenario) as running:
@@ -119,7 +119,7 @@ def _refusal(client: BusClient, parent: str, type_id: str, uuid: str) -> DaemonE
 
 
 def test_a_second_type_names_the_active_one_and_the_facts_checked(
-    client: BusClient, stack: Stack
+    client: BusClient, stack: ClientStack
 ) -> None:
     running = new_uuid()
     client.create_device("mtty", "mtty-1", uuid=running)
@@ -176,7 +176,7 @@ def test_last_error_of_a_failed_start_repeats_the_explanation(client: BusClient)
 
 
 def test_a_refusal_with_nothing_suspicious_still_lists_what_was_checked(
-    client: BusClient, stack: Stack
+    client: BusClient, stack: ClientStack
 ) -> None:
     uuid = new_uuid()
     stack.sim.control.fault_create("par-a", "par-a-1", "EINVAL")
@@ -193,7 +193,7 @@ def test_a_refusal_with_nothing_suspicious_still_lists_what_was_checked(
     assert "Possible causes" not in message  # no other type, no known vendor
 
 
-def test_the_hints_known_for_the_parents_driver(client: BusClient, stack: Stack) -> None:
+def test_the_hints_known_for_the_parents_driver(client: BusClient, stack: ClientStack) -> None:
     stack.sim.control.fault_create("matrix", "vfio_ap-passthrough", "EINVAL")
 
     error = _refusal(client, "matrix", "vfio_ap-passthrough", new_uuid())
@@ -231,7 +231,7 @@ def test_a_parent_gone_meanwhile_is_said_so() -> None:
 
 
 def test_another_errno_gets_the_same_facts_under_its_own_name(
-    client: BusClient, stack: Stack
+    client: BusClient, stack: ClientStack
 ) -> None:
     stack.sim.control.fault_create("par-a", "par-a-1", "EIO")
 

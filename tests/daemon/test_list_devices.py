@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+from mdevd.ctl import _device_json, _device_line
+
 from mdevd.bus import names
 from mdevd.client import Client, DeviceInfo
-from mdevd.ctl import _device_json, _device_line
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, new_uuid
 
 
@@ -38,7 +39,7 @@ def test_the_feature_word(client: BusClient) -> None:
     assert "list-devices" in features
 
 
-def test_the_client_lists_what_the_objects_say(stack: Stack, client: BusClient) -> None:
+def test_the_client_lists_what_the_objects_say(stack: ClientStack, client: BusClient) -> None:
     _populate(client)
 
     async def listed() -> tuple[list[DeviceInfo], list[DeviceInfo]]:
@@ -52,7 +53,7 @@ def test_the_client_lists_what_the_objects_say(stack: Stack, client: BusClient) 
     assert devices == expected
 
 
-def test_mdevdctl_list_prints_what_the_objects_say(stack: Stack, client: BusClient) -> None:
+def test_mdevdctl_list_prints_what_the_objects_say(stack: ClientStack, client: BusClient) -> None:
     _populate(client)
     expected = _from_objects(client)
     as_json = stack.daemon.ctl("list", "--json", check=True)

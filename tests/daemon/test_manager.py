@@ -16,7 +16,7 @@ import pytest
 
 from mdevd import __version__
 from mdevd.bus import names
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import (
     BusClient,
     DaemonError,
@@ -372,7 +372,7 @@ def test_every_registered_parent_has_an_object(client: BusClient, sim: RunningSi
         assert names.PARENT_INTERFACE in objects[parent_path(name)]
 
 
-def test_types_change_signals_available_instances(client: BusClient, stack: Stack) -> None:
+def test_types_change_signals_available_instances(client: BusClient, stack: ClientStack) -> None:
     path = parent_path("mdpy")
     before = client.get_property(path, names.PARENT_INTERFACE, "Types")
     mark = client.mark()

@@ -25,7 +25,7 @@ from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from mdevd.bus.reads import MAX_IN_FLIGHT, PER_CALLER_WAITING
-from tests.daemon.conftest import SCENARIO, Stack, daemon_stack
+from tests.daemon.conftest import SCENARIO, ClientStack, daemon_stack
 from tests.daemon.harness import CALL_TIMEOUT, BusClient, new_uuid, options
 from tests.support.paths import REPO
 
@@ -47,7 +47,7 @@ def _uuid(index: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientStack]:
     directory = tmp_path_factory.mktemp("devices.d")
     for index in range(DEFINITIONS):
         parent, type_id = TARGETS[index % len(TARGETS)]
@@ -83,7 +83,7 @@ def _call(client: BusClient, path: str, interface: str, member: str, *args: obje
 
 
 def test_other_calls_are_answered_while_32_reads_of_10000_devices_are_served(
-    stack: Stack,
+    stack: ClientStack,
 ) -> None:
     client = stack.client
     # The cache is built by the first read; the flood then costs what every later one does.
@@ -157,7 +157,7 @@ def test_other_calls_are_answered_while_32_reads_of_10000_devices_are_served(
     assert sent_before["CreateDevice"] <= len(serials) // 2
 
 
-def test_a_caller_flooding_alone_is_answered_busy_beyond_its_share(stack: Stack) -> None:
+def test_a_caller_flooding_alone_is_answered_busy_beyond_its_share(stack: ClientStack) -> None:
     """One connection sends 20 reads at once: it gets its turns and the waiting ones it is
     allowed, the rest are Busy at once, and another caller is served meanwhile."""
 

@@ -12,7 +12,7 @@ import pytest
 from dbus_fast import Variant
 
 from mdevd.bus import names
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, DaemonError, device_path, new_uuid
 from tests.support.waiting import wait_until
 
@@ -119,7 +119,9 @@ def test_a_running_device_changed_only_live_differs_from_its_definition(
     client.stop(uuid)
 
 
-def test_a_failed_start_is_failed_until_a_start_succeeds(client: BusClient, stack: Stack) -> None:
+def test_a_failed_start_is_failed_until_a_start_succeeds(
+    client: BusClient, stack: ClientStack
+) -> None:
     uuid = new_uuid()
     client.define_device("par-b", "par-b-1", uuid=uuid)
     assert _seen(client, uuid) == ("inactive", {})
@@ -138,7 +140,7 @@ def test_a_failed_start_is_failed_until_a_start_succeeds(client: BusClient, stac
     assert _seen(client, uuid) == ("inactive", {})
 
 
-def test_an_autostart_device_waits_for_its_parent(client: BusClient, stack: Stack) -> None:
+def test_an_autostart_device_waits_for_its_parent(client: BusClient, stack: ClientStack) -> None:
     waiting, manual = new_uuid(), new_uuid()
     client.define_device(ABSENT_PARENT, "nvidia-556", uuid=waiting, autostart=True)
     client.define_device(ABSENT_PARENT, "nvidia-556", uuid=manual)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import Stack, daemon_stack
+from tests.daemon.conftest import ClientStack, daemon_stack
 from tests.daemon.harness import (
     BusClient,
     DaemonError,
@@ -48,7 +48,7 @@ def directories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def stack(directories: dict[str, Path]) -> Iterator[Stack]:
+def stack(directories: dict[str, Path]) -> Iterator[ClientStack]:
     config = (
         "[store]\n"
         f'devices_dir = "{directories["etc"]}"\n'

@@ -11,7 +11,7 @@ import pytest
 from mdevd.bus import names
 from mdevd.client import Client, DeviceInfo, sorted_devices
 from mdevd.wire import CallError, Connection, Variant
-from tests.daemon.conftest import Stack
+from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, new_uuid
 
 
@@ -28,7 +28,7 @@ def _plain(value: object) -> object:
 
 
 def test_list_devices_and_managed_objects_read_as_dbus_fast_reads_them(
-    stack: Stack, client: BusClient
+    stack: ClientStack, client: BusClient
 ) -> None:
     client.define_device("par-a", "par-a-1", uuid=new_uuid(), attributes=[("setting", "7")])
     client.create_device("mtty", "mtty-1", uuid=new_uuid())
@@ -54,7 +54,7 @@ def test_list_devices_and_managed_objects_read_as_dbus_fast_reads_them(
     assert _plain(got_objects) == _plain(objects)
 
 
-def test_the_daemons_errors_keep_their_names(stack: Stack) -> None:
+def test_the_daemons_errors_keep_their_names(stack: ClientStack) -> None:
     with Connection(stack.address, timeout=10) as connection:
         with pytest.raises(CallError) as missing:
             connection.call(

@@ -26,6 +26,9 @@ from pathlib import Path
 # Re-exported for tests/packaging/build.py, which still imports it from here.
 from tests.support.paths import REPO as REPO
 
+#: The daemon's mdevd.toml unless a test gives one: the command line sets the directories.
+DEFAULT_CONFIG = "# defaults; the command line sets the directories\n"
+
 
 @dataclass
 class DaemonProcess:
@@ -99,7 +102,7 @@ def running_daemon(
     uevent_source: str = "udev",
     print_log: bool = True,
     env: Mapping[str, str] | None = None,
-    config_text: str = "# defaults; the command line sets the directories\n",
+    config_text: str = DEFAULT_CONFIG,
     program: Sequence[str] = ("-m", "mdevd"),
     mdevctl_dir: Path | None = None,
     mdevctl_scripts_dir: Path | None = None,

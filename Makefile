@@ -62,7 +62,7 @@ install-python:
 		$(PYTHON) -m compileall -q -d "$(PYTHONDIR)/mdevd" "$(D)$(PYTHONDIR)/mdevd"; \
 	fi
 	$(INSTALL) -d -m 0755 "$(D)$(BINDIR)"
-	@for tool in mdevd:mdevd.main mdevdctl:mdevd.ctl mdevd-mdevctl:mdevd.compat.frontend; do \
+	@for tool in mdevd:mdevd.main mdevdctl:mdevd.cli.mdevdctl mdevd-mdevctl:mdevd.cli.mdevctl; do \
 		name=$${tool%%:*}; module=$${tool#*:}; \
 		sed -e 's|@PYTHON@|$(PYTHON)|' -e 's|@PYTHONDIR@|$(PYTHONDIR)|' -e "s|@MODULE@|$$module|" \
 			tools/launcher.in > "$(D)$(BINDIR)/$$name.tmp" && \

@@ -45,7 +45,7 @@ class Settings:
 
 
 def mdevdctl_argv(bench: Bench, *args: str) -> list[str]:
-    return [sys.executable, "-m", "mdevd.ctl", "--address", bench.bus_address, *args]
+    return [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", bench.bus_address, *args]
 
 
 async def wait_for_device_count(client: Client, count: int, timeout: float = 300) -> None:

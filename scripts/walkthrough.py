@@ -161,7 +161,7 @@ def walkthrough() -> int:
         print(f"sysfs: {sim.root}   bus: {address}")
         with running_daemon(address, sim.root, [devices_dir], print_log=False) as daemon:
             monitor = subprocess.Popen(
-                [sys.executable, "-m", "mdevd.ctl", "--address", address, "monitor"],
+                [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", address, "monitor"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

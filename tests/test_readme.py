@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from mdevd import ctl, main
+from mdevd import main
+from mdevd.cli import mdevdctl
 from tests.support.paths import REPO
 
 README = REPO / "README.md"
@@ -29,7 +30,7 @@ def _command_lines(program: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    ("program", "parser"), [("mdevdctl", ctl.build_parser), ("mdevd", main.build_parser)]
+    ("program", "parser"), [("mdevdctl", mdevdctl.build_parser), ("mdevd", main.build_parser)]
 )
 def test_every_command_line_in_the_readme_parses(
     program: str, parser: Callable[[], argparse.ArgumentParser]

@@ -51,7 +51,7 @@ class CompatDirs:
         launcher = self.bin / "mdevctl"
         launcher.write_text(
             f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-            "from mdevd.compat.frontend import main\nsys.exit(main())\n"
+            "from mdevd.cli.mdevctl import main\nsys.exit(main())\n"
         )
         launcher.chmod(0o755)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mdevd import __version__
-from mdevd.compat import frontend
+from mdevd.cli import mdevctl
 from tests.compat.conftest import StackFactory
 from tests.compat.reference import REAL_MDEVCTL, run_reference
 from tests.support.paths import REPO
@@ -62,7 +62,7 @@ def _template(node: ast.expr | None) -> str:
 
 def _code_messages() -> set[tuple[str, str]]:
     """(message, cause) of every `CommandError(...)` the front end builds."""
-    source = Path(frontend.__file__).read_text()
+    source = Path(mdevctl.__file__).read_text()
     found: set[tuple[str, str]] = set()
     for node in ast.walk(ast.parse(source)):
         if not (
@@ -124,7 +124,7 @@ def _front_end(*argv: str, program: str = "mdevctl") -> subprocess.CompletedProc
     launcher = directory / program
     launcher.write_text(
         f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-        "from mdevd.compat.frontend import main\nsys.exit(main())\n"
+        "from mdevd.cli.mdevctl import main\nsys.exit(main())\n"
     )
     launcher.chmod(0o755)
     env = dict(os.environ)
@@ -146,7 +146,7 @@ def test_version_strings_are_the_documented_ones() -> None:
         assert (done.returncode, done.stdout, done.stderr) == (0, expected, ""), (program, argv)
     doc = DOC.read_text()
     assert "`mdevctl 1.3.0 (mdevd <version>)`" in doc
-    assert frontend.MDEVCTL_VERSION == "1.3.0"
+    assert mdevctl.MDEVCTL_VERSION == "1.3.0"
 
 
 def test_help_answers_on_stdout_like_clap() -> None:

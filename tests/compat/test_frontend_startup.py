@@ -27,7 +27,7 @@ import os, sys
 sys.path.insert(0, {str(REPO)!r})
 if os.environ.get("PROBE_CONTROL"):
     import mdevd.client, mdevd.store
-from mdevd.compat.frontend import main
+from mdevd.cli.mdevctl import main
 code = main(sys.argv[1:])
 heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print("IMPORTED", ",".join(heavy), file=sys.stderr)

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """`mdevdctl` against the real daemon: every command, its output, its messages, its exit codes.
 
-Exit status (mdevd/ctl.py): 0 ok, 1 the operation failed, 2 usage, 3 daemon unreachable,
+Exit status (mdevd/cli/mdevdctl.py): 0 ok, 1 the operation failed, 2 usage, 3 daemon unreachable,
 4 not authorized, 5 no such device or parent.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mdevd import ctl
+from mdevd.cli import mdevdctl
 from tests.daemon.conftest import daemon_stack
 from tests.daemon.harness import BusClient, in_sysfs, new_uuid
 from tests.support.bus import private_bus, unprivileged_python
@@ -77,7 +77,7 @@ def test_help_everywhere(daemon: DaemonProcess, capsys: pytest.CaptureFixture[st
     for command in COMMANDS:
         assert command in top
         with pytest.raises(SystemExit) as exited:
-            ctl.main([command, "--help"])
+            mdevdctl.main([command, "--help"])
         assert exited.value.code == EXIT_OK
         assert capsys.readouterr().out.startswith(f"usage: mdevdctl {command}"), command
     # Called as a function, it leaves the calling process's SIGPIPE alone (at its default, a
@@ -363,7 +363,14 @@ def test_failures_have_a_message_naming_the_error(daemon: DaemonProcess) -> None
 def test_an_unreachable_daemon_exits_3(daemon: DaemonProcess) -> None:
     env = dict(daemon.env)
     result = subprocess.run(
-        [sys.executable, "-m", "mdevd.ctl", "--address", "unix:path=/nonexistent/bus", "list"],
+        [
+            sys.executable,
+            "-m",
+            "mdevd.cli.mdevdctl",
+            "--address",
+            "unix:path=/nonexistent/bus",
+            "list",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -373,7 +380,7 @@ def test_an_unreachable_daemon_exits_3(daemon: DaemonProcess) -> None:
     assert result.stderr.startswith("mdevdctl: cannot connect to unix:path=/nonexistent/bus")
     with private_bus() as empty_bus:
         result = subprocess.run(
-            [sys.executable, "-m", "mdevd.ctl", "--address", empty_bus, "list"],
+            [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", empty_bus, "list"],
             capture_output=True,
             text=True,
             env=env,
@@ -386,7 +393,7 @@ def test_an_unreachable_daemon_exits_3(daemon: DaemonProcess) -> None:
 @pytest.fixture(scope="module")
 def nobody_mdevdctl() -> Iterator[list[str]]:
     with unprivileged_python(("dbus_fast", "mdevd")) as python:
-        yield [*python, "-m", "mdevd.ctl"]
+        yield [*python, "-m", "mdevd.cli.mdevdctl"]
 
 
 def test_a_caller_that_is_not_root_exits_4(
@@ -415,7 +422,15 @@ def test_a_caller_that_is_not_root_exits_4(
 class Monitor:
     def __init__(self, daemon: DaemonProcess, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mdevd.ctl", "--address", daemon.address, "monitor", *args],
+            [
+                sys.executable,
+                "-m",
+                "mdevd.cli.mdevdctl",
+                "--address",
+                daemon.address,
+                "monitor",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -481,7 +496,7 @@ def test_monitor_json(daemon: DaemonProcess) -> None:
 def test_monitor_ends_when_the_bus_goes_away() -> None:
     with private_bus() as address:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mdevd.ctl", "--address", address, "monitor"],
+            [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", address, "monitor"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -509,7 +524,7 @@ def test_output_into_a_closed_pipe_ends_quietly(daemon: DaemonProcess, client: B
 
 
 def test_the_package_runs_as_a_program(daemon: DaemonProcess) -> None:
-    # `mdevdctl` is the console script of mdevd.ctl:main; the module runs the same main.
+    # `mdevdctl` is the console script of mdevd.cli.mdevdctl:main; the module runs the same main.
     script = Path(sys.executable).with_name("mdevdctl")
     if script.exists():
         result = subprocess.run(

@@ -21,7 +21,7 @@ _PROBE = """
 import os, sys
 if os.environ.get("PROBE_CONTROL"):
     import mdevd.client
-from mdevd.ctl import main
+from mdevd.cli.mdevdctl import main
 try:
     main(sys.argv[1:])
 except SystemExit as done:
@@ -82,7 +82,7 @@ def test_read_errors_keep_their_exit_codes(stack: ClientStack, client: BusClient
     assert missing.returncode == 5, missing.stderr
     assert "[NotFound]" in missing.stderr
     gone = subprocess.run(
-        [sys.executable, "-m", "mdevd.ctl", "--address", "unix:path=/nonexistent", "list"],
+        [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", "unix:path=/nonexistent", "list"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert gone.returncode == 3, gone.stderr

@@ -266,7 +266,15 @@ def test_a_pending_attribute_change_is_applied_by_modify_live(
 def test_status_without_a_daemon_is_the_not_running_hint(daemon: DaemonProcess) -> None:
     with private_bus() as empty_bus:
         result = subprocess.run(
-            [sys.executable, "-m", "mdevd.ctl", "--address", empty_bus, "status", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "mdevd.cli.mdevdctl",
+                "--address",
+                empty_bus,
+                "status",
+                "--json",
+            ],
             capture_output=True,
             text=True,
             env=daemon.env,

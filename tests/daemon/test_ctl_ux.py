@@ -80,7 +80,7 @@ def test_a_timeout_of_another_command_is_the_clients_own(
 def test_a_daemon_that_is_not_running_is_explained(daemon: DaemonProcess) -> None:
     with private_bus() as empty_bus:
         result = subprocess.run(
-            [sys.executable, "-m", "mdevd.ctl", "--address", empty_bus, "list"],
+            [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", empty_bus, "list"],
             capture_output=True,
             text=True,
             env=daemon.env,
@@ -97,7 +97,15 @@ def test_a_daemon_that_is_not_running_is_explained(daemon: DaemonProcess) -> Non
 class Monitor:
     def __init__(self, daemon: DaemonProcess, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mdevd.ctl", "--address", daemon.address, "monitor", *args],
+            [
+                sys.executable,
+                "-m",
+                "mdevd.cli.mdevdctl",
+                "--address",
+                daemon.address,
+                "monitor",
+                *args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -117,7 +117,7 @@ def test_monitor_output_matches_its_golden_files(devices: ClientStack) -> None:
         name: subprocess.Popen(
             [
                 sys.executable,
-                *("-m", "mdevd.ctl", "--address", devices.address, "monitor", *args),
+                *("-m", "mdevd.cli.mdevdctl", "--address", devices.address, "monitor", *args),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

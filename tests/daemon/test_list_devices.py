@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from mdevd.ctl import _device_json, _device_line
-
 from mdevd.bus import names
+from mdevd.cli.mdevdctl import _device_json, _device_line
 from mdevd.client import Client, DeviceInfo
 from tests.daemon.conftest import ClientStack
 from tests.daemon.harness import BusClient, new_uuid

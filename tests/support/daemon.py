@@ -49,7 +49,7 @@ class DaemonProcess:
     ) -> subprocess.CompletedProcess[str]:
         """Run `mdevdctl ARGS` against this daemon."""
         return subprocess.run(
-            [sys.executable, "-m", "mdevd.ctl", "--address", self.address, *args],
+            [sys.executable, "-m", "mdevd.cli.mdevdctl", "--address", self.address, *args],
             capture_output=True,
             text=True,
             check=check,

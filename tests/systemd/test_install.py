@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mdevd import ctl, main
+from mdevd import main
+from mdevd.cli import mdevdctl
 from tests.support.paths import REPO
 
 MAN_PAGES = {
@@ -126,7 +127,7 @@ def test_installed_files_are_the_sources(tree: Path) -> None:
 def test_the_installed_package_runs(tree: Path) -> None:
     site = tree / python_dir("/usr").relative_to("/")
     code = (
-        f"import sys; sys.path.insert(0, {str(site)!r}); import mdevd.main, mdevd.ctl;"
+        f"import sys; sys.path.insert(0, {str(site)!r}); import mdevd.main, mdevd.cli.mdevdctl;"
         f"assert mdevd.main.__file__.startswith({str(tree)!r}), mdevd.main.__file__;"
         "sys.exit(mdevd.main.main(sys.argv[1:]))"
     )
@@ -155,7 +156,7 @@ def test_launchers_run_the_package_with_the_chosen_python(tree: Path) -> None:
     launcher = (tree / "usr/bin/mdevd").read_text()
     assert launcher.startswith(f"#!{sys.executable}\n")
     assert "from mdevd.main import main" in launcher
-    assert "from mdevd.ctl import main" in (tree / "usr/bin/mdevdctl").read_text()
+    assert "from mdevd.cli.mdevdctl import main" in (tree / "usr/bin/mdevdctl").read_text()
 
 
 def test_an_admins_configuration_is_never_replaced(tmp_path: Path) -> None:
@@ -222,7 +223,7 @@ def _options_and_commands(parser: object) -> set[str]:
 
 @pytest.mark.parametrize(("program", "page"), [("mdevd", "mdevd.8"), ("mdevdctl", "mdevdctl.1")])
 def test_man_page_and_completion_know_every_option_and_command(program: str, page: str) -> None:
-    parser = main.build_parser() if program == "mdevd" else ctl.build_parser()
+    parser = main.build_parser() if program == "mdevd" else mdevdctl.build_parser()
     words = _options_and_commands(parser) - {"--help"}
     man_source = (REPO / "docs/man" / page).read_text()
     man_text = re.sub(r"\\f[BIRP]", " ", man_source).replace("\\-", "-")
@@ -238,4 +239,4 @@ def _mentions(text: str, word: str) -> bool:
 def test_the_mdevctl_front_end_link_points_at_the_installed_program(tree: Path) -> None:
     link = tree / "usr/libexec/mdevd/mdevctl"
     assert os.readlink(link) == "/usr/bin/mdevd-mdevctl"
-    assert "mdevd.compat.frontend" in (tree / "usr/bin/mdevd-mdevctl").read_text()
+    assert "mdevd.cli.mdevctl" in (tree / "usr/bin/mdevd-mdevctl").read_text()

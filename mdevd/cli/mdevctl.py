@@ -30,8 +30,8 @@ from typing import NoReturn
 
 from mdevd import __version__, calls, mdevctl_format
 from mdevd.blocking import BlockingClient
-from mdevd.compat import output
-from mdevd.compat.output import Listed
+from mdevd.cli import mdevctl_output
+from mdevd.cli.mdevctl_output import Listed
 from mdevd.errors import MdevdError
 from mdevd.model import Attributes, Definition
 from mdevd.replies import ClientError, DaemonError, DeviceInfo, ParentInfo
@@ -474,9 +474,11 @@ def _list(session: Session, args: argparse.Namespace) -> None:
     else:
         listed = [_listed(d, session.running_attributes(d)) for d in devices]
     if args.dumpjson:
-        sys.stdout.write(output.list_json(listed, uuid_given=args.uuid is not None))
+        sys.stdout.write(mdevctl_output.list_json(listed, uuid_given=args.uuid is not None))
     else:
-        sys.stdout.write(output.list_text(listed, defined=args.defined, verbose=args.verbose))
+        sys.stdout.write(
+            mdevctl_output.list_text(listed, defined=args.defined, verbose=args.verbose)
+        )
 
 
 def _types(session: Session, args: argparse.Namespace) -> None:
@@ -485,7 +487,9 @@ def _types(session: Session, args: argparse.Namespace) -> None:
         for p in session.client.run(calls.parents())
         if args.parent is None or p.name == args.parent
     ]
-    sys.stdout.write(output.types_json(parents) if args.dumpjson else output.types_text(parents))
+    sys.stdout.write(
+        mdevctl_output.types_json(parents) if args.dumpjson else mdevctl_output.types_text(parents)
+    )
 
 
 def _start(session: Session, args: argparse.Namespace) -> None:

@@ -4,9 +4,9 @@
 Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
 3 the daemon could not be reached; 4 not authorized; 5 no such device or parent; 6 no answer
 within --timeout (the client gave up waiting; the operation may still complete); `status`
-only: 7 a device's last start failed, 8 something else needs attention (mdevd.ctl_status).
+only: 7 a device's last start failed, 8 something else needs attention (mdevd.cli.mdevdctl_status).
 
-`--json` output is described in docs/json.md, its shapes are in mdevd.ctl_json.
+`--json` output is described in docs/json.md, its shapes are in mdevd.cli.mdevdctl_json.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from mdevd.replies import (
 
 if TYPE_CHECKING:
     from mdevd.client import Client
-from mdevd.ctl_json import (
+from mdevd.cli.mdevdctl_json import (
     device_v0,
     event_v0,
     event_v1,
@@ -45,7 +45,7 @@ from mdevd.ctl_json import (
     types_v0,
     types_v1,
 )
-from mdevd.ctl_status import (
+from mdevd.cli.mdevdctl_status import (
     StatusReport,
     apply_command,
     list_marker,
@@ -61,7 +61,7 @@ EXIT_NOT_AUTHORIZED = 4
 EXIT_NOT_FOUND = 5
 #: The client's own --timeout ran out; distinct from 1 because the outcome is unknown.
 EXIT_TIMEOUT = 6
-# `status` has two more, 7 and 8: mdevd.ctl_status, beside what they are about.
+# `status` has two more, 7 and 8: mdevd.cli.mdevdctl_status, beside what they are about.
 
 #: What an admin should look at when the daemon cannot be reached.
 _WHAT_TO_DO = "see `systemctl status mdevd` and `journalctl -u mdevd` (is mdevd running?)"

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mdevd.ctl_status import StatusReport
+from mdevd.cli.mdevdctl_status import StatusReport
 from mdevd.replies import DeviceInfo, Event, ParentInfo, PendingChanges
 
 #: The schema `--json` prints when none is asked for: the oldest each command has, so that

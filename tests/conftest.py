@@ -11,6 +11,9 @@ Inside that mount namespace, the host's configuration directories a daemon under
 write to (mdevctl's /etc/mdevctl.d, mdevd's /etc/mdevd) are covered by empty copies of
 themselves: a test that forgets to point the daemon elsewhere then writes into a tmpfs that
 vanishes with the run, never into the host's files.
+
+A failing test's report shows what the daemons under test (mdevd, the emulated kernel) logged
+while it ran, also when the daemon is shared by the whole module (tests/support/report_logs.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.namespaces import enter_private_namespaces, shield_host_directory
+
+pytest_plugins = ("tests.support.report_logs",)
 
 #: Host directories a daemon with default settings writes to.
 SHIELDED = ("/etc/mdevctl.d", "/etc/mdevd")

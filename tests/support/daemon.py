@@ -6,8 +6,9 @@
             ...  # talk to it with mdevd.client, busctl, gdbus, mdevdctl
         print(daemon.log())
 
-The daemon's log is kept in a file and printed by the tests only when they fail (fwupd's
-harness does the same); `daemon.log()` reads it.
+The daemon's log is kept in a file; `daemon.log()` reads it. Under pytest, a failing test's
+report shows the lines the daemon wrote during that test (tests/support/logs.py,
+tests/support/report_logs.py), also when the daemon is shared by a whole module.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Re-exported for tests/packaging/build.py, which still imports it from here.
-from tests.support.paths import REPO as REPO
+from tests.support.logs import watched_log
+from tests.support.paths import REPO as REPO  # re-exported for tests/packaging/build.py
 
 #: The daemon's mdevd.toml unless a test gives one: the command line sets the directories.
 DEFAULT_CONFIG = "# defaults; the command line sets the directories\n"
@@ -100,7 +101,7 @@ def running_daemon(
     extra_args: Sequence[str] = (),
     start_timeout: float = 30,
     uevent_source: str = "udev",
-    print_log: bool = True,
+    print_log: bool = False,
     env: Mapping[str, str] | None = None,
     config_text: str = DEFAULT_CONFIG,
     program: Sequence[str] = ("-m", "mdevd"),
@@ -114,6 +115,8 @@ def running_daemon(
     decides where definitions live. `program` replaces `-m mdevd` (a test's own entry point).
     mdevctl's directories default to (absent) ones in the daemon's work directory, so that no
     test reads or writes the host's /etc/mdevctl.d or runs its callout scripts.
+    `print_log` prints the whole log when the daemon stops (tests need not: the failing test's
+    report has what the daemon wrote during it).
     """
     workdir = Path(tempfile.mkdtemp(prefix="mdevd-daemon-", dir="/tmp"))
     if devices_dirs is None:
@@ -154,18 +157,21 @@ def running_daemon(
         )
     devices_dir = Path(devices_dirs[0]) if devices_dirs else workdir
     daemon = DaemonProcess(process, address, log_path, devices_dir, env)
-    try:
-        deadline = time.monotonic() + start_timeout
-        while not name_has_owner(address):
-            if process.poll() is not None:
-                raise AssertionError(f"mdevd exited with {process.returncode}:\n{daemon.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mdevd not ready within {start_timeout} s:\n{daemon.log()}")
-            time.sleep(0.05)
-        yield daemon
-    finally:
+    with watched_log("mdevd", log_path):
         try:
-            daemon.stop()
+            deadline = time.monotonic() + start_timeout
+            while not name_has_owner(address):
+                if process.poll() is not None:
+                    raise AssertionError(f"mdevd exited with {process.returncode}:\n{daemon.log()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mdevd not ready within {start_timeout} s:\n{daemon.log()}"
+                    )
+                time.sleep(0.05)
+            yield daemon
         finally:
-            if print_log:  # pytest shows it only for a failing test
-                print(f"--- mdevd log ({log_path}) ---\n{daemon.log()}")
+            try:
+                daemon.stop()
+            finally:
+                if print_log:
+                    print(f"--- mdevd log ({log_path}) ---\n{daemon.log()}")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdevd.sim.control import CONTROL_PATH, SimControl
+from tests.support.logs import watched_log
 from tests.support.paths import REPO
 
 SCENARIO_DIR = REPO / "config" / "sim"
@@ -112,8 +113,9 @@ def running_sim(
     sim = RunningSim(root, SimControl(root), process, path, log_path)
     body_failed = True
     try:
-        _wait_mounted(sim, timeout)
-        yield sim
+        with watched_log("mdevd-sim", log_path):
+            _wait_mounted(sim, timeout)
+            yield sim
         body_failed = False
     finally:
         problem = _stop(sim, stop_signal, timeout)

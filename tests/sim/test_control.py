@@ -7,6 +7,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,13 +87,55 @@ def test_fault_remove(sim: RunningSim) -> None:
     assert write_errno(sim.root / "bus/mdev/devices" / UUID_B / "remove", "1") == errno.EAGAIN
 
 
+#: A delay no test outlasts: the longest the control channel takes, an hour. A delay that
+#: `clear()` failed to drop holds the next such write that long.
+KEPT_DELAY = 3600.0
+#: How long a write after `clear()` may take: far under KEPT_DELAY and the module's timeout,
+#: far over what a write takes on a loaded machine.
+WRITE_BOUND = 10.0
+
+
+def _finishes_within(seconds: float, write: Callable[[], None]) -> None:
+    """Run `write` on a thread of its own; fail the test if it has not returned (or has raised)
+    after `seconds`. A write held by a delay stays blocked until the emulation stops."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            write()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(f"the write was still blocked after {seconds:g} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def test_clear_drops_faults_and_delays(sim: RunningSim) -> None:
     sim.control.fault_create("mtty", "mtty-1", "EIO", 5)
     sim.control.fault_remove("*", "EBUSY", 5)
-    sim.control.delay("create", 30)
+    sim.control.delay("create", KEPT_DELAY)
+    sim.control.delay("remove", KEPT_DELAY)
     sim.control.clear()
-    create(sim.root, "mtty", "mtty-1", UUID_A)
-    remove(sim.root, UUID_A)
+    # A fault left in place fails the write (OSError); a delay left in place blocks it
+    # for an hour, and the bound fails the test after WRITE_BOUND seconds.
+    _finishes_within(WRITE_BOUND, lambda: create(sim.root, "mtty", "mtty-1", UUID_A))
+    _finishes_within(WRITE_BOUND, lambda: remove(sim.root, UUID_A))
+
+
+def test_the_bound_catches_a_delay_that_was_not_dropped(sim: RunningSim) -> None:
+    """The control of the test above: the same delay, not cleared, fails its check."""
+    sim.control.delay("create", KEPT_DELAY)
+    with pytest.raises(AssertionError, match="still blocked"):
+        # A shorter bound than WRITE_BOUND, to keep this quick: any bound under the delay
+        # catches it.
+        _finishes_within(1.0, lambda: create(sim.root, "mtty", "mtty-1", UUID_A))
 
 
 def _timed(action: str, run: object) -> float:

@@ -14,7 +14,6 @@ key found in the JSON files, which the last test checks.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -25,10 +24,8 @@ import pytest
 
 from mdevd import __version__
 from tests.daemon.conftest import ClientStack
+from tests.support.golden import GOLDEN, assert_matches_golden
 from tests.support.paths import REPO
-
-GOLDEN = REPO / "tests" / "data" / "golden"
-REGENERATE = os.environ.get("MDEVD_REGENERATE_GOLDEN") == "1"
 
 FAILED = "11111111-1111-4111-8111-111111111111"
 WAITING = "22222222-2222-4222-8222-222222222222"
@@ -71,15 +68,7 @@ def _normalised(text: str, stack: ClientStack) -> str:
 
 
 def _matches_golden(name: str, actual: str) -> None:
-    path = GOLDEN / name
-    if REGENERATE:
-        path.write_text(actual)
-        return
-    assert path.exists(), f"{path} is missing: MDEVD_REGENERATE_GOLDEN=1 writes it"
-    assert actual == path.read_text(), (
-        f"mdevdctl's output differs from {path}; if the change is meant, "
-        "MDEVD_REGENERATE_GOLDEN=1 rewrites it"
-    )
+    assert_matches_golden(GOLDEN / name, actual, "mdevdctl's output")
 
 
 def _ctl(stack: ClientStack, *args: str, code: int = 0) -> str:
@@ -146,7 +135,8 @@ def test_monitor_output_matches_its_golden_files(devices: ClientStack) -> None:
 
 
 def test_every_golden_file_is_one_the_tests_write() -> None:
-    present = {path.name for path in GOLDEN.iterdir()} - {"README.md"}
+    # toml/ holds the rendered TOML's, tests/store/test_toml_golden.py checks those.
+    present = {path.name for path in GOLDEN.iterdir()} - {"README.md", "toml"}
     assert present == set(CASES) | set(MONITORS)
 
 

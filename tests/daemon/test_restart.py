@@ -7,14 +7,12 @@ The emulated kernel's uevent log is the witness: a device removed or created aga
 
 from __future__ import annotations
 
-import asyncio
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dbus_fast import Message, MessageType
-from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names
 from tests.daemon.conftest import SCENARIO
@@ -29,6 +27,7 @@ from tests.daemon.harness import (
 )
 from tests.support.bus import PROJECT_POLICY, private_bus
 from tests.support.daemon import running_daemon
+from tests.support.signals import SignalRecorder
 from tests.support.sim import RunningSim, running_sim
 
 
@@ -142,34 +141,13 @@ def test_start_up_exports_without_announcing(
             daemon.ctl("create", "mtty", "mtty-1", "--uuid", later, check=True)
             daemon.ctl("stop", later, check=True)
 
-    async def watch() -> list[str]:
-        bus = await MessageBus(bus_address=address).connect()
-        added: list[str] = []
-
-        def on_message(message: Message) -> None:
-            if message.message_type is MessageType.SIGNAL and message.member == "InterfacesAdded":
-                added.append(str(message.body[0]))
-
-        bus.add_message_handler(on_message)
-        rule = f"type='signal',interface='{names.OBJECT_MANAGER_INTERFACE}'"
-        reply = await bus.call(
-            Message(
-                destination=names.DBUS_BUS_NAME,
-                path=names.DBUS_PATH,
-                interface=names.DBUS_INTERFACE,
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
-        )
-        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
-        await asyncio.get_running_loop().run_in_executor(None, run_daemon)
-        await asyncio.sleep(0.2)
-        bus.disconnect()
-        return added
-
+    # Every sender's ObjectManager signals: also those of a daemon that does not own the name.
+    every_sender = (f"type='signal',interface='{names.OBJECT_MANAGER_INTERFACE}'",)
     try:
-        added = asyncio.run(watch())
+        with SignalRecorder(address, every_sender) as recorder:
+            run_daemon()
+            time.sleep(0.2)
+        added = [s.object_path for s in recorder.signals() if s.member == "InterfacesAdded"]
     finally:
         for uuid in defined:
             (devices_dir / f"{uuid}.toml").unlink()

@@ -34,7 +34,7 @@ from dbus_fast import BusType, Message, RequestNameReply, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
-from mdevd import __version__
+from mdevd import __version__, defaults
 from mdevd.bus import sendfix
 from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
@@ -44,14 +44,13 @@ from mdevd.bus.paths import device_path
 from mdevd.bus.tree import ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
+from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.engine import (
-    AUTOSTART_RETRY_DELAYS,
     Engine,
     EngineSettings,
     Listener,
     OperationHooks,
 )
-from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
@@ -66,7 +65,7 @@ from mdevd.service import (
     watchdog_interval,
 )
 from mdevd.store import DefinitionStore
-from mdevd.udev import RECEIVE_BUFFER_BYTES, Uevent, UeventSource
+from mdevd.udev import Uevent, UeventSource
 from mdevd.watch import DirectoryWatcher, Watched
 
 log = logging.getLogger("mdevd")
@@ -74,19 +73,19 @@ log = logging.getLogger("mdevd")
 
 @dataclass(frozen=True, slots=True)
 class DaemonSettings:
-    sysfs_root: Path = Path("/sys")
-    dev_root: Path = Path("/dev")
+    sysfs_root: Path = defaults.SYSFS_ROOT
+    dev_root: Path = defaults.DEV_ROOT
     #: `udev` (after udevd's processing, production), `kernel` (no udevd) or `none`.
-    uevent_source: str = "udev"
+    uevent_source: str = defaults.UEVENT_SOURCE
     bus_address: str | None = None
-    io_timeout: float = 30.0
-    uevent_receive_buffer: int = RECEIVE_BUFFER_BYTES
-    autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
+    io_timeout: float = defaults.IO_TIMEOUT
+    uevent_receive_buffer: int = defaults.UEVENT_RECEIVE_BUFFER
+    autostart_retry_delays: tuple[float, ...] = defaults.AUTOSTART_RETRY_DELAYS
     #: Reload when the definition directories change (inotify).
     watch_definitions: bool = True
     #: Seconds without an autostart attempt ending after which a long startup stops asking the
     #: service manager for more time: longer than one attempt can take.
-    startup_stall_limit: float = 120.0
+    startup_stall_limit: float = defaults.STARTUP_STALL_LIMIT
 
 
 class StartupFailures:
@@ -362,10 +361,14 @@ class Daemon:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The daemon's command line (the `mdevd` program without a subcommand)."""
     parser.add_argument(
-        "--config", type=Path, help="configuration file (default /etc/mdevd/mdevd.toml)"
+        "--config", type=Path, help=f"configuration file (default {defaults.CONFIG_FILE})"
     )
-    parser.add_argument("--sysfs-root", type=Path, help="where sysfs is mounted (default /sys)")
-    parser.add_argument("--dev-root", type=Path, help="where /dev/vfio lives (default /dev)")
+    parser.add_argument(
+        "--sysfs-root", type=Path, help=f"where sysfs is mounted (default {defaults.SYSFS_ROOT})"
+    )
+    parser.add_argument(
+        "--dev-root", type=Path, help=f"where /dev/vfio lives (default {defaults.DEV_ROOT})"
+    )
     parser.add_argument(
         "--devices-dir",
         type=Path,
@@ -376,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--uevent-source",
         choices=("udev", "kernel", "none"),
-        help="where kernel events come from (default udev)",
+        help=f"where kernel events come from (default {defaults.UEVENT_SOURCE})",
     )
     compat_setup.add_arguments(parser)
     parser.add_argument(
@@ -415,9 +418,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         bus_address=os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or None,
         io_timeout=daemon_config.io_timeout,
         uevent_receive_buffer=daemon_config.uevent_receive_buffer,
-        autostart_retry_delays=tuple(
-            daemon_config.autostart_retry_delay * 2**attempt
-            for attempt in range(daemon_config.autostart_retries)
+        autostart_retry_delays=defaults.retry_delays(
+            daemon_config.autostart_retry_delay, daemon_config.autostart_retries
         ),
         watch_definitions=daemon_config.watch_definitions,
         # One autostart attempt: create, attribute writes, a rollback (each bounded by

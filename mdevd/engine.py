@@ -32,7 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn, Protocol, TypeVar
 
-from mdevd import validate
+from mdevd import defaults, validate
 from mdevd.errors import (
     AlreadyActive,
     AttributeRejected,
@@ -165,19 +165,16 @@ class NullListener:
 #: Tells one registration of a parent from the next (`Sysfs.registration_id`).
 RegistrationId = tuple[int, int]
 
-#: Seconds before each autostart retry (transient failures only): 6 retries, ~16 s in all.
-AUTOSTART_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     #: How long one kernel or store operation may take before the caller gets `Timeout`.
-    io_timeout: float = 30.0
+    io_timeout: float = defaults.IO_TIMEOUT
     #: Worker threads for sysfs and file I/O. More than the parents that can block at once.
-    io_workers: int = 16
+    io_workers: int = defaults.IO_WORKERS
     #: Seconds before each retry of an autostart that failed for a transient reason (types not
     #: listed yet, EBUSY); their number bounds the retries. Permanent failures are not retried.
-    autostart_retry_delays: tuple[float, ...] = AUTOSTART_RETRY_DELAYS
+    autostart_retry_delays: tuple[float, ...] = defaults.AUTOSTART_RETRY_DELAYS
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from mdevd import validate
+from mdevd import defaults, validate
 from mdevd.errors import (
     AttributeRejected,
     Busy,
@@ -50,7 +50,9 @@ class Sysfs:
     `dev_root` is where `/dev/vfio/<group>` lives, used to tell whether a VM holds a device.
     """
 
-    def __init__(self, root: Path | str = "/sys", dev_root: Path | str = "/dev") -> None:
+    def __init__(
+        self, root: Path | str = defaults.SYSFS_ROOT, dev_root: Path | str = defaults.DEV_ROOT
+    ) -> None:
         self.root = Path(root)
         self.dev_root = Path(dev_root)
 

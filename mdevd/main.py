@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mdevd import __version__, daemon, mdevctl_format
+from mdevd import __version__, daemon, defaults, mdevctl_format
 from mdevd.compat import setup as compat_setup
 from mdevd.compat.directory import MdevctlDirectory
 from mdevd.compat.store import CompatStore
-from mdevd.config import Config, ConfigResult, MdevctlConfig, read_config
+from mdevd.config import Config, ConfigResult, read_config
 from mdevd.definitions import Problem, ProblemKind, render
 from mdevd.errors import MdevdError
 from mdevd.logs import setup_logging
@@ -53,7 +53,7 @@ def _common_options() -> argparse.ArgumentParser:
         type=Path,
         default=argparse.SUPPRESS,
         metavar="FILE",
-        help="configuration file (default: /etc/mdevd/mdevd.toml if it exists)",
+        help=f"configuration file (default: {defaults.CONFIG_FILE} if it exists)",
     )
     group.add_argument(
         "--devices-dir",
@@ -84,7 +84,7 @@ def _mdevctl_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="DIR",
         help="mdevctl's definitions directory, read too in compatibility mode (default: the "
-        f"config file's, else {MdevctlConfig().config_dir})",
+        f"config file's, else {defaults.MDEVCTL_DIR})",
     )
     return options
 
@@ -124,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="convert mdevctl's definitions into mdevd's",
         description="Convert every definition under mdevctl's directory that mdevctl accepts "
-        "into /etc/mdevd/devices.d/<uuid>.toml, and report the ones it does not convert. "
+        f"into {defaults.DEVICES_DIR}/<uuid>.toml, and report the ones it does not convert. "
         "Never overwrites an existing mdevd definition.",
     )
     importer.add_argument(
         "--from",
         dest="source",
         type=Path,
-        default=mdevctl_format.DEFAULT_MDEVCTL_DIR,
+        default=defaults.MDEVCTL_DIR,
         metavar="DIR",
         help="mdevctl's configuration directory (default: %(default)s)",
     )

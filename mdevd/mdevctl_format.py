@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mdevd import definitions
+from mdevd import defaults, definitions
 from mdevd.definitions import Problem, ProblemKind, printable_path
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
 from mdevd.model import Attributes, Definition
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     # importing the store (nor `atomic`, imported where a directory is read).
     from mdevd.store import DefinitionStore
 
-DEFAULT_MDEVCTL_DIR = Path("/etc/mdevctl.d")
+DEFAULT_MDEVCTL_DIR = defaults.MDEVCTL_DIR
 #: mdevctl's callout and notifier scripts live here, not definitions.
 SCRIPTS_DIR_NAME = "scripts.d"
 

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 
 import pyudev
 
-log = logging.getLogger(__name__)
+from mdevd import defaults
 
-#: Big enough for a driver reload with hundreds of devices; on overflow we rescan anyway.
-RECEIVE_BUFFER_BYTES = 16 * 1024 * 1024
+log = logging.getLogger(__name__)
 
 #: Events handled per wake-up of the loop, so that a storm cannot starve method calls.
 _EVENTS_PER_WAKEUP = 256
@@ -45,7 +44,9 @@ class Uevent:
 
 class UeventSource:
     def __init__(
-        self, source: str = "udev", receive_buffer_bytes: int = RECEIVE_BUFFER_BYTES
+        self,
+        source: str = defaults.UEVENT_SOURCE,
+        receive_buffer_bytes: int = defaults.UEVENT_RECEIVE_BUFFER,
     ) -> None:
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=source)

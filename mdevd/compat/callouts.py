@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from mdevd import defaults
 from mdevd.inotify import (
     IN_ATTRIB,
     IN_CLOSE_WRITE,
@@ -289,7 +290,7 @@ class CalloutRunner:
         self,
         callout_dirs: Sequence[Path],
         notifier_dirs: Sequence[Path],
-        timeout: float = 150.0,
+        timeout: float = defaults.CALLOUT_TIMEOUT,
     ) -> None:
         self.callout_dirs = tuple(callout_dirs)
         self.notifier_dirs = tuple(notifier_dirs)

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mdevd import atomic
+from mdevd import atomic, defaults
 from mdevd.compat.callouts import CalloutRunner
 from mdevd.compat.directory import MdevctlDirectory
 from mdevd.compat.hooks import CalloutHooks
@@ -39,12 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mdevctl compatibility mode (default auto: on when mdevctl's directory exists)",
     )
     parser.add_argument(
-        "--mdevctl-dir", type=Path, help="mdevctl's definitions directory (/etc/mdevctl.d)"
+        "--mdevctl-dir",
+        type=Path,
+        help=f"mdevctl's definitions directory ({defaults.MDEVCTL_DIR})",
     )
     parser.add_argument(
         "--mdevctl-scripts-dir",
         type=Path,
-        help="mdevctl's packaged scripts (/usr/lib/mdevctl/scripts.d)",
+        help=f"mdevctl's packaged scripts ({defaults.MDEVCTL_SCRIPTS_DIR})",
     )
 
 

@@ -740,13 +740,3 @@ def append_to_text(text: str, source: str, definition: Definition) -> str:
     separator = "" if not text.strip() else ("\n" if text.endswith("\n") else "\n\n")
     new_text = text + separator + render([definition], header="")
     return _verified(new_text, source, before, [*before.definitions, definition])
-
-
-def defines_devices(text: str) -> bool:
-    """Whether a definitions text holds any device table (valid or not)."""
-    if bound_problem(text, "") is not None:
-        return True  # not ours to judge (and too costly to parse): treat it as holding something
-    try:
-        return bool(tomllib.loads(text).get("device"))
-    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
-        return True  # not ours to judge: treat it as holding something

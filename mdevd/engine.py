@@ -660,13 +660,6 @@ class Engine:
             if not self._reload_again:
                 return
 
-    async def autostart_parent(self, parent: str) -> None:
-        """Start each autostart definition of `parent` that is not running, in UUID order, for
-        its current registration; returns after the first attempt at each."""
-        registration = self._registrations.get(parent)
-        if registration is not None:
-            await self._first_rounds([self._begin_autostart(parent, registration)])
-
     # ---- kernel events ---------------------------------------------------------------------
 
     def handle_uevent(

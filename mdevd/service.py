@@ -37,10 +37,6 @@ from mdevd.model import DeviceState, Parent
 
 log = logging.getLogger(__name__)
 
-#: The variables systemd sets for the main process; removed once read so that child processes
-#: (mdevctl callout scripts) cannot speak for the daemon.
-SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
 
 class Notifier:
     """Sends sd_notify messages; does nothing when there is no notification socket."""
@@ -53,6 +49,8 @@ class Notifier:
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
         env = os.environ if environ is None else environ
+        # Removed once read, so that child processes (mdevctl's callout scripts) cannot speak
+        # for the daemon.
         return cls(env.pop("NOTIFY_SOCKET", None) or None)
 
     @property
@@ -124,6 +122,7 @@ def watchdog_interval(environ: MutableMapping[str, str] | None = None) -> float 
     `WATCHDOG_PID`, when set, must be this process: the variables may have been inherited.
     """
     env = os.environ if environ is None else environ
+    # Removed once read, as NOTIFY_SOCKET is (`Notifier.from_environment`).
     usec_text = env.pop("WATCHDOG_USEC", None)
     pid_text = env.pop("WATCHDOG_PID", None)
     if not usec_text:

@@ -31,6 +31,7 @@ from dbus_fast.aio import MessageBus
 # Every name of `mdevd.replies` (its `__all__`) is part of this module's API: managers import
 # DeviceInfo, the error classes and the rest from here.
 from mdevd import calls, wire
+from mdevd.bus import marshalfix
 from mdevd.bus.names import (
     BUS_NAME,
     DBUS_BUS_NAME,
@@ -72,6 +73,16 @@ def _fast(value: Any) -> Any:
     return value
 
 
+class _Bus(MessageBus):
+    """dbus-fast's bus, with messages that carry non-ASCII strings written correctly on the
+    versions that write them wrong (Debian 12's 1.84: `mdevd.bus.marshalfix`)."""
+
+    # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
+    def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        sent: asyncio.Future[None] = super().send(marshalfix.fixed(msg))
+        return sent
+
+
 class Client:
     def __init__(self, bus: MessageBus, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.bus = bus
@@ -84,9 +95,9 @@ class Client:
         try:
             async with asyncio.timeout(timeout):
                 if address:
-                    bus = await MessageBus(bus_address=address).connect()
+                    bus = await _Bus(bus_address=address).connect()
                 else:
-                    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+                    bus = await _Bus(bus_type=BusType.SYSTEM).connect()
         except (OSError, TimeoutError, DBusError) as exc:
             where = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "the system bus")
             raise ClientError(f"cannot connect to {where}: {exc}") from exc

@@ -37,19 +37,20 @@ METHOD_RETURN: Final = 2
 ERROR: Final = 3
 SIGNAL: Final = 4
 
-_PATH, _INTERFACE, _MEMBER, _ERROR_NAME, _REPLY_SERIAL, _DESTINATION, _SENDER, _SIGNATURE = range(
-    1, 9
+#: Header field codes (the specification's).
+PATH, INTERFACE, MEMBER, ERROR_NAME, REPLY_SERIAL, DESTINATION, SENDER, SIGNATURE, UNIX_FDS = range(
+    1, 10
 )
 _HEADER_FIELD_TYPES: Final = {
-    _PATH: "o",
-    _INTERFACE: "s",
-    _MEMBER: "s",
-    _ERROR_NAME: "s",
-    _REPLY_SERIAL: "u",
-    _DESTINATION: "s",
-    _SENDER: "s",
-    _SIGNATURE: "g",
-    9: "u",  # UNIX_FDS
+    PATH: "o",
+    INTERFACE: "s",
+    MEMBER: "s",
+    ERROR_NAME: "s",
+    REPLY_SERIAL: "u",
+    DESTINATION: "s",
+    SENDER: "s",
+    SIGNATURE: "g",
+    UNIX_FDS: "u",
 }
 
 _FIXED: Final = {
@@ -307,8 +308,29 @@ class Message:
 
     @property
     def reply_serial(self) -> int | None:
-        value = self.fields.get(_REPLY_SERIAL)
+        value = self.fields.get(REPLY_SERIAL)
         return value if isinstance(value, int) else None
+
+
+def encode_message(
+    message_type: int,
+    flags: int,
+    serial: int,
+    fields: dict[int, Variant],
+    signature: str,
+    body: Sequence[Any],
+) -> bytes:
+    """A whole message, little-endian: the header (its fields in code order) and the body.
+    `fields` are the header fields but the signature, which is added from `signature`."""
+    payload = marshal(signature, body)
+    if signature:
+        fields = {**fields, SIGNATURE: Variant("g", signature)}
+    header = _Writer()
+    header.buffer.extend(b"l" + bytes([message_type, flags, 1]))
+    header.buffer.extend(struct.pack("<II", len(payload), serial))
+    header.write("a(yv)", [[code, fields[code]] for code in sorted(fields)])
+    header.align(8)
+    return bytes(header.buffer) + payload
 
 
 def _call_bytes(
@@ -320,21 +342,13 @@ def _call_bytes(
     signature: str,
     body: Sequence[Any],
 ) -> bytes:
-    payload = marshal(signature, body)
-    fields: list[Any] = [
-        [_PATH, Variant("o", path)],
-        [_INTERFACE, Variant("s", interface)],
-        [_MEMBER, Variant("s", member)],
-        [_DESTINATION, Variant("s", destination)],
-    ]
-    if signature:
-        fields.append([_SIGNATURE, Variant("g", signature)])
-    header = _Writer()
-    header.buffer.extend(b"l" + bytes([METHOD_CALL, 0, 1]))
-    header.buffer.extend(struct.pack("<II", len(payload), serial))
-    header.write("a(yv)", fields)
-    header.align(8)
-    return bytes(header.buffer) + payload
+    fields = {
+        PATH: Variant("o", path),
+        INTERFACE: Variant("s", interface),
+        MEMBER: Variant("s", member),
+        DESTINATION: Variant("s", destination),
+    }
+    return encode_message(METHOD_CALL, 0, serial, fields, signature, body)
 
 
 def _parse_message(data: bytes) -> Message:
@@ -352,7 +366,7 @@ def _parse_message(data: bytes) -> Message:
             raise WireError(f"header field {code} has type {variant.signature!r}")
         fields[code] = variant.value
     body = data[reader.pos : reader.pos + body_length]
-    values = unmarshal(str(fields.get(_SIGNATURE, "")), body, little) if body_length else []
+    values = unmarshal(str(fields.get(SIGNATURE, "")), body, little) if body_length else []
     return Message(data[1], serial, fields, values)
 
 
@@ -440,7 +454,7 @@ class Connection:
                     text = (
                         message.body[0] if message.body and isinstance(message.body[0], str) else ""
                     )
-                    raise CallError(str(message.fields.get(_ERROR_NAME, "")), text)
+                    raise CallError(str(message.fields.get(ERROR_NAME, "")), text)
                 if message.type == METHOD_RETURN:
                     return message.body
         except TimeoutError as e:

@@ -41,6 +41,8 @@ from typing import Any
 from dbus_fast.aio import MessageBus
 from dbus_fast.message import Message
 
+from mdevd.bus import marshalfix
+
 try:
     from dbus_fast.__version__ import __version__ as DBUS_FAST_VERSION
 except ImportError:  # pragma: no cover - every version so far has the module
@@ -123,6 +125,12 @@ class PacedMessageBus(MessageBus):
 
     async def connect(self) -> PacedMessageBus:
         await super().connect()
+        if marshalfix.needed():
+            _log.info(
+                "dbus-fast %s writes non-ASCII strings with a wrong length; mdevd writes "
+                "messages that carry them itself (mdevd.bus.marshalfix)",
+                DBUS_FAST_VERSION,
+            )
         loop = asyncio.get_running_loop()
         sock = getattr(self, "_sock", None)
         fileno = getattr(sock, "fileno", None)
@@ -144,7 +152,7 @@ class PacedMessageBus(MessageBus):
         watch = self._watch
         if watch is None or self._disconnected:
             # Connecting (the Hello exchange), unpaced, or gone: dbus-fast decides.
-            sent: asyncio.Future[None] = super().send(msg)
+            sent: asyncio.Future[None] = super().send(marshalfix.fixed(msg))
             return sent
         if not msg.serial:
             # Numbered when sent, as dbus-fast would, even if it waits here.
@@ -162,7 +170,7 @@ class PacedMessageBus(MessageBus):
         return self._in_library is None or self._in_library.done()
 
     def _hand_over(self, msg: Message) -> asyncio.Future[None]:
-        sent: asyncio.Future[None] = super().send(msg)
+        sent: asyncio.Future[None] = super().send(marshalfix.fixed(msg))
         self._in_library = sent
         return sent
 

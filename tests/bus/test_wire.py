@@ -22,10 +22,11 @@ import pytest
 from dbus_fast import Variant as FastVariant
 from dbus_fast._private.marshaller import Marshaller
 from dbus_fast._private.unmarshaller import Unmarshaller
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mdevd import wire
+from mdevd.bus import marshalfix
 from mdevd.wire import CallError, Connection, Variant, WireError
 from tests.support.bus import private_bus
 
@@ -114,14 +115,23 @@ def _from_fast(value: Any) -> Any:
     return value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(st.lists(_typed(), min_size=1, max_size=4))
 def test_bodies_are_written_and_read_as_dbus_fast_does(typed: list[tuple[str, Any]]) -> None:
     signature = "".join(t[0] for t in typed)
     values = [t[1] for t in typed]
+    # Debian 12's dbus-fast writes non-ASCII strings wrong (mdevd.bus.marshalfix): it is no
+    # oracle for them, and wire's own bytes for them are checked below against the spec.
+    assume(not marshalfix.needed() or marshalfix._ascii_only(values))
     fast = bytes(Marshaller(signature, [_to_fast(s, v) for s, v in typed]).marshall())
     assert wire.marshal(signature, values) == fast
     assert wire.unmarshal(signature, fast) == values
+
+
+def test_a_string_is_as_long_as_its_utf8_bytes() -> None:
+    text = "\u00e9\u20ac\U0001f600"
+    assert wire.marshal("s", [text]) == b"\x09\x00\x00\x00" + text.encode() + b"\x00"
+    assert wire.unmarshal("s", wire.marshal("s", [text])) == [text]
 
 
 @pytest.mark.parametrize(

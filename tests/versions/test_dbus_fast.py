@@ -31,7 +31,12 @@ EXPECTED = {
 }
 
 #: What each environment runs: everything that talks D-Bus through mdevd.bus, and the load.
-TESTS = ["tests/bus", "tests/daemon/test_stress.py", "tests/daemon/test_introspection.py"]
+TESTS = [
+    "tests/bus",
+    "tests/daemon/test_stress.py",
+    "tests/daemon/test_introspection.py",
+    "tests/daemon/test_non_ascii.py",
+]
 
 DESCRIBE = """
 import json, tomlkit, dbus_fast.message_bus as m

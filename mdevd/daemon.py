@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbus_fast import BusType, Message, RequestNameReply, Variant
+from dbus_fast import BusType, Message, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
@@ -40,21 +40,16 @@ from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.names import BUS_NAME
-from mdevd.bus.paths import device_path
 from mdevd.bus.tree import ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
 from mdevd.engine import DefinitionStore as EngineStore
-from mdevd.engine import (
-    Engine,
-    EngineSettings,
-    Listener,
-    OperationHooks,
-)
+from mdevd.engine import DeviceEvent, Engine, EngineSettings, Event, NullListener, OperationHooks
+from mdevd.engine.runner import Coalescer
 from mdevd.errors import ConfigInvalid
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
-from mdevd.model import DeviceState, Parent
+from mdevd.model import DeviceState
 from mdevd.service import (
     AutostartProgress,
     Notifier,
@@ -88,36 +83,21 @@ class DaemonSettings:
     startup_stall_limit: float = defaults.STARTUP_STALL_LIMIT
 
 
-class StartupFailures:
-    """An engine listener in front of another: forwards every change, and keeps each
-    `start-failed` event until `take()` (once the daemon owns its name, when clients can
-    receive them again)."""
+class StartupFailures(NullListener):
+    """An engine subscriber that keeps each `start-failed` event, to be sent again once the
+    daemon owns its name (when clients can receive them)."""
 
-    def __init__(self, inner: Listener) -> None:
-        self.inner = inner
-        self._kept: list[tuple[DeviceState, dict[str, str]]] | None = []
+    def __init__(self) -> None:
+        self._kept: list[tuple[DeviceState, DeviceEvent]] = []
 
-    def take(self) -> list[tuple[DeviceState, dict[str, str]]]:
-        """The kept events, oldest first; from now on none is kept."""
-        kept, self._kept = self._kept or [], None
+    def take(self) -> list[tuple[DeviceState, DeviceEvent]]:
+        """The kept events, oldest first."""
+        kept, self._kept = self._kept, []
         return kept
 
-    def device_changed(self, state: DeviceState) -> None:
-        self.inner.device_changed(state)
-
-    def device_removed(self, uuid: str) -> None:
-        self.inner.device_removed(uuid)
-
-    def parent_changed(self, parent: Parent) -> None:
-        self.inner.parent_changed(parent)
-
-    def parent_removed(self, name: str) -> None:
-        self.inner.parent_removed(name)
-
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        if self._kept is not None and event == "start-failed":
-            self._kept.append((state, dict(details)))
-        self.inner.device_event(state, event, details)
+    def device_event(self, state: DeviceState, event: DeviceEvent) -> None:
+        if event.kind is Event.START_FAILED:
+            self._kept.append((state, event))
 
 
 class Daemon:
@@ -157,8 +137,8 @@ class Daemon:
         interval = watchdog_interval()
         self.watchdog = Watchdog(self.notifier, interval) if interval else None
         self._status: StatusFollower | None = None
-        self._reload_task: asyncio.Task[None] | None = None
-        self._reload_again = False
+        # SIGHUP: reload now, or once more after the reload in progress (signals coalesce).
+        self._reloads = Coalescer(self.reload, "reloading definitions failed", log)
         self._explicit_reload = asyncio.Lock()
 
     async def start(self) -> None:
@@ -181,14 +161,22 @@ class Daemon:
             lambda: self._autostart_status(progress.attempted),
             stall_limit=self.settings.startup_stall_limit,
         )
-        # Every start-failed event until the name is owned is kept, to be sent again then.
-        early_failures = StartupFailures(progress)
-        self.engine.attach(early_failures)
+        # The engine's subscribers, each told every change in the order they subscribed:
+        # `early_failures` (until the name is owned), `progress` (during the startup
+        # autostart), the tree (from its export on: the signals), `self._status` (the counts
+        # for the service manager). What depends on timing: `early_failures` hears every
+        # start-failed event from before the first autostart until the name is owned, when it
+        # stops and what it kept is sent again in the same step (no event can fall between);
+        # the tree subscribes in the step that exports what the engine holds.
+        early_failures = StartupFailures()
+        self.engine.subscribe(early_failures)
+        self.engine.subscribe(progress)
         extender.start()
         try:
             await self.engine.start()
         finally:
             await extender.stop()
+            self.engine.unsubscribe(progress)  # nobody asks for the progress any more
         sendfix.warn_if_untested()
         if self.settings.bus_address:
             bus = ManagedObjectBus(bus_address=self.settings.bus_address)
@@ -202,10 +190,9 @@ class Daemon:
         self.tree = ObjectTree(
             connected, self.engine, authorizer.authorize_caller, reload=self.reload
         )
-        self.tree.export_all()
-        self._status = StatusFollower(self.tree, self.describe, self.notifier)
-        early_failures.inner = self._status
-        self.engine.attach(early_failures)
+        self.tree.export_all()  # subscribes the tree
+        self._status = StatusFollower(self.describe, self.notifier)
+        self.engine.subscribe(self._status)
         if self.events is not None:
             self.events.attach(
                 asyncio.get_running_loop(), self._on_uevent, self.engine.request_resync
@@ -216,27 +203,19 @@ class Daemon:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise RuntimeError(f"could not own {BUS_NAME} on the bus ({reply.name})")
         connected.add_message_handler(self._on_bus_message)
-        self.engine.attach(self._status)
+        self.engine.unsubscribe(early_failures)
         self._replay(early_failures.take())
         status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
         self.notifier.ready(f"Ready: {status}")
 
-    def _replay(self, failures: list[tuple[DeviceState, dict[str, str]]]) -> None:
+    def _replay(self, failures: list[tuple[DeviceState, DeviceEvent]]) -> None:
         """Send again the start-failed events no client could receive (the name was not
         owned yet), marked `replayed`."""
         assert self.tree is not None
-        for state, details in failures:
+        for state, event in failures:
             log.debug("device %s: start-failed sent again now that the name is owned", state.uuid)
-            self.tree.manager.DeviceEvent(
-                device_path(state.uuid),
-                state.uuid,
-                "start-failed",
-                {
-                    **{key: Variant("s", value) for key, value in details.items()},
-                    "replayed": Variant("b", True),
-                },
-            )
+            self.tree.device_event(state, event, replayed=True)
 
     def _autostart_status(self, attempted: set[str]) -> str:
         parents = self.engine.parents()
@@ -271,21 +250,9 @@ class Daemon:
         self._stop.set()
 
     def request_reload(self) -> None:
-        """SIGHUP: reload now, or once more after the reload in progress (signals coalesce)."""
-        if self._reload_task is not None and not self._reload_task.done():
-            self._reload_again = True
-            return
-        self._reload_task = asyncio.get_running_loop().create_task(self._reload_until_current())
-
-    async def _reload_until_current(self) -> None:
-        while True:
-            self._reload_again = False
-            try:
-                await self.reload()
-            except Exception:  # the daemon keeps serving what it had; the next reload retries
-                log.exception("reloading definitions failed")
-            if not self._reload_again:
-                return
+        """SIGHUP: reload now, or once more after the reload in progress (signals coalesce).
+        A failure is logged: the daemon keeps serving what it had; the next reload retries."""
+        self._reloads.request()
 
     async def reload(self) -> None:
         """An explicit reload (SIGHUP, D-Bus `Reload`): re-read the definitions, telling the
@@ -340,8 +307,7 @@ class Daemon:
         """Stop serving; every device stays as it is (a restart adopts them)."""
         if self.watchdog is not None:
             await self.watchdog.stop()
-        if self._reload_task is not None:
-            self._reload_task.cancel()
+        self._reloads.cancel()
         if self.events is not None:
             self.events.close()
         if self.watcher is not None:

@@ -10,8 +10,8 @@ wedged by a blocking call stops pinging and systemd (`WatchdogSec=`) restarts th
 blocked sysfs write does not count as wedged: those run in the engine's worker threads and a
 VM holding a device may legitimately block one for a long time.
 
-`STATUS=` follows the device counts: `StatusFollower` sits between the engine and its listener
-and schedules one status update per burst of changes.
+`STATUS=` follows the device counts: `StatusFollower`, one of the engine's subscribers,
+schedules one status update per burst of changes.
 
 `READY=1` waits for the startup autostart (a VM started right after mdevd needs its device),
 which can outlast the start timeout (`TimeoutStartSec=`, 90 s by default) when many devices
@@ -32,8 +32,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 
-from mdevd.engine import Listener, NullListener
-from mdevd.model import DeviceState, Parent
+from mdevd.engine import DeviceEvent, Event, NullListener
+from mdevd.model import DeviceState
 
 log = logging.getLogger(__name__)
 
@@ -219,15 +219,16 @@ class StartupExtender:
 
 
 class AutostartProgress(NullListener):
-    """An engine listener for the startup, when only autostart changes devices: each attempt
-    that ends (started or failed) is progress. The tree's listener takes over after it."""
+    """An engine subscriber for the startup, when only autostart changes devices: each attempt
+    that ends (started or failed) is progress."""
 
     def __init__(self, on_progress: Callable[[], None]) -> None:
         self.on_progress = on_progress
         self.attempted: set[str] = set()
 
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        if event in ("started", "start-failed"):  # autostart's (or, adopted, the kernel's)
+    def device_event(self, state: DeviceState, event: DeviceEvent) -> None:
+        # Autostart's (or, for a device adopted, the kernel's).
+        if event.kind in (Event.STARTED, Event.START_FAILED):
             self.attempted.add(state.uuid)
             self.on_progress()
 
@@ -242,15 +243,14 @@ def device_status(devices: Mapping[str, DeviceState], problems: int = 0) -> str:
     return text
 
 
-class StatusFollower:
-    """An engine listener in front of another: forwards every change, keeps `STATUS=` current.
+class StatusFollower(NullListener):
+    """An engine subscriber that keeps `STATUS=` current with the device counts.
 
     Changes come in bursts (a driver reload, a reload of many files); one status message is
     sent per burst, from the loop, after the burst's callbacks ran.
     """
 
-    def __init__(self, inner: Listener, describe: Callable[[], str], notifier: Notifier) -> None:
-        self.inner = inner
+    def __init__(self, describe: Callable[[], str], notifier: Notifier) -> None:
         self.describe = describe
         self.notifier = notifier
         self.paused = False
@@ -268,18 +268,7 @@ class StatusFollower:
             asyncio.get_running_loop().call_soon(self.refresh)
 
     def device_changed(self, state: DeviceState) -> None:
-        self.inner.device_changed(state)
         self._changed()
 
     def device_removed(self, uuid: str) -> None:
-        self.inner.device_removed(uuid)
         self._changed()
-
-    def parent_changed(self, parent: Parent) -> None:
-        self.inner.parent_changed(parent)
-
-    def parent_removed(self, name: str) -> None:
-        self.inner.parent_removed(name)
-
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        self.inner.device_event(state, event, details)

@@ -21,7 +21,7 @@ from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.context import HandlerContext, Reload
 from mdevd.bus.device import DeviceInterface
 from mdevd.bus.manager import FEATURES, ManagerInterface
-from mdevd.bus.names import DEVICES_PATH, MANAGER_PATH, PARENTS_PATH
+from mdevd.bus.names import DEVICES_PATH, MANAGER_PATH, PARENTS_PATH, error_name
 from mdevd.bus.parent import ParentInterface
 from mdevd.bus.paths import (
     device_path,
@@ -30,7 +30,7 @@ from mdevd.bus.paths import (
     uuid_from_device_path,
 )
 from mdevd.bus.reads import ReadServer
-from mdevd.engine import Engine
+from mdevd.engine import DeviceEvent, Engine
 from mdevd.model import DeviceState, Parent
 
 
@@ -81,7 +81,7 @@ class ObjectTree:
             if bus is not None:
                 bus.quiet_exports = False
         self.reads.install()
-        self.engine.attach(self)
+        self.engine.subscribe(self)
 
     def interface_at(
         self, path: str
@@ -136,12 +136,15 @@ class ObjectTree:
             self.reads.changed(parent_path(name))
             self._refresh_parent_objects(name)
 
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
+    def device_event(
+        self, state: DeviceState, event: DeviceEvent, *, replayed: bool = False
+    ) -> None:
+        """`DeviceEvent`; `replayed`: sent again, once the name is owned (`mdevd.daemon`)."""
         self.manager.DeviceEvent(
             device_path(state.uuid),
             state.uuid,
-            event,
-            {key: Variant("s", value) for key, value in details.items()},
+            event.kind.value,
+            _event_details(event, replayed=replayed),
         )
 
     def _refresh_parent_objects(self, parent: str) -> None:
@@ -152,6 +155,21 @@ class ObjectTree:
                 interface.emit_properties_changed(
                     {"ParentObject": interface.properties()["ParentObject"]}
                 )
+
+
+def _event_details(event: DeviceEvent, *, replayed: bool) -> dict[str, Variant]:
+    """The signal's details: `reason`; for a failed start `error_name` (the full D-Bus name of
+    the engine's short one), `error_message` and, when autostart retries, `retry_in`;
+    `replayed` for an event sent again."""
+    details = {"reason": Variant("s", event.reason.value)}
+    if event.error_name:
+        details["error_name"] = Variant("s", error_name(event.error_name))
+        details["error_message"] = Variant("s", event.error_message)
+    if event.retry_in is not None:
+        details["retry_in"] = Variant("s", f"{event.retry_in:g}")
+    if replayed:
+        details["replayed"] = Variant("b", True)
+    return details
 
 
 def _emit_changes(interface: DeviceInterface | ParentInterface, before: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from mdevd import engine as engine_module
 from mdevd.engine import Engine
 from mdevd.kernel import Sysfs
 from mdevd.store import DefinitionStore
@@ -32,10 +31,10 @@ def sim() -> Iterator[RunningSim]:
 
 
 def test_create_and_stop_with_fresh_uuids_leaves_nothing_behind(
-    sim: RunningSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: RunningSim, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(engine_module, "_MAX_EXPECTED", 16)
     engine = Engine(Sysfs(sim.root), DefinitionStore([tmp_path]))
+    engine.ledger.max_expected = 16
 
     async def cycles() -> None:
         await engine.start()
@@ -47,12 +46,14 @@ def test_create_and_stop_with_fresh_uuids_leaves_nothing_behind(
     try:
         asyncio.run(cycles())
         assert engine.devices() == {}
-        assert engine._uuid_locks == {}
-        assert engine._touched == set() and engine._touched_parents == set()
-        assert engine._in_flight == set()
-        assert engine._early_events == {}
+        assert len(engine.uuid_locks) == 0
+        ledger = engine.ledger.size()
+        assert ledger.touched == 0 and ledger.touched_parents == 0
+        assert ledger.in_flight == 0
+        assert ledger.early_events == 0
         # Bounded even though the kernel's events never arrive here.
-        assert 0 < len(engine._expected_events) <= 16
-        assert engine._last_error == {} and engine._transient_attributes == {}
+        assert 0 < ledger.expected_events <= 16
+        # No last error, no attributes of a device that is gone.
+        assert engine.remembered() == set()
     finally:
         engine.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mdevd.engine import Engine
+from mdevd.engine import DeviceEvent, Engine
 from mdevd.kernel import Sysfs
 from mdevd.model import ActiveDevice, DeviceState, Parent
 from mdevd.store import DefinitionStore
@@ -59,8 +59,8 @@ class Events:
     def parent_removed(self, name: str) -> None:
         pass
 
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        self.seen.append((state.uuid, event, details["reason"]))
+    def device_event(self, state: DeviceState, event: DeviceEvent) -> None:
+        self.seen.append((state.uuid, event.kind, event.reason))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_a_stale_snapshot_does_not_undo_a_create(sim: RunningSim, tmp_path: Path
     kernel = HeldListing(sim.root)
     engine = Engine(kernel, DefinitionStore([tmp_path]))
     events = Events()
-    engine.attach(events)
+    engine.subscribe(events)
 
     async def scenario() -> None:
         await engine.start()
@@ -103,7 +103,7 @@ def test_a_stale_snapshot_does_not_bring_back_a_stopped_device(
     kernel = HeldListing(sim.root)
     engine = Engine(kernel, DefinitionStore([tmp_path]))
     events = Events()
-    engine.attach(events)
+    engine.subscribe(events)
 
     async def scenario() -> None:
         await engine.start()

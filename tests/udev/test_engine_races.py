@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mdevd.engine import Engine, EngineSettings, NullListener
+from mdevd.engine import DeviceEvent, Engine, EngineSettings, NullListener
 from mdevd.kernel import Sysfs
 from mdevd.model import ActiveDevice, DeviceState
 from mdevd.store import DefinitionStore
@@ -35,8 +35,8 @@ class Recorder(NullListener):
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
 
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        self.events.append((state.uuid, event, details["reason"]))
+    def device_event(self, state: DeviceState, event: DeviceEvent) -> None:
+        self.events.append((state.uuid, event.kind, event.reason))
 
     def of(self, uuid: str) -> list[tuple[str, str]]:
         return [(event, reason) for u, event, reason in self.events if u == uuid]
@@ -52,7 +52,7 @@ def _engine(sim: RunningSim, devices_dir: Path) -> tuple[Engine, Recorder]:
     kernel = Sysfs(sim.root, sim.root / ".sim" / "dev")
     engine = Engine(kernel, DefinitionStore([devices_dir]), EngineSettings(io_timeout=20))
     recorder = Recorder()
-    engine.attach(recorder)
+    engine.subscribe(recorder)
     return engine, recorder
 
 

@@ -1,42 +1,55 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The engine: the one place that decides what happens to a device.
+"""The engine's core: the one place that decides what happens to a device.
 
 It holds the daemon's view of every UUID (its definition, its kernel presence, or both),
 reconciles definitions with the kernel, runs create-then-attributes transactions with rollback,
-serializes mutations per parent, and tells a listener (the D-Bus layer) about every change
-before the operation that caused it returns, so a client that gets a reply already has the
-signals (contract rule 1).
+serializes mutations per parent, and tells its subscribers (the D-Bus layer first) about every
+change before the operation that caused it returns, so a client that gets a reply already has
+the signals (contract rule 1).
 
 Kernel events (uevents, read by `mdevd.udev`) only say *that* something may have changed: the
 engine then rescans the kernel and reports the difference, so lost, duplicated or reordered
-events cannot leave it with a wrong view. A parent's registration is known by the identity of
-its types directory (`Sysfs.registration_id`), so autostart runs once per registration however
-many events announce it (mdevctl runs twice: its issue #53), and runs again after an
-unregister/register pair even if no rescan saw the parent gone.
+events cannot leave it with a wrong view; the operation ledger (`ledger`) keeps its own
+operations' effects from being taken for someone else's. A parent's registration is known by
+the identity of its types directory (`Sysfs.registration_id`), so autostart (`autostart`) runs
+once per registration however many events announce it (mdevctl runs twice: its issue #53), and
+runs again after an unregister/register pair even if no rescan saw the parent gone.
 
-Kernel and store I/O run in a worker pool: a sysfs write can block (a device held by a VM) and
-must never stall the event loop.
+Kernel and store I/O run in a worker pool (`runner`): a sysfs write can block (a device held by
+a VM) and must never stall the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import uuid as uuid_module
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, Protocol, TypeVar
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
 from mdevd import defaults, validate
+from mdevd.engine.autostart import Autostart, Outcome, is_transient
+from mdevd.engine.ledger import CREATE_EVENTS, REMOVE_EVENTS, OperationLedger
+from mdevd.engine.ports import (
+    DefinitionStore,
+    DeviceEvent,
+    Event,
+    HookAction,
+    Kernel,
+    Listener,
+    NoHooks,
+    OperationHooks,
+    Reason,
+    RegistrationId,
+    Subscribers,
+)
+from mdevd.engine.runner import BackgroundTasks, Coalescer, IoRunner, IoTimeout, KeyedLocks
+from mdevd.engine.view import device_state, same_definition
 from mdevd.errors import (
     AlreadyActive,
     AttributeRejected,
-    Busy,
     Exists,
     InvalidArgument,
     MdevdError,
@@ -44,126 +57,11 @@ from mdevd.errors import (
     NotDefined,
     NotFound,
     ParentNotFound,
-    Timeout,
     TypeNotSupported,
 )
-from mdevd.kernel import Sysfs
-from mdevd.model import (
-    NO_PENDING_CHANGES,
-    ActiveDevice,
-    Attributes,
-    Definition,
-    DeviceState,
-    Parent,
-    PendingChanges,
-    Status,
-)
+from mdevd.model import ActiveDevice, Attributes, Definition, DeviceState, Parent
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-#: Why something happened, as `DeviceEvent`'s `reason` detail says it.
-REASON_API = "api"
-REASON_AUTOSTART = "autostart"
-REASON_CONFIG = "config"
-REASON_KERNEL = "kernel"
-
-
-class LoadedDefinitions(Protocol):
-    @property
-    def definitions(self) -> dict[str, Definition]: ...
-
-    @property
-    def problems(self) -> Sequence[object]: ...
-
-
-class DefinitionStore(Protocol):
-    """What the engine needs from the persistent store (mdevd.store implements it)."""
-
-    def load(self) -> LoadedDefinitions:
-        """Every valid definition by UUID, and the problems found (one bad file never hides
-        the good ones)."""
-        ...
-
-    def save(self, definition: Definition) -> Definition:
-        """Persist durably (atomic, fsynced); return it with `source_file` set."""
-        ...
-
-    def remove(self, uuid: str) -> None: ...
-
-
-class Listener(Protocol):
-    """Receives every change, synchronously, before the causing operation returns."""
-
-    def device_changed(self, state: DeviceState) -> None: ...
-
-    def device_removed(self, uuid: str) -> None: ...
-
-    def parent_changed(self, parent: Parent) -> None: ...
-
-    def parent_removed(self, name: str) -> None: ...
-
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None: ...
-
-
-class OperationHooks(Protocol):
-    """Runs around each operation, whoever asked for it (mdevd.compat.hooks: mdevctl's
-    callouts). `action` is mdevctl's word: start, stop, define, undefine, modify."""
-
-    def transaction(
-        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
-    ) -> AbstractAsyncContextManager[Definition]:
-        """Before the operation: may refuse it (raise). Yields the device's config (with
-        `fill_attributes`, the running device's attributes as the hooks know them); after
-        the operation it learns whether it succeeded (the body raised or not)."""
-        ...
-
-    async def query_attributes(self, device: Definition) -> Attributes | None:
-        """The running device's attributes as the hooks know them; None if they do not."""
-        ...
-
-    async def live_update(self, device: Definition) -> bool:
-        """Apply `device`'s attributes to the running device; False: the engine should."""
-        ...
-
-
-class _NoHooks:
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, action: str, device: Definition, *, force: bool = False, fill_attributes: bool = False
-    ) -> AsyncIterator[Definition]:
-        yield device
-
-    async def query_attributes(self, device: Definition) -> Attributes | None:
-        return None
-
-    async def live_update(self, device: Definition) -> bool:
-        return False
-
-
-class NullListener:
-    """A listener that ignores everything: the engine's default, and a base for listeners
-    that hear only some of it."""
-
-    def device_changed(self, state: DeviceState) -> None:
-        pass
-
-    def device_removed(self, uuid: str) -> None:
-        pass
-
-    def parent_changed(self, parent: Parent) -> None:
-        pass
-
-    def parent_removed(self, name: str) -> None:
-        pass
-
-    def device_event(self, state: DeviceState, event: str, details: dict[str, str]) -> None:
-        pass
-
-
-#: Tells one registration of a parent from the next (`Sysfs.registration_id`).
-RegistrationId = tuple[int, int]
+log = logging.getLogger("mdevd.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,23 +82,10 @@ class KernelSnapshot:
     devices: dict[str, ActiveDevice]
 
 
-@dataclass(eq=False)
-class _AutostartRun:
-    """Autostart of some definitions of one parent during one of its registrations."""
-
-    parent: str
-    registration: RegistrationId
-    #: Set when the parent registers again: a run waiting to retry gives up at once.
-    superseded: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Resolved once every device had its first attempt.
-    first_round: asyncio.Future[None] | None = None
-    task: asyncio.Task[None] | None = None
-
-
 class Engine:
     def __init__(
         self,
-        kernel: Sysfs,
+        kernel: Kernel,
         store: DefinitionStore,
         settings: EngineSettings | None = None,
         hooks: OperationHooks | None = None,
@@ -208,11 +93,14 @@ class Engine:
         self.kernel = kernel
         self.store = store
         self.settings = settings or EngineSettings()
-        self.listener: Listener = NullListener()
-        self.hooks: OperationHooks = hooks or _NoHooks()
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.io_workers, thread_name_prefix="mdevd-io"
-        )
+        self.hooks: OperationHooks = hooks or NoHooks()
+        self._subscribers = Subscribers()
+        self._io = IoRunner(self.settings.io_timeout, self.settings.io_workers)
+        self.uuid_locks = KeyedLocks()
+        self._parent_locks = KeyedLocks()
+        #: What the engine's own operations are doing, so that what the kernel says meanwhile
+        #: is not taken for someone else's doing.
+        self.ledger = OperationLedger()
         self._definitions: dict[str, Definition] = {}
         self._active: dict[str, ActiveDevice] = {}
         self._parents: dict[str, Parent] = {}
@@ -224,46 +112,32 @@ class Engine:
         self._written_attributes: dict[str, Attributes] = {}
         self._last_error: dict[str, str] = {}
         self._published: dict[str, DeviceState] = {}
-        self._parent_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        # Per UUID: the lock and how many tasks hold or wait for it. An entry goes when the
-        # last one leaves, or every UUID ever created would keep a lock for good.
-        self._uuid_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        # UUIDs an operation is creating or removing right now, and those it changed since the
-        # current rescan started (that rescan's view of them may predate the change): a rescan
-        # must not report an operation's own effect as a change made by someone else.
-        self._in_flight: set[str] = set()
-        self._touched: set[str] = set()
-        self._touched_parents: set[str] = set()
-        # Kernel reads (snapshots, device re-reads) in progress: touches matter only while one
-        # is, so they are only recorded then (else the sets would grow with every UUID ever
-        # operated on, between reads).
-        self._kernel_reads = 0
-        # Reads of a parent run in worker threads and can finish out of order (one a uevent
-        # asked for, started before an operation's effect, after the operation's own): each
-        # is numbered as it starts, and one that started before the read last applied is stale.
-        self._parent_reads_started = 0
-        self._parent_read_applied: dict[str, int] = {}
-        # mdev uevents that arrived while an operation on their device ran, and those an
-        # operation made the kernel send that have not arrived yet (they need no reading back).
-        self._early_events: dict[str, list[str]] = {}
-        self._expected_events: dict[str, list[str]] = {}
         # Guards the definitions on disk and in memory together: a reload never sees a file
         # the API has written but not yet recorded (and reports it as an outside change).
         self._config_lock = asyncio.Lock()
-        # Tasks that finish what a timed-out operation left (a reference keeps them alive).
-        self._background: set[asyncio.Task[None]] = set()
+        # Tasks that finish what a timed-out operation left, and probes of new devices.
+        self._background = BackgroundTasks()
         self.problems: list[str] = []
-        # Kernel rescans: one task at a time; a full rescan pending, and devices to look at
-        # (an mdev device's own event needs only that device read back).
-        self._resync_task: asyncio.Task[None] | None = None
+        # Kernel rescans, one at a time: a full rescan pending, and devices to look at (an mdev
+        # device's own event needs only that device read back).
+        self._resyncs = Coalescer(
+            self._sync_what_is_due, "resynchronizing with the kernel failed", log
+        )
         self._full_resync_due = False
         self._devices_due: set[str] = set()
-        self._reload_task: asyncio.Task[None] | None = None
-        self._reload_again = False
+        self._reloads = Coalescer(
+            lambda: self.reload(Reason.CONFIG), "reloading the definitions failed", log
+        )
         # The latest registration of each parent a rescan saw; kept when the parent goes (a
         # registration's identity never comes back), so autostart cannot run twice for one.
         self._registrations: dict[str, RegistrationId] = {}
-        self._autostart_runs: dict[str, list[_AutostartRun]] = {}
+        self._autostart = Autostart(
+            wanted=self._autostart_wanted,
+            current=self._registration_current,
+            start=self._autostart_device,
+            refresh_parent=self._refresh_parent,
+            retry_delays=self.settings.autostart_retry_delays,
+        )
         self._probing: set[str] = set()
         self._kernel_sends_mdev_state = False
 
@@ -279,31 +153,31 @@ class Engine:
         definitions, problems = await self._load_store()
         self._definitions = definitions
         self.problems = problems
-        async with self._kernel_read():
-            snapshot = await self._io(self._snapshot_kernel)
+        with self.ledger.kernel_read():
+            snapshot = await self._io.run(self._snapshot_kernel)
         self._parents = snapshot.parents
         self._active = snapshot.devices
         for uuid in sorted(set(self._definitions) | set(self._active)):
             self._publish(uuid)
         runs = [
-            self._begin_autostart(name, registration)
+            self._autostart.begin(name, registration)
             for name, registration in sorted(snapshot.registrations.items())
         ]
         self._registrations.update(snapshot.registrations)
-        await self._first_rounds(runs)
+        await self._autostart.first_rounds(runs)
 
     def close(self) -> None:
-        for runs in self._autostart_runs.values():
-            for run in runs:
-                if run.task is not None:
-                    run.task.cancel()
-        for task in (self._resync_task, self._reload_task):
-            if task is not None:
-                task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._autostart.close()
+        self._resyncs.cancel()
+        self._reloads.cancel()
+        self._io.close()
 
-    def attach(self, listener: Listener) -> None:
-        self.listener = listener
+    def subscribe(self, listener: Listener) -> None:
+        """Tell `listener` every change from now on, after the subscribers before it."""
+        self._subscribers.subscribe(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._subscribers.unsubscribe(listener)
 
     # ---- queries (memory only, never block) ------------------------------------------------
 
@@ -319,6 +193,14 @@ class Engine:
 
     def parents(self) -> dict[str, Parent]:
         return dict(self._parents)
+
+    def remembered(self) -> set[str]:
+        """The UUIDs the engine keeps something of besides their state: a last error, the
+        attributes a transient device was created with, those written to a running device.
+        None of it may outlive the device, or memory grows with every UUID ever used."""
+        return (
+            set(self._last_error) | set(self._transient_attributes) | set(self._written_attributes)
+        )
 
     # ---- mutations -------------------------------------------------------------------------
 
@@ -352,15 +234,15 @@ class Engine:
                 raise conflict
             config = Definition(uuid, parent, type_id, False, attributes)
             try:
-                async with self.hooks.transaction("start", config, force=force):
+                async with self.hooks.transaction(HookAction.START, config, force=force):
                     await self._create_in_kernel(uuid, parent, type_id, attributes)
             except MdevdError as exc:
                 if uuid in self._active:  # its rollback failed: it exists after all
-                    self._start_failed(uuid, exc, REASON_API)
+                    self._start_failed(uuid, exc, Reason.API)
                 raise
             self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
-            self._event(state, "started", REASON_API)
+            self._event(state, Event.STARTED, Reason.API)
             return state
 
     async def define_device(
@@ -383,23 +265,19 @@ class Engine:
             if existing is not None:
                 same_target = (existing.parent, existing.type_id) == (parent, type_id)
                 if existing.defined:
+                    # The same definition again (a retry) is no conflict, wherever it is kept.
                     current = self._definitions[uuid]
-                    if (current.parent, current.type_id, current.autostart, current.attributes) != (
-                        parent,
-                        type_id,
-                        autostart,
-                        attributes,
-                    ):
+                    if replace(current, source_file="", source_line=0) != wanted:
                         raise Exists(_conflict_message(uuid, existing))
                 elif not same_target:
                     raise Exists(_conflict_message(uuid, existing))
             if uuid not in self._definitions:
-                async with self.hooks.transaction("define", wanted, force=force):
+                async with self.hooks.transaction(HookAction.DEFINE, wanted, force=force):
                     await self._save(wanted)
                 state = self._publish_present(uuid)
-                self._event(state, "defined", REASON_API)
+                self._event(state, Event.DEFINED, Reason.API)
             if start and uuid not in self._active:
-                await self._start_locked(uuid, REASON_API, force=force)
+                await self._start_locked(uuid, Reason.API, force=force)
             return self._published[uuid]
 
     async def start_device(self, uuid: str, *, force: bool = False) -> DeviceState:
@@ -411,7 +289,7 @@ class Engine:
                 await self._refuse_running(self._config(uuid), already, force)
             raise NotDefined(f"device {uuid} is not defined")
         async with self._locks(uuid, definition.parent):
-            return await self._start_locked(uuid, REASON_API, force=force)
+            return await self._start_locked(uuid, Reason.API, force=force)
 
     async def stop_device(
         self, uuid: str, *, force: bool = False, caller_holds_group: bool = False
@@ -434,12 +312,12 @@ class Engine:
             state_before = self._published[uuid]
             # What sysfs shows, as mdevctl tells its scripts: type, "manual", no attributes.
             running = Definition(uuid, device.parent, device.type_id)
-            async with self.hooks.transaction("stop", running, force=force):
-                self._begin_operation(uuid)
+            async with self.hooks.transaction(HookAction.STOP, running, force=force):
+                self.ledger.begin_operation(uuid)
                 removed: tuple[str, ...] = ()
                 try:
-                    await self._io(self.kernel.remove, uuid, check_busy=not caller_holds_group)
-                    removed = _REMOVE_EVENTS
+                    await self._io.run(self.kernel.remove, uuid, check_busy=not caller_holds_group)
+                    removed = REMOVE_EVENTS
                 except NotActive:
                     pass  # someone else removed it first: the effect the caller wanted
                 finally:
@@ -449,9 +327,9 @@ class Engine:
             self._written_attributes.pop(uuid, None)
             await self._refresh_counts(device.parent)
             state = self._publish(uuid)
-            self._event(state or replace(state_before, active=False), "stopped", REASON_API)
+            self._event(state or replace(state_before, active=False), Event.STOPPED, Reason.API)
             if state is None:
-                self.listener.device_removed(uuid)
+                self._subscribers.device_removed(uuid)
             return state
 
     async def define_active(
@@ -472,11 +350,11 @@ class Engine:
             # The hooks may know the running device's attributes better (mdevctl's `get
             # attributes`: vfio-ap's are write-only in sysfs, and may have changed since).
             async with self.hooks.transaction(
-                "define", config, force=force, fill_attributes=True
+                HookAction.DEFINE, config, force=force, fill_attributes=True
             ) as config:
                 await self._save(config)
             state = self._publish_present(uuid)
-            self._event(state, "defined", REASON_API)
+            self._event(state, Event.DEFINED, Reason.API)
             return state
 
     def _definition_of(self, uuid: str) -> Definition:
@@ -498,17 +376,17 @@ class Engine:
                 raise NotDefined(f"device {uuid} is not defined")
             before = self._published[uuid]
             async with self._config_lock:
-                async with self.hooks.transaction("undefine", definition, force=force):
-                    await self._io(self.store.remove, uuid)
+                async with self.hooks.transaction(HookAction.UNDEFINE, definition, force=force):
+                    await self._io.run(self.store.remove, uuid)
                 del self._definitions[uuid]
             if uuid in self._active:
                 self._transient_attributes[uuid] = definition.attributes
             state = self._publish(uuid)
             self._event(
-                state or replace(before, defined=False, config_file=""), "undefined", REASON_API
+                state or replace(before, defined=False, config_file=""), Event.UNDEFINED, Reason.API
             )
             if state is None:
-                self.listener.device_removed(uuid)
+                self._subscribers.device_removed(uuid)
             return state
 
     async def update(
@@ -555,11 +433,11 @@ class Engine:
             if live and attributes is not None:
                 await self._write_live(new)
                 self._written_attributes[uuid] = new.attributes
-            async with self.hooks.transaction("modify", new, force=force):
+            async with self.hooks.transaction(HookAction.MODIFY, new, force=force):
                 if new != definition:
                     await self._save(new)
             state = self._publish_present(uuid)
-            self._event(state, "updated", REASON_API)
+            self._event(state, Event.UPDATED, Reason.API)
             return state
 
     async def update_running(self, uuid: str, attributes: Attributes) -> DeviceState:
@@ -583,7 +461,7 @@ class Engine:
             if uuid not in self._definitions:
                 self._transient_attributes[uuid] = attributes
             state = self._publish_present(uuid)
-            self._event(state, "updated", REASON_API)
+            self._event(state, Event.UPDATED, Reason.API)
             return state
 
     async def query_attributes(self, uuid: str) -> Attributes:
@@ -597,7 +475,7 @@ class Engine:
         answered = await self.hooks.query_attributes(self._config(uuid))
         return answered if answered is not None else self._published[uuid].attributes
 
-    async def reload(self, reason: str = REASON_CONFIG) -> list[str]:
+    async def reload(self, reason: Reason = Reason.CONFIG) -> list[str]:
         """Re-read the definition directories; start new autostart definitions.
 
         Reports every definition that appeared, changed or went (`reason`: config). Definitions
@@ -612,7 +490,7 @@ class Engine:
             changed = sorted(
                 uuid
                 for uuid in set(old) | set(definitions)
-                if _essence(old.get(uuid)) != _essence(definitions.get(uuid))
+                if not same_definition(old.get(uuid), definitions.get(uuid))
             )
             for uuid in changed:
                 before = self._published.get(uuid)
@@ -624,12 +502,14 @@ class Engine:
                 else:
                     self._definitions[uuid] = now
                 state = self._publish(uuid)
-                event = "defined" if was is None else "undefined" if now is None else "updated"
+                event = Event.UPDATED
+                if was is None or now is None:
+                    event = Event.DEFINED if was is None else Event.UNDEFINED
                 shown = state or (before and replace(before, defined=False, config_file=""))
                 if shown is not None:
                     self._event(shown, event, reason)
                 if state is None:
-                    self.listener.device_removed(uuid)
+                    self._subscribers.device_removed(uuid)
         to_start: dict[str, list[str]] = {}
         for uuid in changed:
             definition = self._definitions.get(uuid)
@@ -639,26 +519,15 @@ class Engine:
         for parent, uuids in sorted(to_start.items()):
             registration = self._registrations.get(parent)
             if registration is not None and parent in self._parents:
-                runs.append(self._begin_autostart(parent, registration, uuids, supersede=False))
-        await self._first_rounds(runs)
+                runs.append(self._autostart.begin(parent, registration, uuids, supersede=False))
+        await self._autostart.first_rounds(runs)
         return problems
 
     def request_reload(self) -> None:
-        """Reload soon (the definition directories changed); coalesced like resyncs."""
-        if self._reload_task is not None and not self._reload_task.done():
-            self._reload_again = True
-            return
-        self._reload_task = asyncio.get_running_loop().create_task(self._reload_loop())
-
-    async def _reload_loop(self) -> None:
-        while True:
-            self._reload_again = False
-            try:
-                await self.reload(REASON_CONFIG)
-            except Exception:  # a bad moment on disk must not end the watching
-                log.exception("reloading the definitions failed")
-            if not self._reload_again:
-                return
+        """Reload soon (the definition directories changed): one reload at a time, and one
+        more if asked meanwhile. A bad moment on disk is logged, and does not end the
+        watching."""
+        self._reloads.request()
 
     # ---- kernel events ---------------------------------------------------------------------
 
@@ -680,10 +549,7 @@ class Engine:
             name = devpath.rsplit("/", 1)[-1]
             if not validate.is_uuid(name):
                 self.request_resync()
-            elif name.lower() in self._in_flight:
-                # Most likely the running operation's own doing; it decides when it ends.
-                self._early_events.setdefault(name.lower(), []).append(action)
-            elif not self._expected(name.lower(), action):
+            elif self.ledger.device_uevent(name.lower(), action):
                 self._request_device_sync(name.lower())
         elif subsystem in _NEVER_PARENTS:
             return
@@ -701,119 +567,107 @@ class Engine:
 
         async def probe() -> None:
             try:
-                if await self._io(self.kernel.has_mdev_types, devpath):
+                if await self._io.run(self.kernel.has_mdev_types, devpath):
                     self.request_resync()
             except Exception:  # an event can only ask for a look; it must not kill the loop
                 log.exception("probing %s for mdev types failed", devpath)
             finally:
                 self._probing.discard(devpath)
 
-        asyncio.get_running_loop().create_task(probe())
+        self._background.spawn(probe())
 
     def request_resync(self) -> None:
         """Rescan the whole kernel soon. Coalesced: one rescan runs at a time, and one more
         if asked meanwhile."""
         self._full_resync_due = True
-        self._ensure_sync_task()
+        self._resyncs.request()
 
     def _request_device_sync(self, uuid: str) -> None:
         self._devices_due.add(uuid)
-        self._ensure_sync_task()
-
-    def _ensure_sync_task(self) -> None:
-        if self._resync_task is None or self._resync_task.done():
-            self._resync_task = asyncio.get_running_loop().create_task(self._resync_loop())
+        self._resyncs.request()
 
     async def wait_idle(self) -> None:
         """Wait until no resync or reload is pending and no autostart runs."""
         while True:
-            tasks = [
-                run.task
-                for runs in self._autostart_runs.values()
-                for run in runs
-                if run.task is not None and not run.task.done()
-            ]
-            for task in (self._resync_task, self._reload_task):
-                if task is not None and not task.done():
-                    tasks.append(task)
+            tasks = self._autostart.tasks()
+            for coalescer in (self._resyncs, self._reloads):
+                if coalescer.running is not None:
+                    tasks.append(coalescer.running)
             if not tasks:
                 return
             await asyncio.wait(tasks)
 
-    async def _resync_loop(self) -> None:
-        while self._full_resync_due or self._devices_due:
-            try:
-                if self._full_resync_due:
-                    self._full_resync_due = False
-                    # The rescan below reads everything: no event before it needs more, and
-                    # after a loss (overflow) an expected event may never come.
-                    self._devices_due.clear()
-                    self._expected_events.clear()
-                    await self.resync()
-                else:
-                    due = sorted(self._devices_due)
-                    self._devices_due.clear()
-                    await self._sync_devices(due)
-            except Exception:  # a resync must never kill the event path; the next one retries
-                log.exception("resynchronizing with the kernel failed")
+    async def _sync_what_is_due(self) -> None:
+        """One step of the rescans (`_resyncs` runs it until nothing is due): a full rescan
+        if one is due, else a read-back of the devices due. A failure is logged, and the
+        next request retries: a resync must never end the event path."""
+        if self._full_resync_due:
+            self._full_resync_due = False
+            # The rescan below reads everything: no event before it needs more, and after a
+            # loss (overflow) an expected event may never come.
+            self._devices_due.clear()
+            self.ledger.forget_expected()
+            await self.resync()
+        elif self._devices_due:
+            due = sorted(self._devices_due)
+            self._devices_due.clear()
+            await self._sync_devices(due)
 
     async def resync(self) -> None:
         """Re-read the kernel and report what others changed (other tools, driver unloads);
         then autostart the devices of parents that registered since the last look."""
-        async with self._kernel_read():
+        with self.ledger.kernel_read():
             await self._resync()
 
     async def _resync(self) -> None:
-        started = self._start_parent_read()
-        snapshot = await self._io(self._snapshot_kernel)
+        started = self.ledger.start_parent_read()
+        snapshot = await self._io.run(self._snapshot_kernel)
         # A parent read applied while the snapshot was being read is newer than it if it
         # started after it (an operation's own look at its effect); one that started before
         # is older, and the snapshot wins (else a parent seen gone stayed in view for good).
-        newer = {
-            name
-            for name in self._touched_parents
-            if self._parent_read_applied.get(name, 0) > started
-        }
-        for name in set(self._parents) | set(snapshot.parents):
-            if name not in newer:
-                self._parent_read_applied[name] = started
+        newer = self.ledger.accept_snapshot(started, set(self._parents) | set(snapshot.parents))
         parents = {name: parent for name, parent in snapshot.parents.items() if name not in newer}
         kept = {name: self._parents[name] for name in newer if name in self._parents}
         parents.update(kept)
         for name in sorted(set(self._parents) - set(parents)):
             del self._parents[name]
-            self.listener.parent_removed(name)
+            self._subscribers.parent_removed(name)
             self._parent_presence_changed(name)
         for name, parent in sorted(parents.items()):
             if self._parents.get(name) != parent:
                 appeared = name not in self._parents
                 self._parents[name] = parent
-                self.listener.parent_changed(parent)
+                self._subscribers.parent_changed(parent)
                 if appeared:
                     self._parent_presence_changed(name)
-        skip = self._in_flight | self._touched
-        for uuid in sorted((set(self._active) | set(snapshot.devices)) - skip):
+        # An operation's own effect is newer than what the snapshot shows of its device.
+        settled = [
+            uuid
+            for uuid in sorted(set(self._active) | set(snapshot.devices))
+            if self.ledger.settled(uuid)
+        ]
+        for uuid in settled:
             self._apply_kernel_device(uuid, snapshot.devices.get(uuid))
         for name, registration in sorted(snapshot.registrations.items()):
             # A parent an operation has meanwhile seen gone waits for the next look.
             if name in self._parents and self._registrations.get(name) != registration:
                 self._registrations[name] = registration
-                self._begin_autostart(name, registration)
+                self._autostart.begin(name, registration)
 
     async def _sync_devices(self, uuids: Sequence[str]) -> None:
         """Read back only these devices (their own uevents said they changed), and their
         parents' types when they did."""
-        async with self._kernel_read():
+        with self.ledger.kernel_read():
             await self._sync_device_list(uuids)
 
     async def _sync_device_list(self, uuids: Sequence[str]) -> None:
-        wanted = [uuid for uuid in uuids if uuid not in self._in_flight]
+        wanted = [uuid for uuid in uuids if not self.ledger.in_flight(uuid)]
         if not wanted:
             return
-        found = await self._io(lambda: {uuid: self.kernel.read_device(uuid) for uuid in wanted})
+        found = await self._io.run(lambda: {uuid: self.kernel.read_device(uuid) for uuid in wanted})
         parents: set[str] = set()
         for uuid in wanted:
-            if uuid in self._in_flight or uuid in self._touched:
+            if not self.ledger.settled(uuid):
                 continue  # an operation's own effect, newer than what was read
             was = self._active.get(uuid)
             if self._apply_kernel_device(uuid, found[uuid]):
@@ -821,23 +675,6 @@ class Engine:
         for parent in sorted(parents):
             with contextlib.suppress(MdevdError):
                 await self._refresh_parent(parent)
-
-    @contextlib.asynccontextmanager
-    async def _kernel_read(self) -> AsyncIterator[None]:
-        """Around a read of the kernel and the use of what it found: the operations that end
-        meanwhile are recorded (`_touched`, `_touched_parents`), since the read may predate
-        their effect; with no read in progress nothing is recorded, and nothing accumulates."""
-        if self._kernel_reads == 0:
-            self._touched.clear()
-            self._touched_parents.clear()
-        self._kernel_reads += 1
-        try:
-            yield
-        finally:
-            self._kernel_reads -= 1
-            if self._kernel_reads == 0:
-                self._touched.clear()
-                self._touched_parents.clear()
 
     def _apply_kernel_device(self, uuid: str, now: ActiveDevice | None) -> bool:
         """Take the kernel's view of one device (None: absent); report a change made by
@@ -856,108 +693,24 @@ class Engine:
             self._active[uuid] = now
         state = self._publish(uuid)
         if (was is None) != (now is None):
-            event = "started" if now is not None else "stopped"
+            event = Event.STARTED if now is not None else Event.STOPPED
             shown = state or (before and replace(before, active=False))
             if shown is not None:
-                self._event(shown, event, REASON_KERNEL)
+                self._event(shown, event, Reason.KERNEL)
         if state is None:
-            self.listener.device_removed(uuid)
+            self._subscribers.device_removed(uuid)
         return True
 
     # ---- autostart -------------------------------------------------------------------------
 
-    def _begin_autostart(
-        self,
-        parent: str,
-        registration: RegistrationId,
-        uuids: Sequence[str] | None = None,
-        *,
-        supersede: bool = True,
-    ) -> _AutostartRun:
-        """Start a run for `uuids` (default: every autostart definition of the parent) in the
-        background. A run for a new registration (`supersede`) first ends the earlier runs of
-        the parent: one waiting to retry gives up, one starting a device finishes that one."""
-        loop = asyncio.get_running_loop()
-        run = _AutostartRun(parent, registration, first_round=loop.create_future())
-        earlier = list(self._autostart_runs.get(parent, ()))
-        if supersede:
-            for other in earlier:
-                other.superseded.set()
-        runs = self._autostart_runs.setdefault(parent, [])
-        runs.append(run)
+    def _autostart_wanted(self, parent: str) -> list[str]:
+        return [d.uuid for d in self._definitions.values() if d.parent == parent and d.autostart]
 
-        def finished(_: object) -> None:
-            if run in runs:
-                runs.remove(run)
+    def _registration_current(self, parent: str, registration: RegistrationId) -> bool:
+        return parent in self._parents and self._registrations.get(parent) == registration
 
-        run.task = loop.create_task(self._autostart(run, uuids, earlier if supersede else []))
-        run.task.add_done_callback(finished)
-        return run
-
-    @staticmethod
-    async def _first_rounds(runs: Sequence[_AutostartRun]) -> None:
-        for run in runs:
-            if run.first_round is not None:
-                await asyncio.shield(run.first_round)
-
-    def _registration_current(self, run: _AutostartRun) -> bool:
-        return (
-            not run.superseded.is_set()
-            and run.parent in self._parents
-            and self._registrations.get(run.parent) == run.registration
-        )
-
-    async def _autostart(
-        self, run: _AutostartRun, uuids: Sequence[str] | None, earlier: list[_AutostartRun]
-    ) -> None:
-        """Try each device once, in UUID order; retry the transient failures with backoff."""
-        assert run.first_round is not None
-        try:
-            for other in earlier:
-                if other.task is not None:
-                    await asyncio.wait([other.task])
-            if uuids is None:
-                uuids = [
-                    d.uuid
-                    for d in self._definitions.values()
-                    if d.parent == run.parent and d.autostart
-                ]
-            pending = sorted(uuids)
-            delays = self.settings.autostart_retry_delays
-            for attempt in range(len(delays) + 1):
-                if attempt:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(delays[attempt - 1]):
-                            await run.superseded.wait()
-                if not pending or not self._registration_current(run):
-                    return
-                retry_in = delays[attempt] if attempt < len(delays) else None
-                retry = []
-                created = False
-                try:
-                    for uuid in pending:
-                        if not self._registration_current(run):
-                            return
-                        outcome = await self._autostart_device(uuid, run.parent, retry_in)
-                        created = created or outcome is not _Outcome.SKIPPED
-                        if outcome is _Outcome.RETRY:
-                            retry.append(uuid)
-                        elif outcome is _Outcome.PARENT_GONE:
-                            return
-                finally:
-                    if created:  # the creates left the parent's counts to this one look
-                        with contextlib.suppress(MdevdError):
-                            await self._refresh_parent(run.parent)
-                pending = retry
-                if not run.first_round.done():
-                    run.first_round.set_result(None)
-        except Exception:  # one parent's autostart must not end the daemon's event handling
-            log.exception("autostart on parent %s failed", run.parent)
-        finally:
-            if not run.first_round.done():
-                run.first_round.set_result(None)
-
-    async def _autostart_device(self, uuid: str, parent: str, retry_in: float | None) -> _Outcome:
+    async def _autostart_device(self, uuid: str, parent: str, retry_in: float | None) -> Outcome:
+        """One autostart attempt at one device (`Autostart` decides when, and how often)."""
         async with self._locks(uuid, parent):
             definition = self._definitions.get(uuid)
             if (
@@ -966,18 +719,18 @@ class Engine:
                 or definition.parent != parent
                 or uuid in self._active
             ):
-                return _Outcome.SKIPPED
+                return Outcome.SKIPPED
             try:
                 await self._start_locked(
                     uuid,
-                    REASON_AUTOSTART,
+                    Reason.AUTOSTART,
                     retry_in=retry_in,
                     adopt_existing=True,
                     refresh_parent=False,  # once per round, by the run
                 )
             except ParentNotFound as exc:
                 log.info("device %s: autostart stopped: %s", uuid, exc.message)
-                return _Outcome.PARENT_GONE
+                return Outcome.PARENT_GONE
             except MdevdError as exc:
                 transient = self._transient(exc, parent)
                 log.warning(
@@ -986,26 +739,18 @@ class Engine:
                     f" (retry in {retry_in:g} s)" if transient and retry_in is not None else "",
                     exc.message,
                 )
-                return _Outcome.RETRY if transient else _Outcome.FAILED
-            return _Outcome.DONE
+                return Outcome.RETRY if transient else Outcome.FAILED
+            return Outcome.DONE
 
     def _transient(self, error: MdevdError, parent: str) -> bool:
-        """Whether a failed start may succeed by itself soon: the parent is busy (EBUSY), or
-        it is registered but lists no types yet (a driver still setting up). A type the
-        parent's populated list lacks is permanent."""
-        if isinstance(error, Busy):
-            return True
-        if isinstance(error, TypeNotSupported):
-            known = self._parents.get(parent)
-            return known is not None and not known.types
-        return False
+        return is_transient(error, self._parents.get(parent))
 
     # ---- internals -------------------------------------------------------------------------
 
     async def _start_locked(
         self,
         uuid: str,
-        reason: str,
+        reason: Reason,
         *,
         retry_in: float | None = None,
         adopt_existing: bool = False,
@@ -1026,7 +771,7 @@ class Engine:
         if definition is None:
             raise NotDefined(f"device {uuid} is not defined")
         try:
-            async with self.hooks.transaction("start", definition, force=force):
+            async with self.hooks.transaction(HookAction.START, definition, force=force):
                 await self._create_in_kernel(
                     uuid,
                     definition.parent,
@@ -1036,12 +781,12 @@ class Engine:
                 )
         except MdevdError as exc:
             if adopt_existing and isinstance(exc, Exists):
-                device = await self._io(self.kernel.read_device, uuid)
+                device = await self._io.run(self.kernel.read_device, uuid)
                 if device is not None:
                     self._active[uuid] = device
                     self._last_error.pop(uuid, None)
                     state = self._publish_present(uuid)
-                    self._event(state, "started", REASON_KERNEL)
+                    self._event(state, Event.STARTED, Reason.KERNEL)
                     return state
             if uuid not in self._active:  # else the rollback failed, and LastError says so
                 self._last_error[uuid] = f"{exc.name}: {exc.message}"
@@ -1054,7 +799,7 @@ class Engine:
             raise
         self._last_error.pop(uuid, None)
         state = self._publish_present(uuid)
-        self._event(state, "started", reason)
+        self._event(state, Event.STARTED, reason)
         return state
 
     async def _refuse_running(self, config: Definition, error: MdevdError, force: bool) -> NoReturn:
@@ -1066,21 +811,24 @@ class Engine:
         changed, so no event and no LastError. An identical create of a running transient
         device is not refused (a retry: the caller's create succeeded) and never gets here.
         """
-        async with self.hooks.transaction("start", config, force=force):
+        async with self.hooks.transaction(HookAction.START, config, force=force):
             raise error
         raise error  # the hooks never swallow a failure; for the type checker
 
     def _start_failed(
-        self, uuid: str, error: MdevdError, reason: str, *, retry_in: float | None = None
+        self, uuid: str, error: MdevdError, reason: Reason, *, retry_in: float | None = None
     ) -> None:
         state = self._publish_present(uuid)
-        details = {
-            "error_name": f"org.mdevd.Mdevd1.Error.{error.name}",
-            "error_message": error.message,
-        }
-        if retry_in is not None:
-            details["retry_in"] = f"{retry_in:g}"
-        self._event(state, "start-failed", reason, **details)
+        self._announce(
+            state,
+            DeviceEvent(
+                Event.START_FAILED,
+                reason,
+                error_name=error.name,
+                error_message=error.message,
+                retry_in=retry_in,
+            ),
+        )
 
     async def _create_in_kernel(
         self,
@@ -1095,7 +843,7 @@ class Engine:
         error (never the rollback's: mdevctl hides the original one). Then read the parent's
         types again (their counts changed), unless `refresh_parent` is False (the caller
         creates many and refreshes once)."""
-        self._begin_operation(uuid)
+        self.ledger.begin_operation(uuid)
         effect: tuple[str, ...] = ()
         late_create: asyncio.Future[Any] | None = None
         try:
@@ -1110,20 +858,20 @@ class Engine:
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
             try:
-                device = await self._io(self.kernel.create, parent, type_id, uuid)
-            except _IoTimeout as timeout:
+                device = await self._io.run(self.kernel.create, parent, type_id, uuid)
+            except IoTimeout as timeout:
                 late_create = timeout.pending
                 raise
-            effect = _CREATE_EVENTS
+            effect = CREATE_EVENTS
             written = 0
             try:
                 for name, value in attributes:
-                    await self._io(self.kernel.write_attribute, uuid, name, value)
+                    await self._io.run(self.kernel.write_attribute, uuid, name, value)
                     written += 1
             except MdevdError as first_error:
                 try:
-                    await self._io(self.kernel.remove, uuid, check_busy=False)
-                    effect = _CREATE_EVENTS + _REMOVE_EVENTS
+                    await self._io.run(self.kernel.remove, uuid, check_busy=False)
+                    effect = CREATE_EVENTS + REMOVE_EVENTS
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
                     # The device stays in the kernel, so it must stay in view: hidden, nobody
@@ -1158,7 +906,7 @@ class Engine:
         """
 
         async def undo() -> None:
-            async with self._uuid_lock(uuid):
+            async with self.uuid_locks.hold(uuid):
                 try:
                     try:
                         await pending
@@ -1166,7 +914,7 @@ class Engine:
                         return  # the create failed after all: nothing exists
                     log.warning("device %s: created after its create timed out: removing it", uuid)
                     try:
-                        await self._io(self.kernel.remove, uuid, check_busy=False)
+                        await self._io.run(self.kernel.remove, uuid, check_busy=False)
                     except MdevdError as error:
                         log.error("device %s: removing it failed: %s", uuid, error.message)
                 finally:
@@ -1174,46 +922,14 @@ class Engine:
                     # Whatever the kernel holds now is reported by a fresh look at it.
                     self.request_resync()
 
-        task = asyncio.get_running_loop().create_task(undo())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _begin_operation(self, uuid: str) -> None:
-        self._in_flight.add(uuid)
-        self._expected_events.pop(uuid, None)
+        self._background.spawn(undo())
 
     def _end_operation(self, uuid: str, effect: Sequence[str]) -> None:
         """An operation on `uuid` is over; `effect` are the mdev uevents it made the kernel
         send. Events that came while it ran and are not among them were someone else's: the
-        device is read back. Those still to come are expected, and not read back for."""
-        self._in_flight.discard(uuid)
-        if self._kernel_reads:
-            self._touched.add(uuid)
-        unexplained = list(self._early_events.pop(uuid, ()))
-        still_to_come = []
-        for action in effect:
-            if action in unexplained:
-                unexplained.remove(action)
-            else:
-                still_to_come.append(action)
-        if still_to_come:
-            if len(self._expected_events) >= _MAX_EXPECTED:
-                # Events that never came (no event source, or lost ones): forget the oldest;
-                # should it come after all, it only costs a re-read of its device.
-                del self._expected_events[next(iter(self._expected_events))]
-            self._expected_events[uuid] = still_to_come
-        if unexplained:
+        device is read back."""
+        if self.ledger.end_operation(uuid, effect):
             self._request_device_sync(uuid)
-
-    def _expected(self, uuid: str, action: str) -> bool:
-        """Whether this uevent is one an operation of ours caused (and takes it off)."""
-        expected = self._expected_events.get(uuid)
-        if not expected or action not in expected:
-            return False
-        expected.remove(action)
-        if not expected:
-            del self._expected_events[uuid]
-        return True
 
     def _config(self, uuid: str) -> Definition:
         """What the hooks are told about a known device: its definition, else what runs."""
@@ -1229,11 +945,7 @@ class Engine:
         if await self.hooks.live_update(config):
             return
         for name, value in config.attributes:
-            await self._io(self.kernel.write_attribute, config.uuid, name, value)
-
-    def _start_parent_read(self) -> int:
-        self._parent_reads_started += 1
-        return self._parent_reads_started
+            await self._io.run(self.kernel.write_attribute, config.uuid, name, value)
 
     async def _refresh_counts(self, name: str) -> None:
         """After the engine's own create or removal: only the types' counts changed.
@@ -1246,9 +958,11 @@ class Engine:
         if known is None or not known.types:
             await self._refresh_parent(name)
             return
-        started = self._start_parent_read()
+        started = self.ledger.start_parent_read()
         try:
-            counts = await self._io(self.kernel.read_available_instances, name, list(known.types))
+            counts = await self._io.run(
+                self.kernel.read_available_instances, name, list(known.types)
+            )
         except (ParentNotFound, TypeNotSupported):
             await self._refresh_parent(name)
             return
@@ -1266,27 +980,24 @@ class Engine:
         self._apply_parent_read(name, started, parent)
 
     async def _refresh_parent(self, name: str) -> None:
-        started = self._start_parent_read()
+        started = self.ledger.start_parent_read()
         try:
-            parent: Parent | None = await self._io(self.kernel.read_parent, name)
+            parent: Parent | None = await self._io.run(self.kernel.read_parent, name)
         except ParentNotFound:
             parent = None
         self._apply_parent_read(name, started, parent)
 
     def _apply_parent_read(self, name: str, started: int, parent: Parent | None) -> None:
-        if self._parent_read_applied.get(name, 0) > started:
+        if not self.ledger.accept_parent_read(name, started):
             return  # a read that started later is in: this one may show the parent before it
-        self._parent_read_applied[name] = started
-        if self._kernel_reads:
-            self._touched_parents.add(name)
         if parent is None:
             if self._parents.pop(name, None) is not None:
-                self.listener.parent_removed(name)
+                self._subscribers.parent_removed(name)
                 self._parent_presence_changed(name)
         elif self._parents.get(name) != parent:
             appeared = name not in self._parents
             self._parents[name] = parent
-            self.listener.parent_changed(parent)
+            self._subscribers.parent_changed(parent)
             if appeared:
                 self._parent_presence_changed(name)
 
@@ -1303,7 +1014,7 @@ class Engine:
         self, quiet: set[str] | None = None
     ) -> tuple[dict[str, Definition], list[str]]:
         """Load the definitions; log each problem, except those in `quiet` (already logged)."""
-        loaded = await self._io(self.store.load)
+        loaded = await self._io.run(self.store.load)
         problems = [str(problem) for problem in loaded.problems]
         for problem in problems:
             if quiet is None or problem not in quiet:
@@ -1312,7 +1023,7 @@ class Engine:
 
     async def _save(self, definition: Definition) -> None:
         async with self._config_lock:
-            saved = await self._io(self.store.save, definition)
+            saved = await self._io.run(self.store.save, definition)
             self._definitions[definition.uuid] = saved
 
     def _snapshot_kernel(self) -> KernelSnapshot:
@@ -1325,109 +1036,22 @@ class Engine:
                 continue
         return KernelSnapshot(parents, registrations, self.kernel.list_devices())
 
-    async def _io(self, function: Callable[..., T], *args: object, **kwargs: object) -> T:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, lambda: function(*args, **kwargs))
-        try:
-            async with asyncio.timeout(self.settings.io_timeout):
-                # Shielded: a worker thread cannot be stopped, and what it still does matters.
-                return await asyncio.shield(future)
-        except TimeoutError as exc:
-            future.add_done_callback(_consume_outcome)
-            name = getattr(function, "__name__", "operation")
-            raise _IoTimeout(
-                f"{name} did not finish within {self.settings.io_timeout:g} s", future
-            ) from exc
-
     @contextlib.asynccontextmanager
     async def _locks(self, uuid: str, parent: str) -> AsyncIterator[None]:
         # Always the UUID first, then the parent: one order, no deadlock.
-        async with self._uuid_lock(uuid), self._parent_locks[parent]:
+        async with self.uuid_locks.hold(uuid), self._parent_locks.hold(parent):
             yield
 
-    @contextlib.asynccontextmanager
-    async def _uuid_lock(self, uuid: str) -> AsyncIterator[None]:
-        lock, users = self._uuid_locks.get(uuid, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
-        self._uuid_locks[uuid] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._uuid_locks[uuid]
-            if users == 1:
-                del self._uuid_locks[uuid]
-            else:
-                self._uuid_locks[uuid] = (lock, users - 1)
-
     def _state(self, uuid: str) -> DeviceState | None:
-        definition = self._definitions.get(uuid)
-        device = self._active.get(uuid)
-        if definition is None and device is None:
-            return None
-        if device is not None:
-            parent, type_id = device.parent, device.type_id
-        else:
-            assert definition is not None
-            parent, type_id = definition.parent, definition.type_id
-        if definition is not None:
-            attributes = definition.attributes
-        else:
-            attributes = self._transient_attributes.get(uuid, ())
-        last_error = self._last_error.get(uuid, "")
-        return DeviceState(
-            uuid=uuid,
-            parent=parent,
-            type_id=type_id,
-            active=device is not None,
-            defined=definition is not None,
-            autostart=definition.autostart if definition else False,
-            attributes=attributes,
-            sysfs_path=device.sysfs_path if device else "",
-            iommu_group=device.iommu_group if device else -1,
-            config_file=definition.source_file if definition else "",
-            last_error=last_error,
-            status=self._status(definition, device, last_error),
-            pending=self._pending(definition, device),
+        return device_state(
+            uuid,
+            self._definitions.get(uuid),
+            self._active.get(uuid),
+            transient_attributes=self._transient_attributes.get(uuid, ()),
+            written_attributes=self._written_attributes.get(uuid),
+            last_error=self._last_error.get(uuid, ""),
+            parents=self._parents,
         )
-
-    def _status(
-        self, definition: Definition | None, device: ActiveDevice | None, last_error: str
-    ) -> Status:
-        """The first that holds: active, waiting (for its parent, to autostart), failed (its
-        last start did), inactive. A device that waits for its parent shows `waiting` even if
-        a start failed before: autostart tries again when the parent comes."""
-        if device is not None:
-            return Status.ACTIVE
-        if (
-            definition is not None
-            and definition.autostart
-            and definition.parent not in self._parents
-        ):
-            return Status.WAITING
-        if last_error:
-            return Status.FAILED
-        return Status.INACTIVE
-
-    def _pending(
-        self, definition: Definition | None, device: ActiveDevice | None
-    ) -> PendingChanges:
-        """What of the definition the running device does not have yet. The attributes are
-        compared only when mdevd knows what it wrote (it started the device itself)."""
-        if definition is None or device is None:
-            return NO_PENDING_CHANGES
-        written = self._written_attributes.get(definition.uuid)
-        pending = PendingChanges(
-            parent=definition.parent if definition.parent != device.parent else None,
-            type_id=definition.type_id if definition.type_id != device.type_id else None,
-            attributes=(
-                definition.attributes
-                if written is not None and written != definition.attributes
-                else None
-            ),
-        )
-        return pending if pending else NO_PENDING_CHANGES
 
     def _publish(self, uuid: str) -> DeviceState | None:
         """Recompute one UUID's state and tell the listener if it changed."""
@@ -1439,7 +1063,7 @@ class Engine:
             return None
         self._published[uuid] = state
         if state != previous:
-            self.listener.device_changed(state)
+            self._subscribers.device_changed(state)
         return state
 
     def _publish_present(self, uuid: str) -> DeviceState:
@@ -1449,55 +1073,27 @@ class Engine:
             raise AssertionError(f"device {uuid} vanished from the engine's view")
         return state
 
-    def _event(self, state: DeviceState, event: str, reason: str, **details: str) -> None:
+    def _event(self, state: DeviceState, kind: Event, reason: Reason) -> None:
+        self._announce(state, DeviceEvent(kind, reason))
+
+    def _announce(self, state: DeviceState, event: DeviceEvent) -> None:
         log.info(
             "device %s: %s (%s)",
             state.uuid,
-            event,
-            reason,
+            event.kind.value,
+            event.reason.value,
             extra={
                 "MDEV_UUID": state.uuid,
                 "MDEV_PARENT": state.parent,
                 "MDEV_TYPE": state.type_id,
-                "MDEVD_EVENT": event,
+                "MDEVD_EVENT": event.kind.value,
             },
         )
-        self.listener.device_event(state, event, {"reason": reason, **details})
+        self._subscribers.device_event(state, event)
 
-
-class _IoTimeout(Timeout):
-    """A kernel or store operation that did not finish in time; `pending` is its outcome."""
-
-    def __init__(self, message: str, pending: asyncio.Future[Any]) -> None:
-        super().__init__(message)
-        self.pending = pending
-
-
-def _consume_outcome(future: asyncio.Future[Any]) -> None:
-    # Nobody may wait for a timed-out operation: retrieve its exception so that asyncio does
-    # not report it as never retrieved.
-    if not future.cancelled():
-        future.exception()
-
-
-#: The uevents (of the mdev device itself) that creating and removing a device make the kernel
-#: send, in order (docs/kernel-abi.md).
-_CREATE_EVENTS = ("add", "bind")
-_REMOVE_EVENTS = ("unbind", "remove")
-
-#: How many devices' own events may be awaited at once (each create or removal awaits two).
-_MAX_EXPECTED = 4096
 
 #: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
 _NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
-
-
-class _Outcome(enum.Enum):
-    SKIPPED = "skipped"  # nothing to do (running already, or no longer an autostart device)
-    DONE = "done"
-    FAILED = "failed"
-    RETRY = "retry"
-    PARENT_GONE = "parent-gone"
 
 
 def _new_uuid() -> str:
@@ -1527,16 +1123,4 @@ def _conflict_message(uuid: str, existing: DeviceState) -> str:
     return (
         f"device {uuid} already exists ({what}) as type {existing.type_id}"
         f" on parent {existing.parent}"
-    )
-
-
-def _essence(definition: Definition | None) -> tuple[object, ...] | None:
-    if definition is None:
-        return None
-    return (
-        definition.parent,
-        definition.type_id,
-        definition.autostart,
-        definition.attributes,
-        definition.source_file,
     )

@@ -35,4 +35,3 @@ def test_an_engine_module_knows_no_bus(path: Path) -> None:
     }
     assert bus_imports == set()
     assert "org.mdevd" not in text and "org.freedesktop" not in text
-

@@ -45,6 +45,7 @@ from mdevd.compat.callouts import (
     ScriptRun,
     State,
 )
+from mdevd.engine import HookAction
 from mdevd.errors import Failed, MdevdError, Timeout, Vetoed
 from mdevd.mdevctl_format import config_json
 from mdevd.model import Attributes, Definition
@@ -131,7 +132,7 @@ class CalloutHooks:
     @contextlib.asynccontextmanager
     async def transaction(
         self,
-        action: str,
+        action: HookAction,
         device: Definition,
         *,
         force: bool = False,

@@ -117,7 +117,7 @@ class Libvirt:
         front_end = bindir / "mdevctl"
         front_end.write_text(
             f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(REPO)!r})\n"
-            "from mdevd.compat.frontend import main\nsys.exit(main())\n"
+            "from mdevd.cli.mdevctl import main\nsys.exit(main())\n"
         )
         front_end.chmod(0o755)
         LOGS.mkdir(parents=True, exist_ok=True)

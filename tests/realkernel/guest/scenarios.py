@@ -122,7 +122,7 @@ class Guest:
 
     async def ctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         """`mdevdctl ARGS`, the checkout's command-line client."""
-        return await self.sh(sys.executable, "-m", "mdevd.ctl", *args, user=user)
+        return await self.sh(sys.executable, "-m", "mdevd.cli.mdevdctl", *args, user=user)
 
     async def gdbus(
         self, path: str, method: str, *args: str, user: str | None = None
@@ -230,7 +230,7 @@ class Guest:
         asyncio.get_running_loop().add_reader(monitor.fileno(), self._read_uevents, monitor)
         with (LOGS / "mdevdctl-monitor.jsonl").open("wb") as out:
             self.monitor = subprocess.Popen(
-                [sys.executable, "-m", "mdevd.ctl", "monitor", "--json"],
+                [sys.executable, "-m", "mdevd.cli.mdevdctl", "monitor", "--json"],
                 cwd=REPO,
                 env=self._env(),
                 stdout=out,

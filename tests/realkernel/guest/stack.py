@@ -243,7 +243,7 @@ class GuestStack:
     def mdevdctl(self, *args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         """`mdevdctl ARGS` from the checkout, as root or as `user`."""
         return run(
-            [sys.executable, "-m", "mdevd.ctl", *args],
+            [sys.executable, "-m", "mdevd.cli.mdevdctl", *args],
             check=False,
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},

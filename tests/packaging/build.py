@@ -50,7 +50,10 @@ def build_debs(out_dir: Path) -> dict[str, Path]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     with tarfile.open(sdist) as archive:
-        archive.extractall(work, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(work, filter="data")
+        else:  # Python 3.11 before 3.11.4 (Debian 12's 3.11.2): our own sdist, just built
+            archive.extractall(work)  # noqa: S202
     (source,) = (p for p in work.iterdir() if p.is_dir())
     _run(
         ["dpkg-buildpackage", "-us", "-uc", "-b"],

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.realkernel.guest.report import CheckResult, ScenarioResult
+from tests.realkernel.guest.report import CHECKS_FAILED, CheckResult, ScenarioResult
 from tests.realkernel.harness import GuestResult
 
 
@@ -48,6 +48,27 @@ class ScenarioRun:
                 )
             )
         assert scenario.checks, f"scenario {name!r} recorded no check"
+
+    def assert_exited(self) -> None:
+        """The guest script ran to its end and exited by itself (no crash after its scenarios,
+        no timeout): status 0, or `CHECKS_FAILED` if checks failed, which the tests of their
+        scenarios report. After `assert_passed`, so in a boot shared by several tests, a test
+        does not fail for another's scenario."""
+        failed = any(scenario.failed for scenario in self.scenarios.values())
+        assert self.guest.exit_status == (CHECKS_FAILED if failed else 0), self.guest.describe()
+
+
+@dataclass(frozen=True)
+class SystemdBoot:
+    """The boot with systemd as PID 1 (`guest/systemd_boot.py`) that test_debian_package.py and
+    test_systemd.py read their scenarios from."""
+
+    #: The same boot's report twice, each with its scenario's daemon log for failure messages.
+    debian: ScenarioRun
+    systemd: ScenarioRun
+    #: Why the host could not build or fetch the .debs, with the traceback; the boot then ran
+    #: the `systemd` scenario alone, and test_debian_package.py fails with this.
+    deb_error: str | None
 
 
 def _describe(title: str, checks: list[CheckResult], run: ScenarioRun) -> str:

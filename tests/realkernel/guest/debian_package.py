@@ -1,11 +1,10 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The Debian package, installed with apt on the real kernel, under systemd as PID 1.
 
-    python -m tests.realkernel.guest.debian_package
-
-The host built `mdevd_*.deb` from the checkout and fetched the .debs of its Python dependencies
-from Debian 12 into the shared folder (tests/realkernel/test_debian_package.py). Here, in the
-guest's overlay (the host's own / underneath):
+Run first in the systemd guest's boot (`systemd_boot.py`, which says why first). The host
+built `mdevd_*.deb` from the checkout and fetched the .debs of its Python dependencies from
+Debian 12 into the shared folder (the `systemd_boot` fixture of tests/realkernel/conftest.py).
+Here, in the guest's overlay (the host's own / underneath):
 
 1. Debian's packages of mdevd's Python dependencies are purged, so `/usr/bin/python3` can
    import none of them: no copy from pip or from the checkout is visible to it.
@@ -16,14 +15,15 @@ guest's overlay (the host's own / underneath):
 4. `apt-get purge mdevd` leaves none of the package's files, no unit, no enablement, no
    /etc/mdevd: only what debian/README.Debian says purge keeps (mdevctl's own directory).
 
-Checks go to the report format of the other guest scripts, under the scenario `debian`.
+Checks go to the report format of the other guest scripts, under the scenario `debian`; the
+daemon's journal to `<shared>/logs/mdevd-debian.log`. `undo` then takes away what the scenario
+leaves that the next scenario of the boot would see.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.realkernel.guest import sysfs
@@ -47,6 +47,9 @@ DEVICES_DIR = Path("/etc/mdevd/devices.d")
 DEBS = SHARED / "debs"
 APT_CACHE = Path("/var/cache/apt/archives")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+MDEVCTL_DIR = Path("/etc/mdevctl.d")
+#: The daemon's journal, in the shared folder's logs (the checkout's scenario has mdevd.log).
+LOG = "mdevd-debian.log"
 WAIT = 120.0
 #: An admin's environment: nothing of the harness's (which points Python at the checkout).
 ADMIN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -70,6 +73,11 @@ def system_python_imports(module: str) -> str | None:
 def package_version(package: str) -> str:
     shown = run(["dpkg-query", "-W", "-f=${Version}", package], check=False)
     return shown.stdout if shown.returncode == 0 else ""
+
+
+def dpkg_status(package: str) -> str:
+    """dpkg's Status of `package`; '' or "unknown ok not-installed" once it is purged."""
+    return run(["dpkg-query", "-W", "-f=${Status}", package], check=False).stdout
 
 
 def systemctl_show(*properties: str) -> dict[str, str]:
@@ -182,7 +190,7 @@ def scenario(r: Report) -> None:
         version[-2000:],
     )
     LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / "mdevd.log").write_text(version)
+    (LOGS / LOG).write_text(version)
 
     purged = apt_get("purge", "mdevd")
     r.check("apt-get purge mdevd", purged.returncode == 0, purged.stdout[-3000:])
@@ -207,7 +215,7 @@ def scenario(r: Report) -> None:
         sorted(str(p) for p in helper_state.rglob("mdevd*")),
         [],
     )
-    status = run(["dpkg-query", "-W", "-f=${Status}", "mdevd"], check=False).stdout
+    status = dpkg_status("mdevd")
     r.check("dpkg knows it only as purged", status in ("", "unknown ok not-installed"), status)
     r.check(
         "the running device stays (stopping mdevd never removes devices)",
@@ -216,13 +224,40 @@ def scenario(r: Report) -> None:
     )
 
 
-def main() -> int:
-    report = Report(SHARED / "report.json")
-    with report.scenario("debian"):
-        scenario(report)
-    failed = [c for s in report.scenarios.values() for c in s.failed]
-    return 1 if failed else 0
+def mdevctl_files() -> set[Path]:
+    """Everything under /etc/mdevctl.d (mdevctl's directory, which purging mdevd keeps)."""
+    return set(MDEVCTL_DIR.rglob("*")) if MDEVCTL_DIR.is_dir() else set()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def undo(r: Report, mdevctl_before: set[Path]) -> None:
+    """Take away what `scenario` leaves behind that a later scenario of the same boot would see,
+    and check it is gone: the package if its purge failed, the device it autostarted, mtty (and
+    the mdev core, if nothing else holds it: as booted), and the definition the daemon mirrored
+    into /etc/mdevctl.d (files not in `mdevctl_before`, taken before `scenario`). What apt
+    installed of Debian's Python packages stays: see `systemd_boot.py`."""
+    if dpkg_status("mdevd") not in ("", "unknown ok not-installed"):
+        purged = run(["dpkg", "--purge", "mdevd"], check=False, timeout=600, env=APT_ENV)
+        r.check(
+            "after the .deb's scenario: its failed purge done again with dpkg",
+            purged.returncode == 0,
+            purged.stdout[-3000:] + purged.stderr[-3000:],
+        )
+    if AUTOSTART in sysfs.devices():
+        sysfs.remove(AUTOSTART)
+    unloaded = run(["modprobe", "-r", "mtty"], check=False)
+    r.check(
+        "after the .deb's scenario: its device removed, mtty unloaded",
+        AUTOSTART not in sysfs.devices() and "mtty" not in sysfs.parents(),
+        (unloaded.stderr, sysfs.devices(), sysfs.parents()),
+    )
+    # Deepest first, so that a directory is empty when its turn comes.
+    for path in sorted(mdevctl_files() - mdevctl_before, reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
+    r.equal(
+        "after the .deb's scenario: /etc/mdevctl.d as it was before it",
+        sorted(map(str, mdevctl_files())),
+        sorted(map(str, mdevctl_before)),
+    )

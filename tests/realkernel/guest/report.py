@@ -18,6 +18,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+#: The exit status of a guest script that ran to its end with failed checks: not Python's 1,
+#: which an uncaught exception gives, so the host can tell the two apart.
+CHECKS_FAILED = 3
+
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
@@ -44,12 +48,13 @@ class Report:
         self.path = path
         self.scenarios: dict[str, ScenarioResult] = {}
         self._current: ScenarioResult | None = None
+        self._started = time.monotonic()
 
     @contextmanager
     def scenario(self, name: str) -> Iterator[ScenarioResult]:
         result = self.scenarios.setdefault(name, ScenarioResult(name))
         self._current = result
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._write()
         try:
             yield result
@@ -65,7 +70,11 @@ class Report:
         """Record one check of the current scenario; returns `ok` so callers can branch."""
         assert self._current is not None, "checks belong to a scenario"
         self._current.checks.append(CheckResult(self._current.name, name, bool(ok), str(detail)))
-        print(f"[{'ok' if ok else 'FAILED'}] {self._current.name}: {name}", flush=True)
+        # With the seconds since the scenario began: where a slow guest spends its time.
+        elapsed = time.monotonic() - self._started
+        print(
+            f"[{'ok' if ok else 'FAILED'}] {self._current.name} +{elapsed:.1f}s: {name}", flush=True
+        )
         if not ok and detail:
             print(f"    {detail}", flush=True)
         self._write()

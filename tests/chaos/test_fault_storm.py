@@ -19,6 +19,7 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,21 @@ class Storm:
 
     async def run(self) -> None:
         clients = [self._client(i) for i in range(CLIENTS)]
-        await asyncio.gather(self._kernel(), *clients)
+        # The kernel's side has threads of its own: an unregistration blocks while a VM holds
+        # one of the parent's devices, as the real kernel's does, and must not take the
+        # threads the other control commands need.
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="storm-kernel") as pool:
+            await asyncio.gather(self._kernel(pool), *clients)
 
-    async def _kernel(self) -> None:
-        """The kernel's side: faults, holds, delays, drivers leaving and coming back."""
+    async def _kernel(self, pool: ThreadPoolExecutor) -> None:
+        """The kernel's side: faults, holds, delays, drivers leaving and coming back.
+
+        A driver that leaves while one of its devices is held waits for the release, which
+        only a later round (or the end of the storm) gives: its unregistration goes on in the
+        background meanwhile, as a driver's `rmmod` would, so the storm cannot wait on
+        itself."""
         loop = asyncio.get_running_loop()
+        leaving: list[asyncio.Future[None]] = []
         for _ in range(ROUNDS):
             await asyncio.sleep(self.random.uniform(0, 0.05))
             choice = self.random.random()
@@ -73,25 +84,36 @@ class Storm:
                     parent, type_id = self.random.choice(TARGETS)
                     errno = self.random.choice(ERRNOS)
                     await loop.run_in_executor(
-                        None, self.sim.control.fault_create, parent, type_id, errno
+                        pool, self.sim.control.fault_create, parent, type_id, errno
                     )
                 elif choice < 0.45 and self.uuids:
                     uuid = self.random.choice(self.uuids)
                     errno = self.random.choice(("EBUSY", "EIO", "EINVAL"))
-                    await loop.run_in_executor(None, self.sim.control.fault_remove, uuid, errno)
+                    await loop.run_in_executor(pool, self.sim.control.fault_remove, uuid, errno)
                 elif choice < 0.55 and self.uuids:
                     uuid = self.random.choice(self.uuids)
                     hold = self.random.choice((self.sim.control.hold, self.sim.control.release))
-                    await loop.run_in_executor(None, hold, uuid)
+                    await loop.run_in_executor(pool, hold, uuid)
                 elif choice < 0.65:
                     seconds = self.random.choice((0.0, 0.05, 0.2))
                     kind = self.random.choice(("create", "remove"))
-                    await loop.run_in_executor(None, self.sim.control.delay, kind, seconds)
+                    await loop.run_in_executor(pool, self.sim.control.delay, kind, seconds)
                 elif choice < 0.75:
                     parent = self.random.choice(PARENTS)
-                    await loop.run_in_executor(None, self.sim.control.unregister, parent)
-                    await asyncio.sleep(self.random.uniform(0, 0.2))
-                    await loop.run_in_executor(None, self.sim.control.register, parent)
+                    gone = loop.run_in_executor(pool, self._quietly, "unregister", parent)
+                    leaving.append(gone)
+                    await asyncio.wait([gone], timeout=self.random.uniform(0, 0.2))
+                    if gone.done():
+                        await loop.run_in_executor(pool, self.sim.control.register, parent)
+        # The end of the storm: every VM lets go, so every driver that is leaving can leave.
+        for uuid in self.uuids:
+            await loop.run_in_executor(pool, self._quietly, "release", uuid)
+        await asyncio.gather(*leaving)
+
+    def _quietly(self, command: str, name: str) -> None:
+        """A control command whose refusal is part of the storm."""
+        with contextlib.suppress(ControlError):
+            self.sim.control.command(command, name)
 
     async def _client(self, index: int) -> None:
         bus = await MessageBus(bus_address=self.address).connect()

@@ -9,6 +9,7 @@ GDBusObjectManagerClient and sd-bus clients ignore).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from dbus_fast import Message, MessageType
 from dbus_fast.introspection import Node
@@ -68,30 +69,25 @@ class ManagedObjectBus(PacedMessageBus):
         if properties is None or not path.startswith(ROOT_PATH + "/"):
             super()._emit_interface_added(path, interface)
             return
-        if self._disconnected:
-            return
-        self.send(
-            Message.new_signal(
-                path=ROOT_PATH,
-                interface=OBJECT_MANAGER_INTERFACE,
-                member="InterfacesAdded",
-                signature="oa{sa{sv}}",
-                body=[path, {interface.name: variants(properties())}],
-            )
-        )
+        added = {interface.name: variants(properties())}
+        self._from_root("InterfacesAdded", "oa{sa{sv}}", [path, added])
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if not path.startswith(ROOT_PATH + "/"):
             super()._emit_interface_removed(path, removed_interfaces)
             return
+        self._from_root("InterfacesRemoved", "oas", [path, removed_interfaces])
+
+    def _from_root(self, member: str, signature: str, body: list[Any]) -> None:
+        """An ObjectManager signal, sent from the root path (the contract's manager)."""
         if self._disconnected:
             return
         self.send(
             Message.new_signal(
                 path=ROOT_PATH,
                 interface=OBJECT_MANAGER_INTERFACE,
-                member="InterfacesRemoved",
-                signature="oas",
-                body=[path, removed_interfaces],
+                member=member,
+                signature=signature,
+                body=body,
             )
         )

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 #: Ordered (name, value) pairs, written to a device in this order after it is created.
 Attributes = tuple[tuple[str, str], ...]
 
+#: The kernel interfaces a device can be on (`Backend` on D-Bus): the mdev core, and NVIDIA's
+#: vendor-specific VFIO, where a vGPU is a type written into an SR-IOV virtual function.
+BACKEND_MDEV = "mdev"
+BACKEND_NVIDIA_VF = "nvidia-vf"
+
 
 @dataclass(frozen=True, slots=True)
 class MdevType:
@@ -26,12 +31,15 @@ class MdevType:
 
 @dataclass(frozen=True, slots=True)
 class Parent:
-    """A device registered with the mdev core (`/sys/class/mdev_bus/<name>`)."""
+    """A device that devices are created on: one registered with the mdev core
+    (`/sys/class/mdev_bus/<name>`), or a GPU whose SR-IOV virtual functions take vGPU types
+    (`nvidia-vf`: the physical function, its types those its free VFs can take)."""
 
     name: str
     sysfs_path: str
     subsystem: str
     types: dict[str, MdevType] = field(default_factory=dict)
+    backend: str = BACKEND_MDEV
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,10 @@ class ActiveDevice:
     sysfs_path: str
     #: -1 while the kernel has not linked the device to a group (or never will).
     iommu_group: int
+    backend: str = BACKEND_MDEV
+    #: Where on the parent the device is, when the backend places it: the virtual function's
+    #: PCI address for `nvidia-vf`; "" for mdev.
+    placement: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,9 @@ class Definition:
     #: Where it came from: the file, and the line of its `[[device]]` table when known.
     source_file: str = ""
     source_line: int = 0
+    #: Pins the device to one place on its parent (an `nvidia-vf` parent's virtual function,
+    #: by PCI address); "" lets the backend choose.
+    placement: str = ""
 
 
 class Status(enum.StrEnum):
@@ -124,3 +139,7 @@ class DeviceState:
     status: Status = Status.INACTIVE
     #: Empty unless the device is both defined and active and the two differ.
     pending: PendingChanges = NO_PENDING_CHANGES
+    #: The backend of the device, or of its parent while it is not active ("" if unknown).
+    backend: str = ""
+    #: The running device's place on its parent (`ActiveDevice.placement`), else the defined one.
+    placement: str = ""

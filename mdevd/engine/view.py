@@ -9,7 +9,7 @@ in here.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from dataclasses import replace
 
 from mdevd.model import (
@@ -18,6 +18,7 @@ from mdevd.model import (
     Attributes,
     Definition,
     DeviceState,
+    Parent,
     PendingChanges,
     Status,
 )
@@ -31,13 +32,13 @@ def device_state(
     transient_attributes: Attributes,
     written_attributes: Attributes | None,
     last_error: str,
-    parents: Container[str],
+    parents: Mapping[str, Parent],
 ) -> DeviceState | None:
     """The state of `uuid`; None when it is neither defined nor active.
 
     `transient_attributes`: what a device without definition was created with (the kernel
     cannot tell them back). `written_attributes`: what mdevd wrote to the running device, if it
-    started it (None: unknown). `parents`: the parents present.
+    started it (None: unknown). `parents`: the parents present, by name.
     """
     if definition is None and device is None:
         return None
@@ -61,7 +62,17 @@ def device_state(
         last_error=last_error,
         status=status(definition, device, last_error, parents),
         pending=pending_changes(definition, device, written_attributes),
+        backend=backend(parent, device, parents),
+        placement=device.placement if device else (definition.placement if definition else ""),
     )
+
+
+def backend(parent: str, device: ActiveDevice | None, parents: Mapping[str, Parent]) -> str:
+    """The device's backend; while it is not active, its parent's ("" if that is absent)."""
+    if device is not None:
+        return device.backend
+    present = parents.get(parent)
+    return present.backend if present is not None else ""
 
 
 def status(

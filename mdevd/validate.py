@@ -109,3 +109,23 @@ def uuid(value: object) -> str:
 
 def is_uuid(value: str) -> bool:
     return _UUID_RE.fullmatch(value) is not None
+
+
+# domain:bus:device.function, as the kernel names PCI devices (lower-case hexadecimal).
+_PCI_ADDRESS_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+
+
+def pci_address(value: object, kind: str = "placement") -> str:
+    """A PCI address (`0000:3d:00.4`): an `nvidia-vf` placement (a virtual function). Returned
+    lower-case; "" stays "" (no placement). Nothing else can be one: it becomes a path."""
+    if not isinstance(value, str):
+        raise InvalidName(f"{kind} must be a string, not {type(value).__name__}")
+    if value == "":
+        return value
+    lowered = value.lower()
+    if not _PCI_ADDRESS_RE.fullmatch(lowered):
+        raise InvalidName(
+            f"{kind} {value[:64]!r} is not a PCI address (expected domain:bus:device.function,"
+            " e.g. 0000:3d:00.4)"
+        )
+    return lowered

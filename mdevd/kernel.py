@@ -26,6 +26,7 @@ from mdevd.errors import (
     Busy,
     CreateRefused,
     Exists,
+    InvalidArgument,
     InvalidName,
     KernelIOError,
     NoInstancesAvailable,
@@ -34,7 +35,7 @@ from mdevd.errors import (
     TypeNotSupported,
 )
 from mdevd.explain import CreateFacts, checked, create_refused
-from mdevd.model import ActiveDevice, MdevType, Parent
+from mdevd.model import NOTHING, ActiveDevice, MdevType, Parent, UeventMeaning
 
 #: Files in a device directory that belong to the driver core, not to the device's driver
 #: (one list, in mdevd.validate, for every path that accepts attribute names).
@@ -42,6 +43,14 @@ RESERVED_DEVICE_FILES = validate.RESERVED_DEVICE_FILES
 
 #: Upper bound on what a sysfs attribute read returns (sysfs show() fills at most one page).
 _READ_LIMIT = 4096
+
+#: The uevents (of the mdev device itself) that creating and removing a device make the kernel
+#: send, in order (docs/kernel-abi.md).
+CREATE_EVENTS = ("add", "bind")
+REMOVE_EVENTS = ("unbind", "remove")
+
+#: Subsystems whose devices are never mdev parents (a device's vfio nodes).
+_NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
 
 
 class Sysfs:
@@ -55,6 +64,44 @@ class Sysfs:
     ) -> None:
         self.root = Path(root)
         self.dev_root = Path(dev_root)
+        self._kernel_sends_mdev_state = False
+
+    # ---- what the mdev core's events mean --------------------------------------------------
+
+    def interpret_uevent(
+        self, action: str, subsystem: str, devpath: str, properties: dict[str, str]
+    ) -> UeventMeaning:
+        """What may change the mdev view: any event of an mdev device (made or removed by us
+        or by other tools), a parent's `change` with MDEV_STATE whatever its subsystem (`pci`,
+        `css`, `mtty`...: never `mdev_bus`), the `add` or `bind` of a device that has
+        `mdev_supported_types` (kernels without MDEV_STATE), and the `remove` or `unbind` of a
+        known parent. Called on the loop: decides from the event alone."""
+        name = devpath.rsplit("/", 1)[-1]
+        if "MDEV_STATE" in properties:
+            self._kernel_sends_mdev_state = True
+            return UeventMeaning(rescan=True)
+        if subsystem == "mdev":
+            if not validate.is_uuid(name):
+                return UeventMeaning(rescan=True)
+            return UeventMeaning(device=name.lower(), action=action)
+        if subsystem in _NEVER_PARENTS:
+            return NOTHING
+        if action in ("add", "bind") and not self._kernel_sends_mdev_state:
+            # Kernels that announce registration with MDEV_STATE need no fallback (and the
+            # add of a driver's own parent device comes just before that change event).
+            return UeventMeaning(probe=devpath)
+        if action in ("remove", "unbind"):
+            return UeventMeaning(parent_gone=name)
+        return NOTHING
+
+    def canonical_type(self, parent: str, type_id: str) -> str:
+        return type_id  # a type directory has one name
+
+    def create_events(self, parent: str) -> tuple[str, ...]:
+        return CREATE_EVENTS
+
+    def remove_events(self, uuid: str) -> tuple[str, ...]:
+        return REMOVE_EVENTS
 
     # ---- paths (every one built from validated names) -------------------------------------
 
@@ -99,7 +146,7 @@ class Sysfs:
             raise ParentNotFound(f"parent {parent} is not registered with mdev") from exc
         return (st.st_dev, st.st_ino)
 
-    def has_mdev_types(self, devpath: str) -> bool:
+    def probe_parent(self, devpath: str) -> bool:
         """Whether the device at `devpath` (a uevent's DEVPATH, `/devices/...`) offers mdev
         types: how a parent shows itself on kernels that send no MDEV_STATE event."""
         parts = devpath.strip("/").split("/")
@@ -276,12 +323,18 @@ class Sysfs:
             iommu_group=int(group) if group.isdigit() else -1,
         )
 
-    def create(self, parent: str, type_id: str, uuid: str) -> ActiveDevice:
+    def create(self, parent: str, type_id: str, uuid: str, placement: str = "") -> ActiveDevice:
         """Create a device: one write of the lower-case UUID into the type's `create`.
 
-        The kernel creates synchronously: when the write returns, the device exists.
+        The kernel creates synchronously: when the write returns, the device exists. The mdev
+        core places devices itself: a `placement` is refused.
         """
         uuid = validate.uuid(uuid)
+        if placement:
+            raise InvalidArgument(
+                f"device {uuid}: parent {parent} is an mdev parent, where the kernel places"
+                f" devices itself; placement {placement!r} applies to nvidia-vf parents only"
+            )
         create_file = self._type_dir(parent, type_id) / "create"
         what = f"device {uuid}"
         try:

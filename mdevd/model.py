@@ -143,3 +143,35 @@ class DeviceState:
     backend: str = ""
     #: The running device's place on its parent (`ActiveDevice.placement`), else the defined one.
     placement: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UeventMeaning:
+    """What one uevent calls for, as a backend reads it. The engine acts on it; a backend
+    never acts on an event itself (the engine's ledger knows what its own operations did)."""
+
+    #: Rescan the whole kernel (a parent may have come, gone or changed).
+    rescan: bool = False
+    #: A device's own event (`action` on UUID `device`): the engine reads that device back,
+    #: unless its own operation explains the event.
+    device: str = ""
+    action: str = ""
+    #: A device (by devpath) that may have just become a parent: probe it (`probe_parent`),
+    #: and rescan if it is one. Probing reads sysfs, which an event handler must not do.
+    probe: str = ""
+    #: A parent's name that may have just gone (`remove`, `unbind`): rescan if it is known.
+    parent_gone: str = ""
+
+    def __or__(self, other: UeventMeaning) -> UeventMeaning:
+        """Both meanings at once (two backends read the same event)."""
+        return UeventMeaning(
+            rescan=self.rescan or other.rescan,
+            device=self.device or other.device,
+            action=self.action if self.device else other.action,
+            probe=self.probe or other.probe,
+            parent_gone=self.parent_gone or other.parent_gone,
+        )
+
+
+#: An event that concerns nothing the engine holds.
+NOTHING = UeventMeaning()

@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 from mdevd import defaults, validate
 from mdevd.engine.autostart import Autostart, Outcome, is_transient
-from mdevd.engine.ledger import CREATE_EVENTS, REMOVE_EVENTS, OperationLedger
+from mdevd.engine.ledger import OperationLedger
 from mdevd.engine.ports import (
     DefinitionStore,
     DeviceEvent,
@@ -139,7 +139,6 @@ class Engine:
             retry_delays=self.settings.autostart_retry_delays,
         )
         self._probing: set[str] = set()
-        self._kernel_sends_mdev_state = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -212,9 +211,13 @@ class Engine:
         uuid: str | None = None,
         attributes: Attributes = (),
         force: bool = False,
+        placement: str = "",
     ) -> DeviceState:
-        """Create a transient device now: not persisted, gone when stopped."""
+        """Create a transient device now: not persisted, gone when stopped. `placement` pins
+        where on the parent (a backend that places nothing refuses it)."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
+        type_id = self.kernel.canonical_type(parent, type_id)
+        placement = validate.pci_address(placement)
         uuid = validate.uuid(uuid) if uuid is not None else _new_uuid()
         async with self._locks(uuid, parent):
             existing = self._published.get(uuid)
@@ -232,10 +235,12 @@ class Engine:
                         Definition(uuid, parent, type_id, False, attributes), conflict, force
                     )
                 raise conflict
-            config = Definition(uuid, parent, type_id, False, attributes)
+            config = Definition(uuid, parent, type_id, False, attributes, placement=placement)
             try:
                 async with self.hooks.transaction(HookAction.START, config, force=force):
-                    await self._create_in_kernel(uuid, parent, type_id, attributes)
+                    await self._create_in_kernel(
+                        uuid, parent, type_id, attributes, placement=placement
+                    )
             except MdevdError as exc:
                 if uuid in self._active:  # its rollback failed: it exists after all
                     self._start_failed(uuid, exc, Reason.API)
@@ -255,11 +260,15 @@ class Engine:
         autostart: bool = False,
         start: bool = False,
         force: bool = False,
+        placement: str = "",
     ) -> DeviceState:
-        """Persist a definition (durable before the reply); `start` also starts it."""
+        """Persist a definition (durable before the reply); `start` also starts it.
+        `placement` pins where on the parent the device goes (`Definition.placement`)."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
+        type_id = self.kernel.canonical_type(parent, type_id)
+        placement = validate.pci_address(placement)
         uuid = validate.uuid(uuid) if uuid is not None else _new_uuid()
-        wanted = Definition(uuid, parent, type_id, autostart, attributes)
+        wanted = Definition(uuid, parent, type_id, autostart, attributes, placement=placement)
         async with self._locks(uuid, parent):
             existing = self._published.get(uuid)
             if existing is not None:
@@ -317,7 +326,7 @@ class Engine:
                 removed: tuple[str, ...] = ()
                 try:
                     await self._io.run(self.kernel.remove, uuid, check_busy=not caller_holds_group)
-                    removed = REMOVE_EVENTS
+                    removed = self.kernel.remove_events(uuid)
                 except NotActive:
                     pass  # someone else removed it first: the effect the caller wanted
                 finally:
@@ -536,29 +545,17 @@ class Engine:
     ) -> None:
         """Take one uevent (from udev) and schedule what it calls for. Never blocks.
 
-        What counts is what may change the mdev view: any event of an mdev device (made or
-        removed by us or by other tools), a parent's `change` with MDEV_STATE whatever its
-        subsystem (`pci`, `css`, `mtty`...: never `mdev_bus`), the `add` or `bind` of a device
-        that has `mdev_supported_types` (kernels without MDEV_STATE), and the `remove` or
-        `unbind` of a known parent.
+        The backends say what an event means (`Kernel.interpret_uevent`): a rescan, a device's
+        own event (which the ledger may explain as the engine's own doing), a device to probe
+        for types, or a parent that may be gone.
         """
-        if "MDEV_STATE" in properties:
-            self._kernel_sends_mdev_state = True
+        meaning = self.kernel.interpret_uevent(action, subsystem, devpath, properties)
+        if meaning.rescan or (meaning.parent_gone and meaning.parent_gone in self._parents):
             self.request_resync()
-        elif subsystem == "mdev":
-            name = devpath.rsplit("/", 1)[-1]
-            if not validate.is_uuid(name):
-                self.request_resync()
-            elif self.ledger.device_uevent(name.lower(), action):
-                self._request_device_sync(name.lower())
-        elif subsystem in _NEVER_PARENTS:
-            return
-        elif action in ("add", "bind") and not self._kernel_sends_mdev_state:
-            # Kernels that announce registration with MDEV_STATE need no fallback (and the
-            # add of a driver's own parent device comes just before that change event).
-            self._probe_for_parent(devpath)
-        elif action in ("remove", "unbind") and devpath.rsplit("/", 1)[-1] in self._parents:
-            self.request_resync()
+        if meaning.device and self.ledger.device_uevent(meaning.device, meaning.action):
+            self._request_device_sync(meaning.device)
+        if meaning.probe:
+            self._probe_for_parent(meaning.probe)
 
     def _probe_for_parent(self, devpath: str) -> None:
         if devpath in self._probing:
@@ -567,10 +564,10 @@ class Engine:
 
         async def probe() -> None:
             try:
-                if await self._io.run(self.kernel.has_mdev_types, devpath):
+                if await self._io.run(self.kernel.probe_parent, devpath):
                     self.request_resync()
             except Exception:  # an event can only ask for a look; it must not kill the loop
-                log.exception("probing %s for mdev types failed", devpath)
+                log.exception("probing %s for types failed", devpath)
             finally:
                 self._probing.discard(devpath)
 
@@ -778,6 +775,7 @@ class Engine:
                     definition.type_id,
                     definition.attributes,
                     refresh_parent=refresh_parent,
+                    placement=definition.placement,
                 )
         except MdevdError as exc:
             if adopt_existing and isinstance(exc, Exists):
@@ -838,11 +836,12 @@ class Engine:
         attributes: Attributes,
         *,
         refresh_parent: bool = True,
+        placement: str = "",
     ) -> None:
-        """Create, then write attributes in order; on failure remove again, report the first
-        error (never the rollback's: mdevctl hides the original one). Then read the parent's
-        types again (their counts changed), unless `refresh_parent` is False (the caller
-        creates many and refreshes once)."""
+        """Create (at `placement`, if given), then write attributes in order; on failure
+        remove again, report the first error (never the rollback's: mdevctl hides the original
+        one). Then read the parent's types again (their counts changed), unless
+        `refresh_parent` is False (the caller creates many and refreshes once)."""
         self.ledger.begin_operation(uuid)
         effect: tuple[str, ...] = ()
         late_create: asyncio.Future[Any] | None = None
@@ -858,11 +857,11 @@ class Engine:
                     f"device {uuid}: parent {parent} does not support type {type_id}"
                 )
             try:
-                device = await self._io.run(self.kernel.create, parent, type_id, uuid)
+                device = await self._io.run(self.kernel.create, parent, type_id, uuid, placement)
             except IoTimeout as timeout:
                 late_create = timeout.pending
                 raise
-            effect = CREATE_EVENTS
+            effect = self.kernel.create_events(parent)
             written = 0
             try:
                 for name, value in attributes:
@@ -871,7 +870,7 @@ class Engine:
             except MdevdError as first_error:
                 try:
                     await self._io.run(self.kernel.remove, uuid, check_busy=False)
-                    effect = CREATE_EVENTS + REMOVE_EVENTS
+                    effect += self.kernel.remove_events(uuid)
                 except MdevdError as rollback_error:
                     log.error("device %s: rollback failed: %s", uuid, rollback_error.message)
                     # The device stays in the kernel, so it must stay in view: hidden, nobody
@@ -1019,7 +1018,12 @@ class Engine:
         for problem in problems:
             if quiet is None or problem not in quiet:
                 log.warning("configuration: %s", problem)
-        return dict(loaded.definitions), problems
+        # A file may spell a type as the admin knows it (an NVIDIA id, `1145`): held as the
+        # parent lists it, so the running device and its definition compare equal.
+        return {
+            uuid: replace(d, type_id=self.kernel.canonical_type(d.parent, d.type_id))
+            for uuid, d in loaded.definitions.items()
+        }, problems
 
     async def _save(self, definition: Definition) -> None:
         async with self._config_lock:
@@ -1093,9 +1097,6 @@ class Engine:
 
 
 #: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
-_NEVER_PARENTS = frozenset({"vfio", "vfio-dev"})
-
-
 def _new_uuid() -> str:
     return str(uuid_module.uuid4())
 

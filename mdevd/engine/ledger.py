@@ -26,11 +26,6 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-#: The uevents (of the mdev device itself) that creating and removing a device make the kernel
-#: send, in order (docs/kernel-abi.md).
-CREATE_EVENTS = ("add", "bind")
-REMOVE_EVENTS = ("unbind", "remove")
-
 #: How many devices' own events may be awaited at once (each create or removal awaits two).
 MAX_EXPECTED = 4096
 

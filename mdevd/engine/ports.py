@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """The engine's ports: what it needs from its surroundings and what it tells them.
 
-- `Kernel`: what the engine reads and changes in the kernel. `mdevd.kernel.Sysfs` is the mdev
-  backend; another backend implements the same methods.
+- `Kernel`: what the engine reads and changes in the kernel, and what a uevent means for it
+  (`UeventMeaning`). `mdevd.kernel.Sysfs` is the mdev backend, `mdevd.nvidia_vf.NvidiaVf` the
+  vendor-VFIO one; `mdevd.backends.Backends` puts several behind one `Kernel`.
 - `DefinitionStore`: the persistent definitions (`mdevd.store`, `mdevd.compat.store`).
 - `OperationHooks`: run around each operation (`mdevd.compat.hooks`: mdevctl's callouts);
   `NoHooks` when there are none.
@@ -25,7 +26,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+# NOTHING and UeventMeaning, the words a backend answers an event with, are plain data kept
+# in the model (the kernel layer must not import the engine); re-exported here.
+from mdevd.model import NOTHING as NOTHING
 from mdevd.model import ActiveDevice, Attributes, Definition, DeviceState, Parent
+from mdevd.model import UeventMeaning as UeventMeaning
 
 #: Tells one registration of a parent from the next (`Sysfs.registration_id`).
 RegistrationId = tuple[int, int]
@@ -79,11 +84,32 @@ class DeviceEvent:
 
 
 class Kernel(Protocol):
-    """What the engine reads and changes in the kernel (called from worker threads).
+    """What the engine reads and changes in the kernel (called from worker threads, except
+    the methods marked as called on the loop: those never do I/O).
 
     Errors are the project's own (`mdevd.errors`): `ParentNotFound` for a parent that is not
     registered, `NotActive` for a device that is not there, `Exists`, `Busy`, and so on.
     """
+
+    def interpret_uevent(
+        self, action: str, subsystem: str, devpath: str, properties: dict[str, str]
+    ) -> UeventMeaning:
+        """What this uevent calls for (called on the loop: no I/O)."""
+        ...
+
+    def canonical_type(self, parent: str, type_id: str) -> str:
+        """The spelling of `type_id` the parent lists (an `nvidia-vf` GPU's `1145` is
+        `nvidia-1145`); unchanged when there is no other (called on the loop: no I/O)."""
+        ...
+
+    def create_events(self, parent: str) -> tuple[str, ...]:
+        """The uevents of the device itself that a create on `parent` makes the kernel send,
+        in order (none for a backend whose writes send none); called on the loop."""
+        ...
+
+    def remove_events(self, uuid: str) -> tuple[str, ...]:
+        """The same for removing device `uuid`; called on the loop."""
+        ...
 
     def parent_names(self) -> list[str]: ...
 
@@ -95,7 +121,7 @@ class Kernel(Protocol):
         """The `available_instances` of these types only (a cheap look after a create)."""
         ...
 
-    def has_mdev_types(self, devpath: str) -> bool:
+    def probe_parent(self, devpath: str) -> bool:
         """Whether the device at `devpath` (a uevent's) offers types: it is a parent."""
         ...
 
@@ -103,7 +129,10 @@ class Kernel(Protocol):
 
     def read_device(self, uuid: str) -> ActiveDevice | None: ...
 
-    def create(self, parent: str, type_id: str, uuid: str) -> ActiveDevice: ...
+    def create(self, parent: str, type_id: str, uuid: str, placement: str = "") -> ActiveDevice:
+        """Create device `uuid`; `placement` pins where on the parent (refused by a backend
+        that places nothing)."""
+        ...
 
     def remove(self, uuid: str, *, check_busy: bool = True) -> None:
         """Remove the device; with `check_busy`, refuse (`Busy`) one a VM holds."""

@@ -8,7 +8,8 @@ whole engine in this directory's other tests and in tests/udev/test_engine_races
 
 from __future__ import annotations
 
-from mdevd.engine.ledger import CREATE_EVENTS, REMOVE_EVENTS, LedgerSize, OperationLedger
+from mdevd.engine.ledger import LedgerSize, OperationLedger
+from mdevd.kernel import CREATE_EVENTS, REMOVE_EVENTS
 
 UUID = "1ed9e000-0000-4000-8000-000000000001"
 OTHER = "1ed9e000-0000-4000-8000-000000000002"

@@ -109,9 +109,9 @@ def test_the_legacy_add_arrives_when_the_types_are_already_there(sim: RunningSim
         device = monitor.poll(timeout=1)  # None also for a message libudev dropped
     assert device is not None and device.action == "add" and device.device_path == MTTY
     assert "MDEV_STATE" not in device.properties
-    assert Sysfs(sim.root).has_mdev_types(MTTY)
-    assert not Sysfs(sim.root).has_mdev_types("/devices/virtual/vfio")
-    assert not Sysfs(sim.root).has_mdev_types("/devices/../class/mdev_bus/mtty")
+    assert Sysfs(sim.root).probe_parent(MTTY)
+    assert not Sysfs(sim.root).probe_parent("/devices/virtual/vfio")
+    assert not Sysfs(sim.root).probe_parent("/devices/../class/mdev_bus/mtty")
 
 
 def test_delay_types_leaves_the_types_directory_empty_for_a_while(sim: RunningSim) -> None:

@@ -143,9 +143,11 @@ def test_a_device_another_tool_creates_just_before_autostart_does_is_adopted(
         await engine.start()
         real_create = engine.kernel.create
 
-        def create_after_the_other_tool(parent: str, type_id: str, uuid: str) -> ActiveDevice:
+        def create_after_the_other_tool(
+            parent: str, type_id: str, uuid: str, placement: str = ""
+        ) -> ActiveDevice:
             other_tool.write_text(uuid)
-            return real_create(parent, type_id, uuid)
+            return real_create(parent, type_id, uuid, placement)
 
         engine.kernel.create = create_after_the_other_tool  # type: ignore[method-assign]
         await asyncio.get_running_loop().run_in_executor(None, sim.control.register, "mtty")

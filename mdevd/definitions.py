@@ -7,6 +7,7 @@ A definitions file is TOML holding one or more `[[device]]` tables:
     uuid = "7a3c1d52-0b8e-4c1f-9f62-3d1e5a4b7c90"
     parent = "0000:65:00.0"
     type = "nvidia-558"
+    placement = "0000:65:00.5"                         # optional: nvidia-vf's pinned VF
     autostart = true                                   # optional, default false
     attributes = [                                     # optional, written in this order
         { name = "assign_adapter", value = "5" },
@@ -41,7 +42,7 @@ from mdevd import validate
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument
 from mdevd.model import Attributes, Definition
 
-DEVICE_KEYS: tuple[str, ...] = ("uuid", "parent", "type", "autostart", "attributes")
+DEVICE_KEYS: tuple[str, ...] = ("uuid", "parent", "type", "placement", "autostart", "attributes")
 REQUIRED_KEYS: tuple[str, ...] = ("uuid", "parent", "type")
 ATTRIBUTE_KEYS: tuple[str, ...] = ("name", "value")
 
@@ -358,7 +359,7 @@ def _check_attributes(value: object, errors: _EntryErrors) -> Attributes:
 
 def _definition_from_table(
     table: Mapping[str, Any], errors: _EntryErrors
-) -> tuple[str, str, str, bool, Attributes]:
+) -> tuple[str, str, str, bool, Attributes, str]:
     for key in table:
         if key not in DEVICE_KEYS:
             errors.add_unknown_key(key, key, DEVICE_KEYS, "[[device]]")
@@ -366,7 +367,12 @@ def _definition_from_table(
         if key not in table:
             errors.add("", f"{key!r} is missing")
 
-    checks = (("uuid", validate.uuid), ("parent", validate.parent_name), ("type", validate.type_id))
+    checks = (
+        ("uuid", validate.uuid),
+        ("parent", validate.parent_name),
+        ("type", validate.type_id),
+        ("placement", validate.pci_address),
+    )
     results: dict[str, str] = {}
     for key, check in checks:
         if key in table:
@@ -385,7 +391,7 @@ def _definition_from_table(
         errors.add("autostart", f"'autostart' must be true or false, not {_toml_type(autostart)}")
         autostart = False
     attributes = _check_attributes(table.get("attributes", []), errors)
-    return uuid, parent, type_id, autostart, attributes
+    return uuid, parent, type_id, autostart, attributes, results.get("placement", "")
 
 
 def check_definition(definition: Definition) -> Definition:
@@ -399,6 +405,7 @@ def check_definition(definition: Definition) -> Definition:
     uuid = validate.uuid(definition.uuid)
     parent = validate.parent_name(definition.parent)
     type_id = validate.type_id(definition.type_id)
+    placement = validate.pci_address(definition.placement)
     if not isinstance(definition.autostart, bool):
         raise InvalidArgument(f"device {uuid}: autostart must be a boolean")
     if not isinstance(definition.attributes, tuple | list):
@@ -417,7 +424,12 @@ def check_definition(definition: Definition) -> Definition:
             raise InvalidArgument(f"device {uuid}: attribute {name!r} value is not valid Unicode")
         attributes.append((name, validate.attribute_value(value, name)))
     return dataclasses.replace(
-        definition, uuid=uuid, parent=parent, type_id=type_id, attributes=tuple(attributes)
+        definition,
+        uuid=uuid,
+        parent=parent,
+        type_id=type_id,
+        attributes=tuple(attributes),
+        placement=placement,
     )
 
 
@@ -431,12 +443,13 @@ def _encodable(text: str) -> bool:
 
 def same_device(a: Definition, b: Definition) -> bool:
     """Equal as devices: everything but where they were read from."""
-    return (a.uuid, a.parent, a.type_id, a.autostart, tuple(a.attributes)) == (
+    return (a.uuid, a.parent, a.type_id, a.autostart, tuple(a.attributes), a.placement) == (
         b.uuid,
         b.parent,
         b.type_id,
         b.autostart,
         tuple(b.attributes),
+        b.placement,
     )
 
 
@@ -530,7 +543,9 @@ def parse_text(text: str, source: str) -> ParsedFile:
             )
             continue
         errors = _EntryErrors(limit=max(0, MAX_PROBLEMS_PER_FILE - len(problems)))
-        uuid, parent, type_id, autostart, attributes = _definition_from_table(table, errors)
+        uuid, parent, type_id, autostart, attributes, placement = _definition_from_table(
+            table, errors
+        )
         dropped += errors.dropped
         if uuid:
             label = f"device {uuid}"
@@ -546,7 +561,9 @@ def parse_text(text: str, source: str) -> ParsedFile:
         problems.extend(sorted(located, key=lambda p: p.line))
         if not errors.found_any:
             definitions.append(
-                Definition(uuid, parent, type_id, autostart, attributes, source, start + 1)
+                Definition(
+                    uuid, parent, type_id, autostart, attributes, source, start + 1, placement
+                )
             )
     return ParsedFile(tuple(definitions), tuple(_summed_up(problems, dropped, source)), usable=True)
 
@@ -568,6 +585,8 @@ def _table(definition: Definition) -> dict[str, Any]:
         "parent": definition.parent,
         "type": definition.type_id,
     }
+    if definition.placement:
+        table["placement"] = definition.placement
     if definition.autostart:
         table["autostart"] = True
     if definition.attributes:
@@ -594,6 +613,8 @@ def _render_table(definition: Definition) -> str:
         f"parent = {_toml_string(definition.parent)}\n"
         f"type = {_toml_string(definition.type_id)}\n"
     )
+    if definition.placement:
+        text += f"placement = {_toml_string(definition.placement)}\n"
     if definition.autostart:
         text += "autostart = true\n"
     if definition.attributes:
@@ -664,6 +685,11 @@ def _edited_table_text(chunk: str, definition: Definition) -> str:
     for key in ("parent", "type"):
         if current.get(key) != wanted[key]:
             table[key] = wanted[key]
+    if str(current.get("placement", "")).lower() != definition.placement:
+        if definition.placement:
+            table["placement"] = definition.placement
+        elif "placement" in current:
+            del table["placement"]
     autostart_changed = current.get("autostart", False) != definition.autostart
     if autostart_changed and ("autostart" in current or definition.autostart):
         # An absent key already means false: add it only to say true.

@@ -25,6 +25,11 @@ holds, so libvirt's file monitor, ap-check and zdev see mdevd's definitions:
   except by an explicit change or removal of that UUID through mdevd.
 - removing a definition removes it from every source and every parent directory, as
   `mdevctl undefine` without `--parent` does.
+- mdevctl's format has no placement (an `nvidia-vf` definition's pinned virtual function).
+  A definition with one is kept in TOML, whatever the API or an existing mdevctl file says:
+  a new one goes to the TOML drop-ins, and one read from mdevctl's directory that gains a
+  placement moves there (its file becomes the mirror). The mirror copy leaves the placement
+  out, and counts as up to date while it says everything else; the TOML definition wins.
 
 Loads re-read both sources; the mirror is brought up to date on every load and write. Each
 file this store writes or removes is remembered with its resulting signature, so a watcher
@@ -66,6 +71,12 @@ def _where(definition: Definition) -> str:
     return definition.source_file
 
 
+def _mirrors(copy: Definition, definition: Definition) -> bool:
+    """Whether mdevctl's `copy` says all of `definition` that mdevctl's format can hold (all
+    but the placement)."""
+    return definitions.same_device(copy, replace(definition, placement=""))
+
+
 class CompatStore:
     """The engine's definition store: TOML drop-ins plus mdevctl's directory (when given)."""
 
@@ -104,15 +115,19 @@ class CompatStore:
         with self._lock:
             view = self._read()
             current = view.result.definitions.get(uuid)
-            if current is not None and self._from_mdevctl(current):
+            if current is not None and self._from_mdevctl(current) and not wanted.placement:
                 if definitions.same_device(current, wanted):
                     return current
                 saved = self._save_in_mdevctl(wanted, current)
-            elif current is not None or self.mdevctl is None:
+            elif current is not None:
+                # Kept in TOML, or moved there: mdevctl's format cannot hold a placement.
                 saved = self.toml.save(wanted)
             else:
                 self._refuse_over_broken(view, wanted)
-                saved = self._save_in_mdevctl(wanted, None)
+                if wanted.placement:
+                    saved = self.toml.save(wanted)
+                else:
+                    saved = self._save_in_mdevctl(wanted, None)
             view = self._read()
             if self.mdevctl is not None and self._sync_mirror(view, changed_through_mdevd=uuid):
                 view = self._read()
@@ -187,9 +202,7 @@ class CompatStore:
                     in_effect[copy.uuid] = copy
                 continue  # a copy whose TOML definition is gone: the mirror removes it
             if not self._from_mdevctl(current):
-                if definitions.same_device(current, copy) or self._is_unchanged_mirror(
-                    copy, record
-                ):
+                if _mirrors(copy, current) or self._is_unchanged_mirror(copy, record):
                     continue  # the mirror of `current` (up to date, or about to be)
                 message = (
                     f"device {copy.uuid} is also defined at {_where(current)}, which takes "
@@ -264,7 +277,7 @@ class CompatStore:
         for uuid, definition in toml_in_effect.items():
             copies = view.copies.get(uuid, [])
             entry = record.get(uuid)
-            equal = [c for c in copies if definitions.same_device(c, definition)]
+            equal = [c for c in copies if _mirrors(c, definition)]
             if equal:
                 path = Path(equal[0].source_file)
                 relative = mdevctl.relative(path)

@@ -286,3 +286,78 @@ def test_a_damaged_mirror_record_loses_nothing(tree: Tree) -> None:
     assert list(loaded.definitions) == [U1]
     assert any(MIRROR_RECORD_NAME in p.file for p in loaded.problems)
     assert os.path.exists(tree.mdevctl / "mtty" / U1)
+
+
+# ---- placements: mdevctl's format has none ------------------------------------------------------
+
+GPU = "0000:3d:00.0"
+VF = "0000:3d:00.5"
+
+
+def test_a_new_definition_with_a_placement_is_toml_and_its_mirror_leaves_the_placement_out(
+    tree: Tree,
+) -> None:
+    store = tree.store()
+    saved = store.save(Definition(U1, GPU, "nvidia-1145", True, placement=VF))
+    assert saved.source_file == str(tree.etc / f"{U1}.toml")
+    assert saved.placement == VF
+    mirror = tree.mdevctl / GPU / U1
+    assert json.loads(mirror.read_text()) == _mdevctl_json("nvidia-1145", "auto")
+    loaded = store.load()
+    assert loaded.problems == []
+    assert loaded.definitions[U1].placement == VF  # the TOML wins
+    assert loaded.definitions[U1].source_file == saved.source_file
+
+
+def test_a_mirror_without_the_placement_is_up_to_date_and_not_rewritten(tree: Tree) -> None:
+    toml = tree.etc / "gpu.toml"
+    toml.write_text(
+        f'[[device]]\nuuid = "{U1}"\nparent = "{GPU}"\ntype = "nvidia-1145"\nplacement = "{VF}"\n'
+    )
+    store = tree.store()
+    store.load()
+    mirror = tree.mdevctl / GPU / U1
+    record = tree.mdevctl / MIRROR_RECORD_NAME
+    written = (mirror.stat().st_mtime_ns, record.stat().st_mtime_ns)
+    assert not store.changed_by_others(mirror)
+    for _ in range(3):
+        loaded = store.load()
+        assert loaded.problems == []
+        assert loaded.definitions[U1].placement == VF
+    assert (mirror.stat().st_mtime_ns, record.stat().st_mtime_ns) == written
+
+    toml.unlink()  # the copy still follows its TOML definition
+    assert store.load().definitions == {}
+    assert not mirror.exists()
+
+
+def test_a_copy_identical_but_for_the_placement_is_taken_as_the_mirror(tree: Tree) -> None:
+    tree.mdevctl_file(GPU, U1, _mdevctl_json("nvidia-1145"))  # e.g. the original of an import
+    (tree.etc / "gpu.toml").write_text(
+        f'[[device]]\nuuid = "{U1}"\nparent = "{GPU}"\ntype = "nvidia-1145"\nplacement = "{VF}"\n'
+    )
+    loaded = tree.store().load()
+    assert loaded.problems == []
+    assert loaded.definitions[U1].placement == VF
+
+
+def test_an_mdevctl_definition_given_a_placement_moves_to_toml(tree: Tree) -> None:
+    path = tree.mdevctl_file(GPU, U1, _mdevctl_json("nvidia-1145"))
+    store = tree.store()
+    store.load()
+    saved = store.save(Definition(U1, GPU, "nvidia-1145", placement=VF))
+    assert saved.source_file == str(tree.etc / f"{U1}.toml")
+    loaded = store.load()
+    assert loaded.problems == []
+    assert loaded.definitions[U1].placement == VF
+    assert json.loads(path.read_text()) == _mdevctl_json("nvidia-1145")  # now its mirror
+    store.remove(U1)
+    assert not path.exists()
+    assert store.load().definitions == {}
+
+
+def test_export_leaves_a_placement_out(tree: Tree) -> None:
+    definition = Definition(U1, GPU, "nvidia-1145", True, placement=VF)
+    assert mdevctl_format.listing_object([definition]) == [
+        {GPU: [{U1: _mdevctl_json("nvidia-1145", "auto")}]}
+    ]

@@ -4,9 +4,10 @@ tests/data/golden/toml/: a change of the layout of the files mdevd creates is a 
 golden file, seen in review. `MDEVD_REGENERATE_GOLDEN=1` rewrites them (tests.support.golden).
 
 The definitions cover what the layout has to get right: the keys in their order, autostart
-written only when true, attributes one a line in their order, every escape TOML needs in a
-string (quotes, backslashes, control characters), text beyond ASCII kept as it is, several
-devices in one file, and the header-less table `append_to_text` adds to an existing file.
+written only when true, a placement only when there is one, attributes one a line in their
+order, every escape TOML needs in a string (quotes, backslashes, control characters), text
+beyond ASCII kept as it is, several devices in one file, and the header-less table
+`append_to_text` adds to an existing file.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ ESCAPES = Definition(
     ),
 )
 
+#: An nvidia-vf vGPU pinned to one virtual function of its GPU (docs/nvidia-vf.md).
+PLACEMENT = Definition(
+    "0b4d2f46-6c1e-4d7a-9a53-1f0a2b3c4d04",
+    "0000:3d:00.0",
+    "nvidia-1145",
+    autostart=True,
+    placement="0000:3d:00.5",
+)
+
 #: golden file -> (definitions, header; None: render's default header).
 CASES: dict[str, tuple[tuple[Definition, ...], str | None]] = {
     "plain.toml": ((PLAIN,), None),
@@ -51,6 +61,7 @@ CASES: dict[str, tuple[tuple[Definition, ...], str | None]] = {
     "quotes-escapes-unicode.toml": ((ESCAPES,), None),
     "several-devices.toml": ((PLAIN, AUTOSTART, ESCAPES), None),
     "appended-table.toml": ((AUTOSTART,), ""),
+    "placement.toml": ((PLACEMENT,), None),
 }
 
 

@@ -17,9 +17,28 @@ the write's errno, and reading the same open file then returns the message. The 
                                               (an older kernel); see the scenario's key
     clear                                     drop all faults and delays
 
+NVIDIA vGPUs on SR-IOV virtual functions (`[[nvidia_gpu]]` in the scenario)::
+
+    nvidia unload PF                          the VFs (last first), then the PF, unbind from
+                                              nvidia: `unbind` uevents, `nvidia/` and the vfio
+                                              nodes go, every vGPU type is forgotten; the VFs
+                                              stay enabled. Blocks while a VM holds a VF.
+    nvidia load PF                            the PF, then each enabled VF, bind to nvidia
+                                              again: `bind` uevents, fresh `nvidia/` dirs
+    hold-vf VF | release-vf VF                a VM opens / closes the VF's VFIO device
+                                              (.sim/dev/vfio/N -> EBUSY, current_vgpu_type
+                                              writes -> the GPU's busy_errno); opening needs a
+                                              vGPU type (else ENODEV, as the driver answers)
+    fault vgpu-type VF|* ERRNO [COUNT]        next COUNT writes of current_vgpu_type fail
+    delay vf-release SECONDS                  after release-vf, clearing the type answers
+                                              busy_errno this long (every GPU; overrides the
+                                              scenario's release_busy_seconds until `clear`)
+
 ERRNO is a name (`EIO`) or a number. Errors of the channel itself: EINVAL for a malformed
-command, ENOENT for an unknown parent, type or device, EALREADY for registering a registered
-parent or unregistering an unregistered one.
+command, ENOENT for an unknown parent, type or device (and an unknown PF, or a VF that does not
+exist), EALREADY for registering a registered parent or unregistering an unregistered one, and
+for loading a loaded driver or unloading an unloaded one; ENODEV for holding a VF that is not
+bound to nvidia or has no vGPU type.
 """
 
 from __future__ import annotations
@@ -35,7 +54,7 @@ from pathlib import Path
 
 from mdevd import validate
 from mdevd.errors import InvalidArgument
-from mdevd.sim.scenario import errno_value
+from mdevd.sim.scenario import errno_value, pci_address
 
 CONTROL_PATH = ".sim/control"
 #: Any `.sim/control-<suffix>` also takes commands (not listed): FUSE serializes writes to one
@@ -47,8 +66,9 @@ UEVENT_LOG_PATH = ".sim/uevents"
 VFIO_DIR = ".sim/dev/vfio"
 
 #: `create`, `remove`, `attribute`: every such write sleeps first. `types`: a new registration's
-#: types appear that long after it.
-DELAY_KINDS = ("create", "remove", "attribute", "types")
+#: types appear that long after it. `vf-release`: how long clearing a VF's vGPU type stays busy
+#: after the VM let go.
+DELAY_KINDS = ("create", "remove", "attribute", "types", "vf-release")
 
 
 class CommandError(ValueError):
@@ -114,6 +134,31 @@ class Clear:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class NvidiaDriver:
+    """`nvidia load PF` (loaded=True) or `nvidia unload PF`."""
+
+    pf: str
+    loaded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HoldVf:
+    vf: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseVf:
+    vf: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultVgpuType:
+    vf: str  # a PCI address, or "*" for every VF
+    error: int
+    count: int = 1
+
+
 Command = (
     Register
     | Unregister
@@ -125,6 +170,10 @@ Command = (
     | Release
     | MdevStateEvents
     | Clear
+    | NvidiaDriver
+    | HoldVf
+    | ReleaseVf
+    | FaultVgpuType
 )
 
 
@@ -142,6 +191,14 @@ def _name(check: object, word: str) -> str:
         return str(check(word))  # type: ignore[operator]
     except InvalidArgument as exc:
         raise CommandError(exc.message) from None
+
+
+def _pci(word: str, wildcard: bool = False) -> str:
+    if wildcard and word == "*":
+        return word
+    if pci_address(word.lower()) is None:
+        raise CommandError(f"{word!r} is not a PCI address like 0000:3d:00.4")
+    return word.lower()
 
 
 def _errno(word: str) -> int:
@@ -201,12 +258,15 @@ def parse_command(words: Sequence[str]) -> Command:
         if kind == "remove":
             _expect(rest, 2, 3, "fault remove UUID ERRNO [COUNT]")
             return FaultRemove(_uuid(rest[0], wildcard=True), _errno(rest[1]), _count(rest[2:]))
-        raise CommandError("usage: fault create|attribute|remove ...")
+        if kind == "vgpu-type":
+            _expect(rest, 2, 3, "fault vgpu-type VF ERRNO [COUNT]")
+            return FaultVgpuType(_pci(rest[0], wildcard=True), _errno(rest[1]), _count(rest[2:]))
+        raise CommandError("usage: fault create|attribute|remove|vgpu-type ...")
     if verb == "delay":
-        _expect(args, 2, 2, "delay create|remove|attribute|types SECONDS")
+        _expect(args, 2, 2, "delay create|remove|attribute|types|vf-release SECONDS")
         if args[0] not in DELAY_KINDS:
             raise CommandError(
-                f"delay applies to create, remove, attribute or types, not {args[0]!r}"
+                f"delay applies to create, remove, attribute, types or vf-release, not {args[0]!r}"
             )
         try:
             seconds = float(args[1])
@@ -227,6 +287,15 @@ def parse_command(words: Sequence[str]) -> Command:
     if verb == "clear":
         _expect(args, 0, 0, "clear")
         return Clear()
+    if verb == "nvidia":
+        _expect(args, 2, 2, "nvidia load|unload PF")
+        if args[0] not in ("load", "unload"):
+            raise CommandError(f"nvidia takes load or unload, not {args[0]!r}")
+        return NvidiaDriver(_pci(args[1]), args[0] == "load")
+    if verb in ("hold-vf", "release-vf"):
+        _expect(args, 1, 1, f"{verb} VF")
+        vf = _pci(args[0])
+        return HoldVf(vf) if verb == "hold-vf" else ReleaseVf(vf)
     raise CommandError(f"unknown command {verb!r}")
 
 
@@ -317,6 +386,21 @@ class SimControl:
 
     def clear(self) -> None:
         self.command("clear")
+
+    def nvidia_load(self, pf: str) -> None:
+        self.command("nvidia", "load", pf)
+
+    def nvidia_unload(self, pf: str) -> None:
+        self.command("nvidia", "unload", pf)
+
+    def hold_vf(self, vf: str) -> None:
+        self.command("hold-vf", vf)
+
+    def release_vf(self, vf: str) -> None:
+        self.command("release-vf", vf)
+
+    def fault_vgpu_type(self, vf: str, error: str | int, count: int = 1) -> None:
+        self.command("fault", "vgpu-type", vf, str(error), str(count))
 
     def uevents(self) -> list[UeventRecord]:
         """Every uevent sent since the mount, oldest first."""

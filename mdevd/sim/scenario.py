@@ -58,6 +58,38 @@ A scenario is a TOML file (the shipped ones live in `config/sim/`)::
                                    #   else EINVAL
 
 Every type needs at least one limit: a pool, its own `max_instances`, or the parent's.
+
+NVIDIA's vendor-specific VFIO vGPUs (Ada, Hopper, Blackwell) are not mdevs: the GPU (the PF)
+enables SR-IOV virtual functions, each stays bound to `nvidia` and takes a vGPU type through
+`<VF>/nvidia/current_vgpu_type` (docs/emulated-kernel.md, "NVIDIA vGPUs on SR-IOV VFs")::
+
+    [[nvidia_gpu]]
+    name = "0000:3d:00.0"                  # the PF's PCI address (lower case)
+    devpath = "devices/pci0000:3a/0000:3a:00.0/0000:3d:00.0"   # must end with the name
+    first_vf = "0000:3d:00.4"              # VF i is first_vf + i functions (routing-id
+                                           #   arithmetic: function 7 + 1 -> next device, 0)
+    total_vfs = 4                          # sriov_totalvfs
+    enabled_vfs = 4                        # sriov_numvfs at mount (0: SR-IOV not enabled yet)
+    driver_loaded = true                   # nvidia bound to the PF and the VFs at mount
+    framebuffer = 48                       # GB; a vGPU of size S takes an S-aligned range
+    heterogeneous = false                  # false: after the first vGPU only types of its size
+    busy_errno = "EBUSY"                   # current_vgpu_type written while a VM has the VF
+    size_conflict_errno = "EINVAL"         # a type of another size in homogeneous mode
+    unknown_type_errno = "ENODEV"          # an id the GPU does not have
+    full_errno = "ENOSPC"                  # no room left for the type
+    release_busy_seconds = 0.0             # clearing answers busy_errno this long after the VM
+                                           #   closed the VF (Proxmox 48ada698's retry loop)
+    device = "0x26b9"                      # the PF's `device` (default: from uevent PCI_ID)
+    vf_device = "0x26b9"                   # the VFs' `device` and sriov_vf_device (default:
+                                           #   the PF's)
+    uevent = { PCI_ID = "10DE:26B9" }      # extra uevent properties of the PF and the VFs
+                                           #   (DRIVER and PCI_SLOT_NAME are added per device)
+
+    [[nvidia_gpu.type]]
+    id = 1145                              # the number current_vgpu_type takes
+    name = "NVIDIA L40S-1B"
+    size = 1                               # framebuffer GB of one vGPU of this type
+
 Unknown keys are errors, so a typo cannot silently change a scenario.
 """
 
@@ -137,12 +169,64 @@ class ParentSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NvidiaTypeSpec:
+    """A vGPU type of a vendor-VFIO NVIDIA GPU: its number, its name, its framebuffer in GB."""
+
+    type_id: int
+    name: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class NvidiaGpuSpec:
+    """An NVIDIA GPU whose vGPUs live on SR-IOV virtual functions (module docstring)."""
+
+    name: str
+    devpath: str
+    #: Every VF's address, VF 0 first: `total_vfs` of them.
+    vf_addresses: tuple[str, ...]
+    enabled_vfs: int
+    driver_loaded: bool
+    framebuffer: int
+    heterogeneous: bool = False
+    busy_errno: int = errno.EBUSY
+    size_conflict_errno: int = errno.EINVAL
+    unknown_type_errno: int = errno.ENODEV
+    full_errno: int = errno.ENOSPC
+    release_busy_seconds: float = 0.0
+    #: The PF's and the VFs' PCI device ids as sysfs shows them ("0x26b9").
+    device: str = "0x0000"
+    vf_device: str = "0x0000"
+    uevent: tuple[tuple[str, str], ...] = ()
+    types: tuple[NvidiaTypeSpec, ...] = ()
+
+    @property
+    def total_vfs(self) -> int:
+        return len(self.vf_addresses)
+
+    @property
+    def directory(self) -> str:
+        """The directory holding the PF and, as its siblings, the VFs."""
+        return posixpath.dirname(self.devpath)
+
+    def vf_devpath(self, index: int) -> str:
+        return f"{self.directory}/{self.vf_addresses[index]}"
+
+    def type(self, type_id: int) -> NvidiaTypeSpec | None:
+        for spec in self.types:
+            if spec.type_id == type_id:
+                return spec
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     parents: tuple[ParentSpec, ...]
     first_iommu_group: int = 0
     vfio_major: int = 243
     mdev_state_events: bool = True
     source: str = "<scenario>"
+    nvidia_gpus: tuple[NvidiaGpuSpec, ...] = ()
 
     def parent(self, name: str) -> ParentSpec | None:
         for spec in self.parents:
@@ -202,6 +286,12 @@ class _Table:
         value = self._get(key, int, default)
         if isinstance(value, int) and value < minimum:
             raise ScenarioError(f"{self.where}: {key!r} must be at least {minimum}")
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = float(self._get(key, (int, float), default))
+        if not 0 <= value <= 3600:
+            raise ScenarioError(f"{self.where}: {key!r} must be between 0 and 3600 seconds")
         return value
 
     def table(self, key: str) -> dict[str, Any]:
@@ -385,6 +475,141 @@ def _parent(data: object, where: str) -> ParentSpec:
     return spec
 
 
+_PCI_ADDRESS = re.compile(r"([0-9a-f]{4,8}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])")
+#: Properties each PCI device's uevent gets from the emulation itself.
+_DERIVED_UEVENT_KEYS = frozenset({"DRIVER", "PCI_SLOT_NAME"})
+_INT_MAX = 2**31 - 1
+
+
+def pci_address(text: str) -> tuple[str, int] | None:
+    """`dddd:bb:dd.f` as (domain, routing id = bus << 8 | device << 3 | function), or None."""
+    match = _PCI_ADDRESS.fullmatch(text)
+    if match is None:
+        return None
+    domain, bus, device, function = match.groups()
+    return domain, int(bus, 16) << 8 | int(device, 16) << 3 | int(function)
+
+
+def format_pci_address(domain: str, routing_id: int) -> str:
+    bus, devfn = routing_id >> 8, routing_id & 0xFF
+    return f"{domain}:{bus:02x}:{devfn >> 3:02x}.{devfn & 7}"
+
+
+def _pci_device_id(text: str, where: str, key: str) -> str:
+    if not re.fullmatch(r"0x[0-9a-f]{4}", text):
+        raise ScenarioError(f'{where}: {key} must be "0x" and four lower-case hex digits')
+    return text
+
+
+def _nvidia_type(data: object, where: str) -> NvidiaTypeSpec:
+    table = _Table(data, where)
+    type_id = table.number("id", _REQUIRED, minimum=1)
+    where = f"{where} ({type_id})"
+    if type_id > _INT_MAX:
+        raise ScenarioError(f"{where}: id must fit in an int")
+    name = table.text("name", _REQUIRED)
+    if not name or not name.isprintable():
+        raise ScenarioError(f"{where}: name must be printable text")
+    spec = NvidiaTypeSpec(type_id=type_id, name=name, size=table.number("size", _REQUIRED, 1))
+    table.finish()
+    return spec
+
+
+def _nvidia_gpu(data: object, where: str) -> NvidiaGpuSpec:
+    table = _Table(data, where)
+    name = table.text("name", _REQUIRED)
+    pf = pci_address(name)
+    if pf is None:
+        raise ScenarioError(f"{where}: name {name!r} is not a PCI address like 0000:3d:00.0")
+    where = f"{where} ({name})"
+    devpath = _sysfs_path(table.text("devpath", _REQUIRED), where, "devpath", ("devices/",))
+    if posixpath.basename(devpath) != name or devpath.count("/") < 2:
+        raise ScenarioError(f"{where}: devpath {devpath!r} must end with /{name}")
+    first_text = table.text("first_vf", _REQUIRED)
+    first = pci_address(first_text)
+    if first is None or first[0] != pf[0]:
+        raise ScenarioError(f"{where}: first_vf {first_text!r} is not a PCI address in {pf[0]}")
+    total = table.number("total_vfs", _REQUIRED, minimum=1)
+    if first[1] + total - 1 > 0xFFFF:
+        raise ScenarioError(f"{where}: {total} VFs from {first_text} run past bus ff")
+    addresses = tuple(format_pci_address(first[0], first[1] + i) for i in range(total))
+    if name in addresses:
+        raise ScenarioError(f"{where}: a VF would have the PF's address")
+    enabled = table.number("enabled_vfs", total)
+    if enabled > total:
+        raise ScenarioError(f"{where}: enabled_vfs is more than total_vfs")
+    try:
+        errnos = {
+            key: errno_value(table.text(key, default), key)
+            for key, default in (
+                ("busy_errno", "EBUSY"),
+                ("size_conflict_errno", "EINVAL"),
+                ("unknown_type_errno", "ENODEV"),
+                ("full_errno", "ENOSPC"),
+            )
+        }
+    except ValueError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    release_busy = table.seconds("release_busy_seconds", 0.0)
+    uevent = table.table("uevent")
+    for key, value in uevent.items():
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            raise ScenarioError(f'{where}: uevent property {key!r} must be KEY = "text"')
+        if key in _DERIVED_UEVENT_KEYS:
+            raise ScenarioError(f"{where}: uevent {key} is set per device by the emulation")
+    pci_id = uevent.get("PCI_ID", "")
+    derived = f"0x{pci_id.partition(':')[2].lower()}" if ":" in pci_id else "0x0000"
+    device = _pci_device_id(table.text("device", derived), where, "device")
+    types = tuple(
+        _nvidia_type(item, f"{where}: type {index + 1}")
+        for index, item in enumerate(table.tables("type"))
+    )
+    ids = [t.type_id for t in types]
+    if len(set(ids)) != len(ids):
+        raise ScenarioError(f"{where}: a type id is declared twice")
+    spec = NvidiaGpuSpec(
+        name=name,
+        devpath=devpath,
+        vf_addresses=addresses,
+        enabled_vfs=enabled,
+        driver_loaded=table.flag("driver_loaded", True),
+        framebuffer=table.number("framebuffer", _REQUIRED, minimum=1),
+        heterogeneous=table.flag("heterogeneous", False),
+        release_busy_seconds=release_busy,
+        device=device,
+        vf_device=_pci_device_id(table.text("vf_device", device), where, "vf_device"),
+        uevent=tuple(sorted(uevent.items())),
+        types=types,
+        **errnos,
+    )
+    table.finish()
+    return spec
+
+
+def _check_devpaths(scenario: Scenario) -> None:
+    source = scenario.source
+    for key in ("name", "devpath"):
+        values = [getattr(p, key) for p in scenario.parents]
+        if len(set(values)) != len(values):
+            raise ScenarioError(f"{source}: two parents share a {key}")
+    devpaths = [p.devpath for p in scenario.parents]
+    names = [p.name for p in scenario.parents]
+    for gpu in scenario.nvidia_gpus:
+        names += [gpu.name, *gpu.vf_addresses]
+        devpaths += [gpu.devpath, *(gpu.vf_devpath(i) for i in range(gpu.total_vfs))]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"{source}: two devices share a name or PCI address")
+    if len(set(devpaths)) != len(devpaths):
+        raise ScenarioError(f"{source}: two devices share a devpath")
+    known = set(devpaths)
+    for devpath in devpaths:
+        above = posixpath.dirname(devpath)
+        while above:
+            if above in known:
+                raise ScenarioError(f"{source}: device {above!r} contains another device")
+            above = posixpath.dirname(above)
+
+
 def parse(text: str, source: str = "<scenario>") -> Scenario:
     """Parse scenario TOML text. Raises ScenarioError naming `source` and the bad object."""
     try:
@@ -403,17 +628,14 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         vfio_major=sim.number("vfio_major", 243, minimum=1),
         mdev_state_events=sim.flag("mdev_state_events", True),
         source=source,
+        nvidia_gpus=tuple(
+            _nvidia_gpu(item, f"{source}: nvidia_gpu {index + 1}")
+            for index, item in enumerate(top.tables("nvidia_gpu"))
+        ),
     )
     sim.finish()
     top.finish()
-    for key in ("name", "devpath"):
-        values = [getattr(p, key) for p in parents]
-        if len(set(values)) != len(values):
-            raise ScenarioError(f"{source}: two parents share a {key}")
-    devpaths = [p.devpath for p in parents]
-    for devpath in devpaths:
-        if any(other.startswith(devpath + "/") for other in devpaths):
-            raise ScenarioError(f"{source}: parent {devpath!r} contains another parent")
+    _check_devpaths(scenario)
     return scenario
 
 

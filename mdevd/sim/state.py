@@ -20,11 +20,14 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 from mdevd.sim import control
 from mdevd.sim.scenario import ParentSpec, Scenario, TypeSpec
 from mdevd.sim.uevent import UeventSender
+
+if TYPE_CHECKING:
+    from mdevd.sim.sriov import NvidiaVfio
 
 #: sysfs hands a store() at most one page.
 PAGE_SIZE = 4096
@@ -41,6 +44,11 @@ SYNTHETIC_ACTIONS = ("add", "remove", "change", "move", "online", "offline", "bi
 #: Numbers for kernel objects that sysfs shows with a fresh inode each time they are created
 #: (kernfs numbers its nodes cyclically, so a number does not come back soon).
 _object_serials = itertools.count(1)
+
+
+def new_serial() -> int:
+    """A fresh identity for a kernel object's directory (its inode numbers derive from it)."""
+    return next(_object_serials)
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -187,6 +195,13 @@ class Kernel:
         #: Whether parents announce (un)registration with MDEV_STATE change events.
         self.mdev_state_events = scenario.mdev_state_events
         self._timers: list[threading.Timer] = []
+        # Imported here: sriov builds on this module's primitives.
+        from mdevd.sim.sriov import NvidiaVfio
+
+        #: NVIDIA's vendor-VFIO GPUs (`[[nvidia_gpu]]`): their VFs take iommu groups and vfio
+        #: minors from the same pools as mdev devices.
+        self.nvidia: NvidiaVfio = NvidiaVfio(self)
+        self.nvidia.populate()
 
     # -- queries (call with the lock held) -------------------------------------------------
 
@@ -223,6 +238,39 @@ class Kernel:
     def _changed(self) -> None:
         self.generation += 1
         self.lock.notify_all()
+
+    def changed(self) -> None:
+        """Something visible changed (for the sriov module; the lock is held)."""
+        self._changed()
+
+    def allocate_iommu_group(self) -> int:
+        """The lowest free iommu group number, as the kernel's IDA hands them out."""
+        used = set(self.groups()) | self.nvidia.iommu_groups()
+        return self._lowest_free(used, self.scenario.first_iommu_group)
+
+    def allocate_vfio(self) -> tuple[int, int]:
+        """The lowest free vfio group minor and vfio-dev index."""
+        minors = {d.vfio_minor for d in self.devices.values()}
+        indexes = {d.vfio_dev_index for d in self.devices.values()}
+        for binding in self.nvidia.bindings():
+            minors.add(binding.vfio_minor)
+            indexes.add(binding.vfio_dev_index)
+        return self._lowest_free(minors), self._lowest_free(indexes)
+
+    def emit_vfio_group(self, action: str, group: int, minor: int) -> None:
+        """The `add` or `remove` of a vfio group's char device, /dev/vfio/<group>."""
+        self.uevents.emit(
+            action,
+            f"devices/virtual/vfio/{group}",
+            "vfio",
+            MAJOR=str(self.scenario.vfio_major),
+            MINOR=str(minor),
+            DEVNAME=f"/dev/vfio/{group}",
+        )
+
+    def delay_setting(self, kind: str) -> float | None:
+        """The `delay` set for `kind` through the control channel, or None."""
+        return self._delays.get(kind)
 
     def _delay(self, kind: str) -> None:
         with self.lock:
@@ -294,14 +342,14 @@ class Kernel:
             if error:
                 self.uevents.emit("remove", devpath, "mdev")
                 fail(error, f"the {parent.spec.driver} driver refused {uuid}")
-            groups = self.groups()
+            minor, index = self.allocate_vfio()
             device = Device(
                 uuid=uuid,
                 parent=parent,
                 mdev_type=spec,
-                iommu_group=self._lowest_free(set(groups), self.scenario.first_iommu_group),
-                vfio_minor=self._lowest_free({d.vfio_minor for d in self.devices.values()}),
-                vfio_dev_index=self._lowest_free({d.vfio_dev_index for d in self.devices.values()}),
+                iommu_group=self.allocate_iommu_group(),
+                vfio_minor=minor,
+                vfio_dev_index=index,
             )
             parent.devices.append(device)
             self.devices[uuid] = device
@@ -620,6 +668,18 @@ class Kernel:
                     self._attribute_faults.clear()
                     self._remove_faults.clear()
                     self._delays.clear()
+                    self.nvidia.clear()
+            case control.NvidiaDriver(pf, loaded):
+                if loaded:
+                    self.nvidia.load(pf)
+                else:
+                    self.nvidia.unload(pf)
+            case control.HoldVf(vf):
+                self.nvidia.hold(vf)
+            case control.ReleaseVf(vf):
+                self.nvidia.release(vf)
+            case control.FaultVgpuType(vf, error, count):
+                self.nvidia.fault_vgpu_type(vf, error, count)
 
     def stop(self) -> None:
         """Unblock every waiting operation: the filesystem is going away."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import errno
 import functools
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mdevd.sim import control
-from mdevd.sim.scenario import TypeSpec
+from mdevd.sim import control, sriov
+from mdevd.sim.scenario import TypeSpec, pci_address
 from mdevd.sim.state import Device, DeviceState, Kernel, Parent, Registration, fail
 
 MODE_RO = 0o444
@@ -183,33 +184,13 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     # Present until the driver has let go, i.e. also while a removal waits for the VM.
     builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
     builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
-    builder.dir(f"{device.vfio_dev_devpath}")
-    _power_files(builder, device.vfio_dev_devpath)
-    builder.link(f"{device.vfio_dev_devpath}/subsystem", "class/vfio-dev")
-    builder.link(f"{device.vfio_dev_devpath}/device", path)
-    builder.file(
-        f"{device.vfio_dev_devpath}/uevent",
-        _uevent_file(kernel, device.vfio_dev_devpath, "vfio-dev", dict),
-    )
-    builder.link(f"class/vfio-dev/vfio{device.vfio_dev_index}", device.vfio_dev_devpath)
-    builder.link(f"kernel/iommu_groups/{device.iommu_group}/devices/{device.uuid}", path)
-    builder.text(f"kernel/iommu_groups/{device.iommu_group}/type", "DMA\n")
-    group_path = device.vfio_group_devpath
-    major, minor = kernel.scenario.vfio_major, device.vfio_minor
-    builder.text(f"{group_path}/dev", f"{major}:{minor}\n")
-    _power_files(builder, group_path)
-    builder.link(f"{group_path}/subsystem", "class/vfio")
-    group_props = {
-        "MAJOR": str(major),
-        "MINOR": str(minor),
-        "DEVNAME": f"vfio/{device.iommu_group}",
-    }
-    builder.file(
-        f"{group_path}/uevent", _uevent_file(kernel, group_path, "vfio", lambda: group_props)
-    )
-    builder.link(f"class/vfio/{device.iommu_group}", group_path)
-    builder.file(
-        f"{control.VFIO_DIR}/{device.iommu_group}",
+    _vfio_dev_files(builder, kernel, path, device.vfio_dev_devpath, device.vfio_dev_index)
+    _iommu_group_member(builder, device.iommu_group, path)
+    _vfio_group_files(
+        builder,
+        kernel,
+        device.iommu_group,
+        device.vfio_minor,
         Attribute(
             0o600,
             on_open=lambda: kernel.open_vfio_group(device),
@@ -259,6 +240,44 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
 
         builder.file(f"{path}/matrix", Attribute(MODE_RO, show=matrix))
         builder.file(f"{path}/control_domains", Attribute(MODE_RO, show=control_domains))
+
+
+def _vfio_dev_files(
+    builder: _Builder, kernel: Kernel, device_path: str, vfio_dev_devpath: str, index: int
+) -> None:
+    """`<device>/vfio-dev/vfioN`, the VFIO device's cdev, and its class/vfio-dev link."""
+    builder.dir(vfio_dev_devpath)
+    _power_files(builder, vfio_dev_devpath)
+    builder.link(f"{vfio_dev_devpath}/subsystem", "class/vfio-dev")
+    builder.link(f"{vfio_dev_devpath}/device", device_path)
+    builder.file(
+        f"{vfio_dev_devpath}/uevent", _uevent_file(kernel, vfio_dev_devpath, "vfio-dev", dict)
+    )
+    builder.link(f"class/vfio-dev/vfio{index}", vfio_dev_devpath)
+
+
+def _iommu_group_member(builder: _Builder, group: int, device_path: str) -> None:
+    builder.link(
+        f"kernel/iommu_groups/{group}/devices/{posixpath.basename(device_path)}", device_path
+    )
+    builder.text(f"kernel/iommu_groups/{group}/type", "DMA\n")
+
+
+def _vfio_group_files(
+    builder: _Builder, kernel: Kernel, group: int, minor: int, node: Attribute
+) -> None:
+    """The vfio group's char device (devices/virtual/vfio/N) and `node`, its /dev/vfio/N."""
+    group_path = f"devices/virtual/vfio/{group}"
+    major = kernel.scenario.vfio_major
+    builder.text(f"{group_path}/dev", f"{major}:{minor}\n")
+    _power_files(builder, group_path)
+    builder.link(f"{group_path}/subsystem", "class/vfio")
+    group_props = {"MAJOR": str(major), "MINOR": str(minor), "DEVNAME": f"vfio/{group}"}
+    builder.file(
+        f"{group_path}/uevent", _uevent_file(kernel, group_path, "vfio", lambda: group_props)
+    )
+    builder.link(f"class/vfio/{group}", group_path)
+    builder.file(f"{control.VFIO_DIR}/{group}", node)
 
 
 def _check_active(device: Device) -> None:
@@ -326,6 +345,149 @@ def _forget_gone_devices(kernel: Kernel) -> None:
         del _fragments[serial]
 
 
+# -- NVIDIA vendor-VFIO GPUs and their SR-IOV VFs (sriov.py) --------------------------------------
+
+NVIDIA_DRIVER_DIR = f"bus/pci/drivers/{sriov.DRIVER}"
+_VF_ATTRIBUTES = ("gpu_instance_id", "placement_id", "vgpu_params", "warm_update")
+
+
+def _pci_device_files(
+    builder: _Builder,
+    kernel: Kernel,
+    gpu: sriov.Gpu,
+    devpath: str,
+    address: str,
+    device_id: str,
+    bound: Callable[[], bool],
+    identity: int = 0,
+) -> None:
+    """What the PCI core and the driver core give the PF and each VF."""
+    builder.dir(devpath, identity=identity)
+    _power_files(builder, devpath)
+    builder.link(f"{devpath}/subsystem", "bus/pci")
+    builder.file(
+        f"{devpath}/uevent",
+        _uevent_file(
+            kernel, devpath, "pci", lambda: kernel.nvidia.properties(gpu, address, bound())
+        ),
+    )
+    builder.text(f"{devpath}/vendor", "0x10de\n")
+    builder.text(f"{devpath}/device", f"{device_id}\n")
+    pci_class = dict(gpu.spec.uevent).get("PCI_CLASS")
+    if pci_class is not None and re.fullmatch(r"[0-9A-Fa-f]{1,6}", pci_class):
+        builder.text(f"{devpath}/class", f"0x{int(pci_class, 16):06x}\n")
+    builder.link(f"bus/pci/devices/{address}", devpath)
+    if bound():
+        builder.link(f"{devpath}/driver", NVIDIA_DRIVER_DIR)
+        builder.link(f"{NVIDIA_DRIVER_DIR}/{address}", devpath)
+
+
+def _pf_files(builder: _Builder, kernel: Kernel, gpu: sriov.Gpu) -> None:
+    spec = gpu.spec
+    path = spec.devpath
+    _pci_device_files(builder, kernel, gpu, path, spec.name, spec.device, lambda: gpu.bound)
+    builder.text(f"{path}/sriov_totalvfs", f"{spec.total_vfs}\n")
+
+    def numvfs() -> bytes:
+        with kernel.lock:
+            return f"{len(gpu.vfs)}\n".encode()
+
+    def set_numvfs(data: bytes) -> None:
+        kernel.nvidia.write_sriov_numvfs(gpu, data)
+
+    builder.file(f"{path}/sriov_numvfs", Attribute(MODE_RW, show=numvfs, store=set_numvfs))
+    pf, first = pci_address(spec.name), pci_address(spec.vf_addresses[0])
+    assert pf is not None and first is not None
+    builder.text(f"{path}/sriov_offset", f"{first[1] - pf[1]}\n")
+    builder.text(f"{path}/sriov_stride", "1\n")
+    builder.text(f"{path}/sriov_vf_device", f"{spec.vf_device[2:]}\n")
+    for vf in gpu.vfs:
+        if vf.linked:
+            builder.link(f"{path}/virtfn{vf.index}", vf.devpath)
+
+
+def _vf_files(builder: _Builder, kernel: Kernel, vf: sriov.VirtualFunction) -> None:
+    gpu, path, binding = vf.gpu, vf.devpath, vf.binding
+    _pci_device_files(
+        builder,
+        kernel,
+        gpu,
+        path,
+        vf.address,
+        gpu.spec.vf_device,
+        lambda: vf.binding is not None,
+        identity=vf.serial,
+    )
+    if vf.linked:
+        builder.link(f"{path}/physfn", gpu.spec.devpath)
+    builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{vf.iommu_group}")
+    _iommu_group_member(builder, vf.iommu_group, path)
+    if binding is None:
+        return
+    nvidia = kernel.nvidia
+    builder.dir(f"{path}/nvidia", identity=binding.serial)
+    builder.file(
+        f"{path}/nvidia/creatable_vgpu_types",
+        Attribute(MODE_RO, show=lambda: nvidia.creatable_vgpu_types(vf, binding)),
+    )
+
+    def set_type(data: bytes) -> None:
+        nvidia.write_current_vgpu_type(vf, binding, data)
+
+    builder.file(
+        f"{path}/nvidia/current_vgpu_type",
+        Attribute(MODE_RW, show=lambda: nvidia.current_vgpu_type(vf, binding), store=set_type),
+    )
+    for name in _VF_ATTRIBUTES:
+
+        def show(name: str = name) -> bytes:
+            return nvidia.plain_value(vf, binding, name)
+
+        def store(data: bytes, name: str = name) -> None:
+            nvidia.write_plain_value(vf, binding, name, data)
+
+        builder.file(f"{path}/nvidia/{name}", Attribute(MODE_RW, show=show, store=store))
+    _vfio_dev_files(builder, kernel, path, vf.vfio_dev_devpath, binding.vfio_dev_index)
+    _vfio_group_files(
+        builder,
+        kernel,
+        vf.iommu_group,
+        binding.vfio_minor,
+        Attribute(
+            0o600,
+            on_open=lambda: nvidia.open_vfio_group(vf, binding),
+            on_release=lambda: nvidia.close_vfio_group(binding),
+        ),
+    )
+
+
+#: Each VF's part of the tree (by the VF's serial), kept while its binding and links stay the
+#: same, so that a GPU with 32 VFs does not rebuild them all at every change.
+_vf_fragments: dict[int, tuple[tuple[int, bool], _Builder]] = {}
+
+
+def _vf_fragment(kernel: Kernel, vf: sriov.VirtualFunction) -> _Builder:
+    key = (vf.binding.serial if vf.binding is not None else 0, vf.linked)
+    cached = _vf_fragments.get(vf.serial)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fragment = _Builder()
+    _vf_files(fragment, kernel, vf)
+    _vf_fragments[vf.serial] = (key, fragment)
+    return fragment
+
+
+def _nvidia_files(builder: _Builder, kernel: Kernel) -> None:
+    builder.dir(NVIDIA_DRIVER_DIR)
+    for gpu in kernel.nvidia.gpus.values():
+        _pf_files(builder, kernel, gpu)
+        for vf in gpu.vfs:
+            builder.merge(_vf_fragment(kernel, vf))
+    known = {vf.serial for vf in kernel.nvidia.vfs.values()}
+    for serial in _vf_fragments.keys() - known:
+        del _vf_fragments[serial]
+
+
 def build(kernel: Kernel, control_file: Attribute) -> Tree:
     """Render the model. Call with `kernel.lock` held."""
     builder = _Builder()
@@ -341,6 +503,8 @@ def build(kernel: Kernel, control_file: Attribute) -> Tree:
         builder.dir(f"bus/mdev/drivers/{parent.spec.driver}")
         if parent.present:
             _parent_files(builder, kernel, parent)
+    if kernel.nvidia.gpus:
+        _nvidia_files(builder, kernel)
     builder.file(control.CONTROL_PATH, control_file)
     builder.file(control.UEVENT_LOG_PATH, Attribute(MODE_RO, show=kernel.uevents.log_text))
     _forget_gone_devices(kernel)

@@ -82,6 +82,8 @@ class DeviceInterface(ExportedInterface):
             "LastError": state.last_error,
             "Status": str(state.status),
             "PendingChanges": pending_changes(state.pending),
+            "Backend": state.backend,
+            "Placement": state.placement,
         }
 
     # ---- properties ------------------------------------------------------------------------
@@ -142,6 +144,14 @@ class DeviceInterface(ExportedInterface):
     @dbus_property(access=PropertyAccess.READ)
     def PendingChanges(self) -> DBusDict:
         return pending_changes(self.state.pending)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Backend(self) -> DBusStr:
+        return self.state.backend
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Placement(self) -> DBusStr:
+        return self.state.placement
 
     # ---- methods ---------------------------------------------------------------------------
 

@@ -45,11 +45,14 @@ FEATURES = (
     "status",
     "pending-changes",
     "replayed-events",
+    "nvidia-vf",
+    "placement",
 )
 
 _CREATE_OPTIONS = {
     "uuid": "s",
     "attributes": "a(ss)",
+    opts.PLACEMENT: "s",
     opts.FORCE: "b",
     opts.AUTH_INTERACTIVE: "b",
 }
@@ -82,10 +85,16 @@ class ManagerInterface(ExportedInterface):
         values = opts.check_options(options, _CREATE_OPTIONS, "CreateDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "CreateDevice")
+        placement = opts.placement(values, "CreateDevice")
 
         async def create() -> str:
             state = await self._context.engine.create_device(
-                parent, type, uuid=uuid, attributes=attributes, force=opts.force(values)
+                parent,
+                type,
+                uuid=uuid,
+                attributes=attributes,
+                placement=placement,
+                force=opts.force(values),
             )
             return device_path(state.uuid)
 
@@ -100,6 +109,7 @@ class ManagerInterface(ExportedInterface):
         values = opts.check_options(options, _DEFINE_OPTIONS, "DefineDevice")
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "DefineDevice")
+        placement = opts.placement(values, "DefineDevice")
 
         async def define() -> str:
             state = await self._context.engine.define_device(
@@ -109,6 +119,7 @@ class ManagerInterface(ExportedInterface):
                 attributes=attributes,
                 autostart=bool(values.get("autostart", False)),
                 start=bool(values.get("start", False)),
+                placement=placement,
                 force=opts.force(values),
             )
             return device_path(state.uuid)

@@ -16,7 +16,7 @@ from typing import Any
 from dbus_fast import Variant
 
 from mdevd import validate
-from mdevd.errors import InvalidArgument
+from mdevd.errors import InvalidArgument, InvalidName
 from mdevd.model import Attributes
 
 #: Bounds on what one call may carry; sysfs devices have a handful of attributes.
@@ -28,6 +28,9 @@ FORCE = "force"
 #: Stop: the caller itself holds the device's vfio group open (libvirt does while it asks for
 #: a removal, so that no VM can take the device meanwhile): the open group is not a VM's.
 CALLER_HOLDS_GROUP = "caller_holds_group"
+
+#: CreateDevice, DefineDevice: pin the device to one place on its parent (`nvidia-vf`: a VF).
+PLACEMENT = "placement"
 
 #: How much of a caller's string an error message quotes.
 SHOWN_LENGTH = 64
@@ -76,6 +79,15 @@ def attributes(value: Any, method: str) -> Attributes:
         name, text = pair
         pairs.append((validate.attribute_name(name), validate.attribute_value(text, name)))
     return tuple(pairs)
+
+
+def placement(values: Mapping[str, Any], method: str) -> str:
+    """The `placement` option: a PCI address (an `nvidia-vf` virtual function), "" when absent.
+    Anything else is `InvalidName` (an `InvalidArgument`), before any work is done."""
+    try:
+        return validate.pci_address(values.get(PLACEMENT, ""))
+    except InvalidName as e:
+        raise InvalidName(f"{method}: {e.message}") from None
 
 
 def interactive(values: Mapping[str, Any]) -> bool:

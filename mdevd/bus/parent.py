@@ -41,6 +41,7 @@ class ParentInterface(ExportedInterface):
             "SysfsPath": self.parent.sysfs_path,
             "Subsystem": self.parent.subsystem,
             "Types": types_value(self.parent),
+            "Backend": self.parent.backend,
         }
 
     @dbus_property(access=PropertyAccess.READ)
@@ -58,6 +59,10 @@ class ParentInterface(ExportedInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Types(self) -> DBusTypes:
         return types_value(self.parent)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Backend(self) -> DBusStr:
+        return self.parent.backend
 
 
 describe(ParentInterface, const_properties={"Name", "SysfsPath", "Subsystem"})

@@ -71,10 +71,12 @@ PROPERTY_SIGNATURES: Final[Mapping[str, str]] = {
     "LastError": "s",
     "Status": "s",
     "PendingChanges": "a{sv}",
+    "Backend": "s",
+    "Placement": "s",
 }
 
 #: Device properties added after ListDevices' struct was fixed: its trailing `a{sv}` has them.
-LATER_DEVICE_PROPERTIES: Final = ("Status", "PendingChanges")
+LATER_DEVICE_PROPERTIES: Final = ("Status", "PendingChanges", "Backend", "Placement")
 
 MANAGED_OBJECTS_SIGNATURE: Final = "a{oa{sa{sv}}}"
 #: ListDevices' struct: the object path, then the Device properties in the contract's order,

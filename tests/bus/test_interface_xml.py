@@ -49,6 +49,7 @@ PROPERTIES = {
         "SysfsPath": "s",
         "Subsystem": "s",
         "Types": "a{sa{sv}}",
+        "Backend": "s",
     },
     names.DEVICE_INTERFACE: {
         "UUID": "s",
@@ -65,6 +66,8 @@ PROPERTIES = {
         "LastError": "s",
         "Status": "s",
         "PendingChanges": "a{sv}",
+        "Backend": "s",
+        "Placement": "s",
     },
 }
 SIGNALS = {

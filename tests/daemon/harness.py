@@ -42,6 +42,7 @@ OPTION_SIGNATURES = {
     "start": "b",
     "live": "b",
     "type": "s",
+    "placement": "s",
     "auth.interactive": "b",
 }
 

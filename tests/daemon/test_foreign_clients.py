@@ -107,11 +107,14 @@ def test_busctl_introspects_a_device_and_a_parent(stack: ClientStack, client: Bu
     assert rows[".UUID"] == ["property", "s", f'"{uuid}"', "const"]
     assert rows[".Active"] == ["property", "b", "false", "emits-change"]
     assert rows[".IommuGroup"] == ["property", "i", "-1", "emits-change"]
+    assert rows[".Backend"] == ["property", "s", '"mdev"', "emits-change"]
+    assert rows[".Placement"] == ["property", "s", '""', "emits-change"]
     result = busctl(
         stack, "introspect", names.BUS_NAME, parent_path("mtty"), names.PARENT_INTERFACE
     )
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line}
     assert rows[".Name"] == ["property", "s", '"mtty"', "const"]
+    assert rows[".Backend"] == ["property", "s", '"mdev"', "emits-change"]
     assert rows[".Types"][:2] == ["property", "a{sa{sv}}"] and rows[".Types"][-1] == "emits-change"
 
 
@@ -226,7 +229,7 @@ def test_gdbus_introspects_a_device(stack: ClientStack, client: BusClient) -> No
     [interface] = [i for i in node.findall("interface") if i.get("name") == names.DEVICE_INTERFACE]
     methods = {m.get("name") for m in interface.findall("method")}
     assert methods == {"Start", "Stop", "Define", "Undefine", "Update", "QueryAttributes"}
-    assert len(interface.findall("property")) == 14
+    assert len(interface.findall("property")) == 16
 
 
 def test_gdbus_creates_a_device_and_gets_the_error_name_of_a_failure(

@@ -82,6 +82,8 @@ def test_create_device_makes_a_transient_device_with_every_property(
         "LastError": "",
         "Status": "active",
         "PendingChanges": {},
+        "Backend": "mdev",
+        "Placement": "",
     }
 
 
@@ -181,6 +183,8 @@ def test_define_device_persists_a_definition(
         "LastError": "",
         "Status": "inactive",
         "PendingChanges": {},
+        "Backend": "mdev",
+        "Placement": "",
     }
     assert _definitions(config_file) == [
         {

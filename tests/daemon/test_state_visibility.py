@@ -37,7 +37,8 @@ def _seen(client: BusClient, uuid: str) -> tuple[str, dict[str, Any]]:
     assert client.get_property(path, names.DEVICE_INTERFACE, "PendingChanges") == pending
     managed = client.managed_objects()[path][names.DEVICE_INTERFACE]
     assert (managed["Status"], managed["PendingChanges"]) == (status, pending)
-    assert _listed(client, uuid) == {"Status": status, "PendingChanges": pending}
+    listed = _listed(client, uuid)
+    assert (listed["Status"], listed["PendingChanges"]) == (status, pending)
     return status, pending
 
 

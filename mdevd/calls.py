@@ -136,10 +136,17 @@ def create_device_path(
     attributes: Sequence[tuple[str, str]] = (),
     force: bool | None = None,
     interactive: bool = False,
+    placement: str = "",
 ) -> Request[str]:
-    """CreateDevice; its object path. Pass `uuid` to make a retry after a timeout safe."""
+    """CreateDevice; its object path. Pass `uuid` to make a retry after a timeout safe.
+    `placement`: where on the parent (an nvidia-vf GPU's virtual function); "" leaves the
+    option out (the backend chooses), so a daemon without placements accepts the call."""
     given = options(
-        uuid=uuid, attributes=attributes or None, force=force, auth_interactive=_auth(interactive)
+        uuid=uuid,
+        attributes=attributes or None,
+        placement=placement or None,
+        force=force,
+        auth_interactive=_auth(interactive),
     )
     (path,) = yield Call(
         MANAGER_PATH, MANAGER_INTERFACE, "CreateDevice", "ssa{sv}", [parent, type_id, given]
@@ -155,10 +162,17 @@ def create_device(
     attributes: Sequence[tuple[str, str]] = (),
     force: bool | None = None,
     interactive: bool = False,
+    placement: str = "",
 ) -> Request[DeviceInfo]:
     """CreateDevice, then the device as it is once created (one more read)."""
     path = yield from create_device_path(
-        parent, type_id, uuid=uuid, attributes=attributes, force=force, interactive=interactive
+        parent,
+        type_id,
+        uuid=uuid,
+        attributes=attributes,
+        force=force,
+        interactive=interactive,
+        placement=placement,
     )
     try:
         (props,) = yield Call(path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE])
@@ -180,6 +194,7 @@ def create_device(
             iommu_group=-1,
             config_file="",
             last_error="",
+            placement=placement,
         )
     return DeviceInfo.from_properties(path, unwrap(props))
 
@@ -194,10 +209,14 @@ def define_device(
     start: bool | None = None,
     force: bool | None = None,
     interactive: bool = False,
+    placement: str = "",
 ) -> Request[str]:
+    """DefineDevice; its object path. `placement` pins the device to one place on its parent
+    (an nvidia-vf GPU's virtual function, by PCI address); "" leaves the option out."""
     given = options(
         uuid=uuid,
         attributes=attributes or None,
+        placement=placement or None,
         autostart=autostart,
         start=start,
         force=force,

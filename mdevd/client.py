@@ -189,16 +189,18 @@ class Client:
         uuid: str | None = None,
         attributes: Sequence[tuple[str, str]] = (),
         force: bool | None = None,
+        placement: str = "",
     ) -> DeviceInfo:
         """Create a transient device; return it as it is once created (one more read).
 
         Pass `uuid` (uuid4) to make a retry after a `CallTimeout` safe: the same request
-        again returns the same device instead of making a second one.
+        again returns the same device instead of making a second one. `placement` puts it at
+        one place on the parent (an nvidia-vf GPU's virtual function, by PCI address).
         """
         return await self.run(
             calls.create_device(
                 parent, type_id, uuid=uuid, attributes=attributes, force=force,
-                interactive=self.interactive,
+                interactive=self.interactive, placement=placement,
             )
         )  # fmt: skip
 
@@ -210,13 +212,14 @@ class Client:
         uuid: str | None = None,
         attributes: Sequence[tuple[str, str]] = (),
         force: bool | None = None,
+        placement: str = "",
     ) -> str:
         """As `create_device`, returning only the object path (what `create_device` returned
         before it returned the device): one round trip, for loops that need no more."""
         return await self.run(
             calls.create_device_path(
                 parent, type_id, uuid=uuid, attributes=attributes, force=force,
-                interactive=self.interactive,
+                interactive=self.interactive, placement=placement,
             )
         )  # fmt: skip
 
@@ -230,11 +233,15 @@ class Client:
         autostart: bool | None = None,
         start: bool | None = None,
         force: bool | None = None,
+        placement: str = "",
     ) -> str:
+        """Persist a definition; its object path. `placement` pins the device to one place on
+        its parent (an nvidia-vf GPU's virtual function, by PCI address; "" lets the backend
+        choose, and is not sent, so a daemon without placements accepts the call)."""
         return await self.run(
             calls.define_device(
                 parent, type_id, uuid=uuid, attributes=attributes, autostart=autostart,
-                start=start, force=force, interactive=self.interactive,
+                start=start, force=force, interactive=self.interactive, placement=placement,
             )
         )  # fmt: skip
 

@@ -23,6 +23,8 @@ from mdevd.bus.names import (
 __all__ = [
     "APPLY_RESTART",
     "APPLY_UPDATE_LIVE",
+    "BACKEND_MDEV",
+    "BACKEND_NVIDIA_VF",
     "DEFAULT_TIMEOUT",
     "ERRORS",
     "NO_PENDING_CHANGES",
@@ -246,6 +248,12 @@ class TypeInfo:
     available_instances: int
 
 
+#: `backend` of a parent or device: the mdev core (all a daemon without `Backend` has), and
+#: NVIDIA's vGPUs on SR-IOV virtual functions. Other words may come: show them as they are.
+BACKEND_MDEV = "mdev"
+BACKEND_NVIDIA_VF = "nvidia-vf"
+
+
 @dataclass(frozen=True, slots=True)
 class ParentInfo:
     path: str
@@ -253,6 +261,8 @@ class ParentInfo:
     sysfs_path: str
     subsystem: str
     types: dict[str, TypeInfo]
+    #: Its `Backend` ("mdev" from a daemon that does not send it).
+    backend: str = BACKEND_MDEV
 
 
 #: `DeviceInfo.status`, one word for where a device stands (the Device's `Status` property).
@@ -352,6 +362,11 @@ class DeviceInfo:
     status: str = ""
     #: Empty (false) unless the device is defined and active and the two differ.
     pending_changes: PendingChanges = NO_PENDING_CHANGES
+    #: Its `Backend`: the running device's, else its parent's; "" when neither is known. A
+    #: daemon without the property has only mdev devices: "mdev".
+    backend: str = BACKEND_MDEV
+    #: Its `Placement` (an nvidia-vf device's virtual function), "" when none.
+    placement: str = ""
 
     def __post_init__(self) -> None:
         if not self.status:
@@ -371,8 +386,9 @@ class DeviceInfo:
     @classmethod
     def from_struct(cls, struct: Sequence[Any]) -> DeviceInfo:
         """From one ListDevices entry: the path, the Device properties in the contract's
-        order, then a dictionary of later additions (`Status`, `PendingChanges`; a daemon
-        without them sends it empty, and both are then derived)."""
+        order, then a dictionary of later additions (`Status`, `PendingChanges`, `Backend`,
+        `Placement`; a daemon without them sends it empty: the status is then derived, the
+        backend is "mdev" and there is no placement)."""
         (
             path,
             uuid,
@@ -405,6 +421,8 @@ class DeviceInfo:
             parent_object=parent_object,
             status=_status_word(more.get("Status")),
             pending_changes=PendingChanges.from_dict(more.get("PendingChanges", {})),
+            backend=str(more.get("Backend", BACKEND_MDEV)),
+            placement=str(more.get("Placement", "")),
         )
 
     @classmethod
@@ -425,6 +443,8 @@ class DeviceInfo:
             parent_object=props.get("ParentObject", "/"),
             status=_status_word(props.get("Status")),
             pending_changes=PendingChanges.from_dict(unwrap(props.get("PendingChanges", {}))),
+            backend=str(props.get("Backend", BACKEND_MDEV)),
+            placement=str(props.get("Placement", "")),
         )
 
 
@@ -515,6 +535,13 @@ def parents_from_objects(
             for type_id, info in props["Types"].items()
         }
         parents.append(
-            ParentInfo(path, props["Name"], props["SysfsPath"], props["Subsystem"], types)
+            ParentInfo(
+                path,
+                props["Name"],
+                props["SysfsPath"],
+                props["Subsystem"],
+                types,
+                str(props.get("Backend", BACKEND_MDEV)),
+            )
         )
     return sorted(parents, key=lambda p: p.name)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from mdevd import __version__, calls
 from mdevd.blocking import BlockingClient
 from mdevd.replies import (
+    BACKEND_MDEV,
     STATUS_FAILED,
     STATUS_WAITING,
     CallTimeout,
@@ -31,6 +32,7 @@ from mdevd.replies import (
     DaemonNotRunning,
     DeviceInfo,
     Event,
+    ParentInfo,
 )
 
 if TYPE_CHECKING:
@@ -174,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="NAME=VALUE",
             help="an attribute, written in the order given (repeatable)",
         )
+        p.add_argument(
+            "--placement",
+            default="",
+            metavar="VF",
+            help="where on the parent: an nvidia-vf GPU's virtual function, by PCI address"
+            " (e.g. 0000:3d:00.5; default: mdevd chooses)",
+        )
         if name == "define":
             p.add_argument("--autostart", action="store_true", help="start when the parent appears")
             p.add_argument("--start", action="store_true", help="also start it now")
@@ -243,7 +252,8 @@ def _print_json(data: object) -> None:
 
 
 def _device_line(device: DeviceInfo) -> str:
-    """`UUID PARENT TYPE auto|manual (active, defined)`, then a marker for a device that needs
+    """`UUID PARENT TYPE auto|manual (active, defined)`, then `on VF` for a device with a
+    placement (an nvidia-vf vGPU's virtual function), then a marker for a device that needs
     attention: `[failed]`, `[waiting]` or `[pending]` (at most one: only an active device can
     have a pending change, and an active device is neither failed nor waiting)."""
     state = []
@@ -253,14 +263,28 @@ def _device_line(device: DeviceInfo) -> str:
         state.append("defined")
     flags = "auto" if device.autostart else "manual"
     line = f"{device.uuid} {device.parent} {device.type_id} {flags} ({', '.join(state)})"
+    if device.placement:
+        line += f" on {device.placement}"
     marker = list_marker(device)
     return f"{line} {marker}" if marker else line
+
+
+def _parent_header(parent: ParentInfo) -> str:
+    """A parent's line in `types`: its name, as always for an mdev parent; another backend's
+    is named after it, `0000:3d:00.0 (nvidia-vf)`."""
+    if parent.backend == BACKEND_MDEV:
+        return parent.name
+    return f"{parent.name} ({parent.backend})"
 
 
 def _print_device(device: DeviceInfo) -> None:
     print(f"UUID:        {device.uuid}")
     print(f"Parent:      {device.parent}")
     print(f"Type:        {device.type_id}")
+    if device.backend:
+        print(f"Backend:     {device.backend}")
+    if device.placement:
+        print(f"Placement:   {device.placement}")
     print(f"Active:      {'yes' if device.active else 'no'}")
     print(f"Defined:     {'yes' if device.defined else 'no'}")
     print(f"Autostart:   {'yes' if device.autostart else 'no'}")
@@ -379,7 +403,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
             _print_json(types_v0(parents) if schema == 0 else types_v1(parents))
             return EXIT_OK
         for parent in parents:
-            print(parent.name)
+            print(_parent_header(parent))
             for t in parent.types.values():
                 print(f"  {t.type_id}")
                 print(f"    Available instances: {t.available_instances}")
@@ -415,7 +439,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
                 device = client.run(
                     calls.create_device(
                         args.parent, args.type, uuid=uuid, attributes=args.attr,
-                        interactive=args.interactive,
+                        interactive=args.interactive, placement=args.placement,
                     )
                 )  # fmt: skip
                 uuid = device.uuid
@@ -429,6 +453,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
                         autostart=args.autostart or None,
                         start=args.start or None,
                         interactive=args.interactive,
+                        placement=args.placement,
                     )
                 )
                 uuid = path.rsplit("/", 1)[-1].replace("_", "-")

@@ -8,21 +8,22 @@ directory, so a test's or a developer's config can point at directories next to 
 
 To add a setting: add a field (with a default, from `mdevd.defaults` when another layer states
 it too) to a section dataclass, or a new section dataclass as a field of `Config`; the loader
-reads `Path`, `str`, `bool`, `int`, `float` and `Literal[...]` fields from their type
-annotations; document them in `docs/config-format.md`.
+reads `Path`, `str`, `bool`, `int`, `float`, `tuple[str, ...]` and `Literal[...]` fields from
+their type annotations; document them in `docs/config-format.md`.
 """
 
 from __future__ import annotations
 
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mdevd import defaults
+from mdevd import defaults, validate
 from mdevd.definitions import Problem, ProblemKind, toml_syntax_problem
-from mdevd.errors import ConfigInvalid
+from mdevd.errors import ConfigInvalid, InvalidName
 
 DEFAULT_CONFIG_FILE = defaults.CONFIG_FILE
 
@@ -50,6 +51,8 @@ class DaemonConfig:
     sysfs_root: Path = defaults.SYSFS_ROOT
     #: Where `vfio/<group>` device nodes are.
     dev_root: Path = defaults.DEV_ROOT
+    #: What the daemon keeps across restarts besides definitions (`nvidia-vf.json`).
+    state_dir: Path = defaults.STATE_DIR
     #: `udev` (events after udevd processed them), `kernel` (no udevd running), or `none`.
     uevent_source: Literal["udev", "kernel", "none"] = defaults.UEVENT_SOURCE
     #: Seconds a single sysfs operation may take before the daemon gives up on it.
@@ -73,6 +76,7 @@ _MINIMUM: dict[tuple[str, str], float] = {
     ("daemon", "uevent_receive_buffer"): 4096,
     ("daemon", "autostart_retries"): 0,
     ("daemon", "autostart_retry_delay"): 0.001,
+    ("nvidia_vf", "remove_retry_seconds"): 0.0,
 }
 
 
@@ -92,6 +96,32 @@ class MdevctlConfig:
     callout_timeout: float = defaults.CALLOUT_TIMEOUT
 
 
+def _pci_addresses(value: object) -> None:
+    assert isinstance(value, tuple)
+    for address in value:
+        try:
+            validate.pci_address(address, "GPU")
+        except InvalidName as exc:
+            raise ValueError(exc.message) from None
+
+
+#: Checks of settings beyond their type: (section, key) -> raises ValueError.
+_CHECK: dict[tuple[str, str], Callable[[object], None]] = {
+    ("nvidia_vf", "enable_sriov"): _pci_addresses,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NvidiaVfConfig:
+    """`[nvidia_vf]`: NVIDIA vGPUs on SR-IOV virtual functions (docs/nvidia-vf.md)."""
+
+    #: GPUs (PF addresses) whose VFs mdevd enables at start when none are (`sriov_numvfs`
+    #: still 0); empty: mdevd never enables SR-IOV (`sriov-manage -e` does).
+    enable_sriov: tuple[str, ...] = ()
+    #: Seconds clearing a VF is retried while the driver answers EBUSY.
+    remove_retry_seconds: float = defaults.NVIDIA_VF_REMOVE_RETRY_SECONDS
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole file: one field per section."""
@@ -99,6 +129,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     mdevctl: MdevctlConfig = field(default_factory=MdevctlConfig)
+    nvidia_vf: NvidiaVfConfig = field(default_factory=NvidiaVfConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +176,10 @@ def _convert(value: object, kind: object, base_dir: Path) -> object:
         if not isinstance(value, str):
             raise ValueError("must be a string")
         return value
+    if kind == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a list of strings")
+        return tuple(value)
     if typing.get_origin(kind) is Literal:
         choices = typing.get_args(kind)
         if value not in choices:
@@ -185,6 +220,9 @@ def parse_config(text: str, source: str, base_dir: Path) -> ConfigResult:
                 continue
             try:
                 converted = _convert(value, field_types[key], base_dir)
+                check = _CHECK.get((name, key))
+                if check is not None:
+                    check(converted)
                 minimum = _MINIMUM.get((name, key))
                 if minimum is not None and converted < minimum:  # type: ignore[operator]
                     raise ValueError(f"must be at least {minimum:g}")

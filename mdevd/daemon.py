@@ -35,6 +35,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from mdevd import __version__, defaults
+from mdevd.backends import Backends
 from mdevd.bus import sendfix
 from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
@@ -46,10 +47,11 @@ from mdevd.config import load_config
 from mdevd.engine import DefinitionStore as EngineStore
 from mdevd.engine import DeviceEvent, Engine, EngineSettings, Event, NullListener, OperationHooks
 from mdevd.engine.runner import Coalescer
-from mdevd.errors import ConfigInvalid
+from mdevd.errors import ConfigInvalid, MdevdError
 from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
 from mdevd.model import DeviceState
+from mdevd.nvidia_vf import NvidiaVf
 from mdevd.service import (
     AutostartProgress,
     Notifier,
@@ -81,6 +83,12 @@ class DaemonSettings:
     #: Seconds without an autostart attempt ending after which a long startup stops asking the
     #: service manager for more time: longer than one attempt can take.
     startup_stall_limit: float = defaults.STARTUP_STALL_LIMIT
+    #: What the daemon keeps across restarts besides definitions.
+    state_dir: Path = defaults.STATE_DIR
+    #: The nvidia-vf backend: how long clearing a busy VF is retried, and the GPUs whose
+    #: SR-IOV it enables at start (docs/nvidia-vf.md).
+    nvidia_vf_remove_retry_seconds: float = defaults.NVIDIA_VF_REMOVE_RETRY_SECONDS
+    nvidia_vf_enable_sriov: tuple[str, ...] = ()
 
 
 class StartupFailures(NullListener):
@@ -113,7 +121,16 @@ class Daemon:
         (`CompatStore.watched`), watched for changes to reload."""
         self.settings = settings
         self._watched = watched
-        self.kernel = Sysfs(settings.sysfs_root, settings.dev_root)
+        self.nvidia_vf = NvidiaVf(
+            settings.sysfs_root,
+            settings.dev_root,
+            settings.state_dir / defaults.NVIDIA_VF_STATE_NAME,
+            # A clearing that retries past the I/O timeout would outlive its caller's answer.
+            remove_retry_seconds=min(
+                settings.nvidia_vf_remove_retry_seconds, settings.io_timeout / 2
+            ),
+        )
+        self.kernel = Backends([Sysfs(settings.sysfs_root, settings.dev_root), self.nvidia_vf])
         self.store = store
         self.engine = Engine(
             self.kernel,
@@ -172,6 +189,7 @@ class Daemon:
         self.engine.subscribe(early_failures)
         self.engine.subscribe(progress)
         extender.start()
+        await self._enable_sriov()
         try:
             await self.engine.start()
         finally:
@@ -208,6 +226,17 @@ class Daemon:
         status = self.describe()
         log.info("mdevd %s ready on %s: %s", __version__, BUS_NAME, status)
         self.notifier.ready(f"Ready: {status}")
+
+    async def _enable_sriov(self) -> None:
+        """Enable the VFs of the GPUs the configuration names, where none are yet; a GPU
+        that refuses is logged and does not stop the daemon (its VFs may come later)."""
+        for pf in self.settings.nvidia_vf_enable_sriov:
+            try:
+                enabled = await asyncio.to_thread(self.nvidia_vf.enable_sriov, pf)
+            except MdevdError as exc:
+                log.warning("GPU %s: %s", pf, exc.message)
+                continue
+            log.info("GPU %s: %d SR-IOV virtual functions enabled", pf, enabled)
 
     def _replay(self, failures: list[tuple[DeviceState, DeviceEvent]]) -> None:
         """Send again the start-failed events no client could receive (the name was not
@@ -336,6 +365,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev-root", type=Path, help=f"where /dev/vfio lives (default {defaults.DEV_ROOT})"
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the daemon keeps what it needs across restarts besides definitions"
+        f" (default {defaults.STATE_DIR})",
+    )
+    parser.add_argument(
         "--devices-dir",
         type=Path,
         action="append",
@@ -388,6 +423,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             daemon_config.autostart_retry_delay, daemon_config.autostart_retries
         ),
         watch_definitions=daemon_config.watch_definitions,
+        state_dir=args.state_dir or daemon_config.state_dir,
+        nvidia_vf_remove_retry_seconds=config.nvidia_vf.remove_retry_seconds,
+        nvidia_vf_enable_sriov=config.nvidia_vf.enable_sriov,
         # One autostart attempt: create, attribute writes, a rollback (each bounded by
         # io_timeout), and the callouts before and after it (each bounded by theirs).
         startup_stall_limit=4 * daemon_config.io_timeout

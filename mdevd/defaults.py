@@ -43,6 +43,17 @@ IO_TIMEOUT = 30.0
 #: Worker threads for sysfs and file I/O: more than the parents that can block at once.
 IO_WORKERS = 16
 
+# ---- nvidia-vf (docs/nvidia-vf.md) ---------------------------------------------------------
+
+#: What the daemon keeps across its restarts and reboots that is not a definition (the
+#: nvidia-vf placement record, `nvidia-vf.json`).
+STATE_DIR = Path("/var/lib/mdevd")
+#: The file in STATE_DIR that says which UUID mdevd placed on which virtual function.
+NVIDIA_VF_STATE_NAME = "nvidia-vf.json"
+#: Seconds a VF's clearing is retried while the driver answers EBUSY (Proxmox waits 10 s
+#: after QEMU exits).
+NVIDIA_VF_REMOVE_RETRY_SECONDS = 10.0
+
 # ---- autostart -----------------------------------------------------------------------------
 
 #: Retries of an autostart that failed for a transient reason (EBUSY, types not listed yet).

@@ -475,13 +475,7 @@ class Sysfs:
             os.close(fd)
 
     def group_in_use(self, group: int) -> bool:
-        """True when `/dev/vfio/<group>` is held open (opening it again answers EBUSY)."""
-        try:
-            fd = os.open(self.dev_root / "vfio" / str(int(group)), os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            return exc.errno == errno.EBUSY
-        os.close(fd)
-        return False
+        return vfio_group_in_use(self.dev_root, group)
 
     # ---- device attributes -----------------------------------------------------------------
 
@@ -564,6 +558,17 @@ class Sysfs:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+def vfio_group_in_use(dev_root: Path, group: int) -> bool:
+    """True when `<dev_root>/vfio/<group>` is held open (opening it again answers EBUSY):
+    how libvirt, too, tells that a VM has a device."""
+    try:
+        fd = os.open(dev_root / "vfio" / str(int(group)), os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc.errno == errno.EBUSY
+    os.close(fd)
+    return False
 
 
 def _listdir(directory: Path) -> list[str]:

@@ -1001,11 +1001,12 @@ class Engine:
                 self._parent_presence_changed(name)
 
     def _parent_presence_changed(self, name: str) -> None:
-        """A parent came or went: the autostart devices waiting for it change status."""
+        """A parent came or went: the devices defined on it and not active change (autostart
+        ones their status, every one its backend, which is its parent's)."""
         for uuid in sorted(
             d.uuid
             for d in self._definitions.values()
-            if d.parent == name and d.autostart and d.uuid not in self._active
+            if d.parent == name and d.uuid not in self._active
         ):
             self._publish(uuid)
 

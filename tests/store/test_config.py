@@ -52,7 +52,7 @@ def test_problems_name_the_line_and_good_settings_still_apply(tmp_path: Path) ->
         "mdevd.toml:3: unknown key 'device_dir' in [store]; known: devices_dir, "
         "runtime_devices_dir, vendor_devices_dir",
         "mdevd.toml:4: [store] runtime_devices_dir must be a non-empty path string",
-        "mdevd.toml:6: unknown section [kernal]; known: [store], [daemon], [mdevctl]",
+        "mdevd.toml:6: unknown section [kernal]; known: [store], [daemon], [mdevctl], [nvidia_vf]",
         "mdevd.toml:8: [daemon] uevent_source must be one of 'udev', 'kernel', 'none'",
         "mdevd.toml:9: [daemon] io_timeout must be a number",
     ]

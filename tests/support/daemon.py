@@ -145,6 +145,9 @@ def running_daemon(
         "debug",
         "--config",
         str(config),
+        # Never the host's /var/lib/mdevd (a test that restarts a daemon passes its own).
+        "--state-dir",
+        str(workdir / "state"),
     ]
     for directory in devices_dirs:
         argv += ["--devices-dir", str(directory)]

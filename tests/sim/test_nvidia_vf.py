@@ -701,6 +701,29 @@ def test_unload_blocks_while_a_vm_holds_a_vf(sim: RunningSim) -> None:
     assert not (device(sim, VF0) / "nvidia").exists()
 
 
+def test_disabling_sriov_waits_for_a_vm_to_let_go(sim: RunningSim) -> None:
+    # Removing a VF unbinds it first, and the VFIO device's users are waited for.
+    pf = device(sim, PF2)
+    write(pf / "sriov_numvfs", "1")
+    assert set_type(sim, "0000:5e:00.4", "1145") is None
+    sim.control.hold_vf("0000:5e:00.4")
+    done = threading.Event()
+
+    def disable() -> None:
+        write(pf / "sriov_numvfs", "0")
+        done.set()
+
+    thread = threading.Thread(target=disable, daemon=True)
+    thread.start()
+    assert not done.wait(0.5)
+    assert device(sim, "0000:5e:00.4").exists()
+    sim.control.release_vf("0000:5e:00.4")
+    assert done.wait(10)
+    thread.join()
+    assert (pf / "sriov_numvfs").read_text() == "0\n"
+    assert not device(sim, "0000:5e:00.4").exists()
+
+
 # -- the control channel -----------------------------------------------------------------------
 
 

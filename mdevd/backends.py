@@ -52,6 +52,8 @@ class Backend(Protocol):
 
     def write_attribute(self, uuid: str, name: str, value: str) -> None: ...
 
+    def open_vfio(self, uuid: str, cdev: bool = False) -> int: ...
+
 
 class Backends:
     """The engine's `Kernel`, made of `backends` (highest precedence first)."""
@@ -202,3 +204,11 @@ class Backends:
 
     def write_attribute(self, uuid: str, name: str, value: str) -> None:
         self._for_device(uuid)[0].write_attribute(uuid, name, value)
+
+    def open_vfio(self, uuid: str, cdev: bool = False) -> int:
+        for backend in self._for_device(uuid):
+            try:
+                return backend.open_vfio(uuid, cdev)
+            except NotActive:
+                continue
+        raise NotActive(f"device {uuid} is not present in the kernel")

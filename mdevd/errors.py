@@ -123,6 +123,13 @@ class Vetoed(MdevdError):
     name = "Vetoed"
 
 
+class NotSupported(MdevdError):
+    """What was asked exists, but this kernel or backend cannot do it (a VFIO cdev on a kernel
+    before 6.6)."""
+
+    name = "NotSupported"
+
+
 #: Every error suffix of the contract, in the order `dbus-api.md` lists them.
 CONTRACT_ERROR_NAMES: tuple[str, ...] = (
     "Failed",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from mdevd.errors import (
     KernelIOError,
     NoInstancesAvailable,
     NotActive,
+    NotSupported,
     ParentNotFound,
     TypeNotSupported,
 )
@@ -477,6 +479,12 @@ class Sysfs:
     def group_in_use(self, group: int) -> bool:
         return vfio_group_in_use(self.dev_root, group)
 
+    def open_vfio(self, uuid: str, cdev: bool = False) -> int:
+        device = self.read_device(uuid)
+        if device is None:
+            raise NotActive(f"device {uuid} is not present in the kernel")
+        return open_vfio(self.dev_root, device, cdev)
+
     # ---- device attributes -----------------------------------------------------------------
 
     @contextmanager
@@ -558,6 +566,39 @@ class Sysfs:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+
+_VFIO_CDEV = re.compile(r"vfio[0-9]{1,9}")
+
+
+def open_vfio(dev_root: Path, device: ActiveDevice, cdev: bool = False) -> int:
+    """Open the device's VFIO group node (`<dev_root>/vfio/<group>`), or with `cdev` its VFIO
+    device node (`<dev_root>/vfio/devices/vfioN`, kernels 6.6+ with VFIO_DEVICE_CDEV), for
+    the caller to hand over; the caller owns the fd. `Busy` when a VM (or anyone) holds the
+    group, which vfio lets only one process open."""
+    what = f"device {device.uuid}"
+    if cdev:
+        names = [
+            n for n in _listdir(Path(device.sysfs_path) / "vfio-dev") if _VFIO_CDEV.fullmatch(n)
+        ]
+        if not names:
+            raise NotSupported(
+                f"{what} has no VFIO device node (the kernel needs 6.6 or later with"
+                " CONFIG_VFIO_DEVICE_CDEV); open its group instead"
+            )
+        node = dev_root / "vfio" / "devices" / names[0]
+    else:
+        if device.iommu_group < 0:
+            raise NotSupported(f"{what} has no IOMMU group (yet)")
+        node = dev_root / "vfio" / str(int(device.iommu_group))
+    try:
+        return os.open(node, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise Busy(f"{what} is in use ({node.name} is open)") from exc
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+            raise NotActive(f"{what}: {node} is gone") from exc
+        raise _io_error(f"{what}: opening {node}", exc) from exc
 
 
 def vfio_group_in_use(dev_root: Path, group: int) -> bool:

@@ -40,7 +40,7 @@ from mdevd.errors import (
     ParentNotFound,
     TypeNotSupported,
 )
-from mdevd.kernel import vfio_group_in_use
+from mdevd.kernel import open_vfio, vfio_group_in_use
 from mdevd.model import (
     BACKEND_NVIDIA_VF,
     NOTHING,
@@ -588,6 +588,12 @@ class NvidiaVf:
             f"device {uuid}: nvidia-vf vGPUs take no attributes (what the driver's"
             f" nvidia/{validate.attribute_name(name)} accepts is not documented)"
         )
+
+    def open_vfio(self, uuid: str, cdev: bool = False) -> int:
+        device = self.read_device(uuid)
+        if device is None:
+            raise NotActive(f"device {uuid} is not present in the kernel")
+        return open_vfio(self.dev_root, device, cdev)
 
     def enable_sriov(self, pf: str) -> int:
         """Enable the PF's VFs (`sriov_totalvfs` into `sriov_numvfs`) if none are; the number

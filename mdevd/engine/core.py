@@ -473,6 +473,17 @@ class Engine:
             self._event(state, Event.UPDATED, Reason.API)
             return state
 
+    async def open_device(self, uuid: str, *, cdev: bool = False) -> int:
+        """An fd to an active device's VFIO group (or, with `cdev`, its VFIO device node) for
+        its caller to hand over; the fd is the only grant, nothing on disk changes. `Busy`
+        while anyone holds it (vfio lets one process open a group)."""
+        uuid = validate.uuid(uuid)
+        if uuid not in self._active:
+            if uuid in self._definitions:
+                raise NotActive(f"device {uuid} is not active")
+            raise NotFound(f"device {uuid} is neither defined nor active")
+        return await self._io.run(self.kernel.open_vfio, uuid, cdev)
+
     async def query_attributes(self, uuid: str) -> Attributes:
         """The running device's attributes: the hooks' answer (mdevctl's `get attributes`),
         else the ones mdevd wrote."""

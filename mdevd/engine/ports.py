@@ -140,6 +140,11 @@ class Kernel(Protocol):
 
     def write_attribute(self, uuid: str, name: str, value: str) -> None: ...
 
+    def open_vfio(self, uuid: str, cdev: bool = False) -> int:
+        """An fd to the device's VFIO group node, or with `cdev` its VFIO device node; the
+        caller owns it. `Busy` when held, `NotSupported` without a cdev."""
+        ...
+
 
 class LoadedDefinitions(Protocol):
     @property

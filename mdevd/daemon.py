@@ -52,6 +52,7 @@ from mdevd.kernel import Sysfs
 from mdevd.logs import LEVELS, set_level, setup_logging
 from mdevd.model import DeviceState
 from mdevd.nvidia_vf import NvidiaVf
+from mdevd.owners import OwnerRecord
 from mdevd.service import (
     AutostartProgress,
     Notifier,
@@ -140,6 +141,7 @@ class Daemon:
                 autostart_retry_delays=settings.autostart_retry_delays,
             ),
             hooks,
+            owners=OwnerRecord(settings.state_dir / defaults.OWNERS_STATE_NAME),
         )
         self.events: UeventSource | None = None
         self.watcher: DirectoryWatcher | None = None

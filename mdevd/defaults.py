@@ -54,6 +54,13 @@ NVIDIA_VF_STATE_NAME = "nvidia-vf.json"
 #: after QEMU exits).
 NVIDIA_VF_REMOVE_RETRY_SECONDS = 10.0
 
+# ---- owners --------------------------------------------------------------------------------
+
+#: The file in STATE_DIR that says who owns which device (dropped at reboot: its boot id).
+OWNERS_STATE_NAME = "owners.json"
+#: Seconds a device whose owner is gone waits to be released by whoever holds it open.
+OWNER_GONE_RELEASE_WAIT = 600.0
+
 # ---- autostart -----------------------------------------------------------------------------
 
 #: Retries of an autostart that failed for a transient reason (EBUSY, types not listed yet).

@@ -143,6 +143,10 @@ class DeviceState:
     backend: str = ""
     #: The running device's place on its parent (`ActiveDevice.placement`), else the defined one.
     placement: str = ""
+    #: Who made or defined it through mdevd (`mdevd.owners.Owner.label`); "" for none.
+    owner: str = ""
+    #: How long a transient device lives: `manual`, `connection`, `unit:<name>`; "" unowned.
+    lifetime: str = ""
 
 
 @dataclass(frozen=True, slots=True)

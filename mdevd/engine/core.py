@@ -50,6 +50,7 @@ from mdevd.engine.view import device_state, same_definition
 from mdevd.errors import (
     AlreadyActive,
     AttributeRejected,
+    Busy,
     Exists,
     InvalidArgument,
     MdevdError,
@@ -60,6 +61,7 @@ from mdevd.errors import (
     TypeNotSupported,
 )
 from mdevd.model import ActiveDevice, Attributes, Definition, DeviceState, Parent
+from mdevd.owners import LIFETIME_CONNECTION, LIFETIME_MANUAL, Owner, OwnerRecord
 
 log = logging.getLogger("mdevd.engine")
 
@@ -73,6 +75,10 @@ class EngineSettings:
     #: Seconds before each retry of an autostart that failed for a transient reason (types not
     #: listed yet, EBUSY); their number bounds the retries. Permanent failures are not retried.
     autostart_retry_delays: tuple[float, ...] = defaults.AUTOSTART_RETRY_DELAYS
+    #: How long a device whose lifetime ended waits to be released by whoever holds it open,
+    #: and how often it is tried meanwhile (seconds).
+    release_wait: float = defaults.OWNER_GONE_RELEASE_WAIT
+    release_poll: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,7 @@ class Engine:
         store: DefinitionStore,
         settings: EngineSettings | None = None,
         hooks: OperationHooks | None = None,
+        owners: OwnerRecord | None = None,
     ) -> None:
         self.kernel = kernel
         self.store = store
@@ -139,6 +146,13 @@ class Engine:
             retry_delays=self.settings.autostart_retry_delays,
         )
         self._probing: set[str] = set()
+        # Who made or defined each device through mdevd; kept in `owners` across restarts.
+        self._owner_record = owners
+        self._owners: dict[str, Owner] = {}
+        self._owner_saves = Coalescer(self._save_owners, "saving the device owners failed", log)
+        self._owner_lock = asyncio.Lock()
+        # Devices whose lifetime ended, being removed (or waiting for release).
+        self._ending: set[str] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -156,6 +170,16 @@ class Engine:
             snapshot = await self._io.run(self._snapshot_kernel)
         self._parents = snapshot.parents
         self._active = snapshot.devices
+        if self._owner_record is not None:
+            owners = await self._io.run(self._owner_record.load)
+            # Those gone while the daemon was not running are gone with their owners.
+            self._owners = {
+                uuid: owner
+                for uuid, owner in owners.items()
+                if uuid in self._active or uuid in self._definitions
+            }
+            if self._owners != owners:
+                self._owner_saves.request()
         for uuid in sorted(set(self._definitions) | set(self._active)):
             self._publish(uuid)
         runs = [
@@ -169,6 +193,7 @@ class Engine:
         self._autostart.close()
         self._resyncs.cancel()
         self._reloads.cancel()
+        self._owner_saves.cancel()
         self._io.close()
 
     def subscribe(self, listener: Listener) -> None:
@@ -212,9 +237,11 @@ class Engine:
         attributes: Attributes = (),
         force: bool = False,
         placement: str = "",
+        owner: Owner | None = None,
     ) -> DeviceState:
         """Create a transient device now: not persisted, gone when stopped. `placement` pins
-        where on the parent (a backend that places nothing refuses it)."""
+        where on the parent (a backend that places nothing refuses it); `owner` says who asked,
+        and for how long the device lives."""
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
         type_id = self.kernel.canonical_type(parent, type_id)
         placement = validate.pci_address(placement)
@@ -246,6 +273,7 @@ class Engine:
                     self._start_failed(uuid, exc, Reason.API)
                 raise
             self._transient_attributes[uuid] = attributes
+            await self._record_owner(uuid, owner)
             state = self._publish_present(uuid)
             self._event(state, Event.STARTED, Reason.API)
             return state
@@ -261,9 +289,13 @@ class Engine:
         start: bool = False,
         force: bool = False,
         placement: str = "",
+        owner: Owner | None = None,
     ) -> DeviceState:
         """Persist a definition (durable before the reply); `start` also starts it.
-        `placement` pins where on the parent the device goes (`Definition.placement`)."""
+        `placement` pins where on the parent the device goes (`Definition.placement`); `owner`
+        says who defined it (a defined device lives until undefined: no lifetime)."""
+        if owner is not None and owner.lifetime != LIFETIME_MANUAL:
+            raise InvalidArgument("a lifetime is for transient devices; a definition stays")
         parent, type_id, attributes = _check_target(parent, type_id, attributes)
         type_id = self.kernel.canonical_type(parent, type_id)
         placement = validate.pci_address(placement)
@@ -283,6 +315,8 @@ class Engine:
             if uuid not in self._definitions:
                 async with self.hooks.transaction(HookAction.DEFINE, wanted, force=force):
                     await self._save(wanted)
+                if uuid not in self._owners or owner is not None:
+                    await self._record_owner(uuid, owner)
                 state = self._publish_present(uuid)
                 self._event(state, Event.DEFINED, Reason.API)
             if start and uuid not in self._active:
@@ -301,7 +335,12 @@ class Engine:
             return await self._start_locked(uuid, Reason.API, force=force)
 
     async def stop_device(
-        self, uuid: str, *, force: bool = False, caller_holds_group: bool = False
+        self,
+        uuid: str,
+        *,
+        force: bool = False,
+        caller_holds_group: bool = False,
+        reason: Reason = Reason.API,
     ) -> DeviceState | None:
         """Remove the device from the kernel; the definition, if any, stays.
 
@@ -336,7 +375,7 @@ class Engine:
             self._written_attributes.pop(uuid, None)
             await self._refresh_counts(device.parent)
             state = self._publish(uuid)
-            self._event(state or replace(state_before, active=False), Event.STOPPED, Reason.API)
+            self._event(state or replace(state_before, active=False), Event.STOPPED, reason)
             if state is None:
                 self._subscribers.device_removed(uuid)
             return state
@@ -472,6 +511,100 @@ class Engine:
             state = self._publish_present(uuid)
             self._event(state, Event.UPDATED, Reason.API)
             return state
+
+    # ---- owners and lifetimes ---------------------------------------------------------------
+
+    def owner(self, uuid: str) -> Owner | None:
+        """Who made or defined the device through mdevd; None for another tool's device."""
+        return self._owners.get(uuid)
+
+    def owners(self) -> dict[str, Owner]:
+        return dict(self._owners)
+
+    def owned_by_connection(self, connection: str) -> list[str]:
+        """The transient devices that live as long as the bus connection `connection`."""
+        return sorted(
+            uuid
+            for uuid, owner in self._owners.items()
+            if owner.lifetime == LIFETIME_CONNECTION and owner.connection == connection
+        )
+
+    def owned_by_unit(self, unit: str) -> list[str]:
+        """The transient devices that live as long as the systemd unit `unit`."""
+        return sorted(uuid for uuid, owner in self._owners.items() if owner.unit == unit)
+
+    def _set_owner(self, uuid: str, owner: Owner | None) -> bool:
+        """Record `uuid`'s owner (None: it has none); whether that changed anything."""
+        if owner is None:
+            if self._owners.pop(uuid, None) is None:
+                return False
+        else:
+            if uuid in self._definitions and owner.lifetime != LIFETIME_MANUAL:
+                owner = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
+            if self._owners.get(uuid) == owner:
+                return False
+            self._owners[uuid] = owner
+        return True
+
+    async def _record_owner(self, uuid: str, owner: Owner | None) -> None:
+        """Record an owner durably before the call that made it returns (a restart right
+        after the reply still knows it)."""
+        if self._set_owner(uuid, owner):
+            try:
+                await self._save_owners()
+            except Exception as error:  # the device exists: its call must not fail for this
+                log.error("device %s: recording its owner failed: %s", uuid, error)
+
+    async def _save_owners(self) -> None:
+        if self._owner_record is not None:
+            async with self._owner_lock:
+                await self._io.run(self._owner_record.save, dict(self._owners))
+
+    def end_lifetime(self, uuid: str) -> None:
+        """The device's owner is gone (its connection closed, its unit stopped): remove it,
+        reported as `stopped` with reason `owner-gone`. One that a VM still holds open is not
+        yanked: it is tried again until released, for at most `release_wait` seconds."""
+        owner = self._owners.get(uuid)
+        if owner is None or owner.lifetime == LIFETIME_MANUAL or uuid in self._ending:
+            return
+        self._ending.add(uuid)
+
+        async def end() -> None:
+            deadline = asyncio.get_running_loop().time() + self.settings.release_wait
+            told = False
+            try:
+                while uuid in self._active and uuid not in self._definitions:
+                    try:
+                        await self.stop_device(uuid, reason=Reason.OWNER_GONE)
+                        log.info("device %s: removed, its owner %s is gone", uuid, owner.label)
+                        return
+                    except Busy:
+                        if asyncio.get_running_loop().time() > deadline:
+                            log.error(
+                                "device %s: its owner %s is gone, but it stayed in use for"
+                                " %g s; left as it is",
+                                uuid,
+                                owner.label,
+                                self.settings.release_wait,
+                            )
+                            return
+                        if not told:
+                            log.warning(
+                                "device %s: its owner %s is gone, but it is in use; removing"
+                                " it once released",
+                                uuid,
+                                owner.label,
+                            )
+                            told = True
+                        await asyncio.sleep(self.settings.release_poll)
+                    except (NotActive, NotFound):
+                        return
+            except MdevdError as error:
+                log.error("device %s: removing it after its owner left failed: %s", uuid, error)
+            finally:
+                self._ending.discard(uuid)
+
+        self._background.spawn(end())
 
     async def open_device(self, uuid: str, *, cdev: bool = False) -> int:
         """An fd to an active device's VFIO group (or, with `cdev`, its VFIO device node) for
@@ -1067,6 +1200,7 @@ class Engine:
             written_attributes=self._written_attributes.get(uuid),
             last_error=self._last_error.get(uuid, ""),
             parents=self._parents,
+            owner=self._owners.get(uuid),
         )
 
     def _publish(self, uuid: str) -> DeviceState | None:
@@ -1076,6 +1210,8 @@ class Engine:
         if state is None:
             self._published.pop(uuid, None)
             self._last_error.pop(uuid, None)
+            if self._set_owner(uuid, None):  # gone: its owner with it
+                self._owner_saves.request()
             return None
         self._published[uuid] = state
         if state != previous:

@@ -58,6 +58,9 @@ class Reason(enum.StrEnum):
     CONFIG = "config"
     #: Someone else's change in the kernel (another tool, a driver unload).
     KERNEL = "kernel"
+    #: The lifetime of a transient device ended: its owner's connection closed, or its unit
+    #: stopped (`mdevd.owners`).
+    OWNER_GONE = "owner-gone"
 
 
 class HookAction(enum.StrEnum):

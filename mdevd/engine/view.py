@@ -22,6 +22,7 @@ from mdevd.model import (
     PendingChanges,
     Status,
 )
+from mdevd.owners import Owner
 
 
 def device_state(
@@ -33,12 +34,14 @@ def device_state(
     written_attributes: Attributes | None,
     last_error: str,
     parents: Mapping[str, Parent],
+    owner: Owner | None = None,
 ) -> DeviceState | None:
     """The state of `uuid`; None when it is neither defined nor active.
 
     `transient_attributes`: what a device without definition was created with (the kernel
     cannot tell them back). `written_attributes`: what mdevd wrote to the running device, if it
-    started it (None: unknown). `parents`: the parents present, by name.
+    started it (None: unknown). `parents`: the parents present, by name. `owner`: who made or
+    defined it through mdevd, if anyone.
     """
     if definition is None and device is None:
         return None
@@ -64,6 +67,8 @@ def device_state(
         pending=pending_changes(definition, device, written_attributes),
         backend=backend(parent, device, parents),
         placement=device.placement if device else (definition.placement if definition else ""),
+        owner=owner.label if owner is not None else "",
+        lifetime=owner.lifetime if owner is not None else "",
     )
 
 

@@ -13,6 +13,10 @@ stdout, the exit status (0 success, 1 failure as `Error: ...` on stderr, 2 usage
 error texts callers show or parse ("Error: Device already exists"). Where mdevd deliberately
 differs (one definition per UUID, a corrupt file does not fail everything), mdevd's own
 message is printed after `Error: `. docs/mdevctl-compat.md lists the differences.
+
+The listings (`list`, `types`) show mdevs only, as mdevctl's do (`is_mdev`): an `nvidia-vf`
+vGPU on an SR-IOV virtual function is not one, and libvirt would take anything listed for an
+mdev. Commands that name a device's UUID or a parent act on it whatever its backend.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from mdevd.cli import mdevctl_output
 from mdevd.cli.mdevctl_output import Listed
 from mdevd.errors import MdevdError
 from mdevd.model import Attributes, Definition
-from mdevd.replies import ClientError, DaemonError, DeviceInfo, ParentInfo
+from mdevd.replies import BACKEND_MDEV, ClientError, DaemonError, DeviceInfo, ParentInfo
 
 #: The mdevctl version whose command line this reproduces.
 MDEVCTL_VERSION = "1.3.0"
@@ -331,7 +335,8 @@ class Session:
             raise
 
     def parent(self, name: str) -> ParentInfo:
-        """The registered parent `name`, or mdevctl's error (with its case hint)."""
+        """The registered parent `name`, or mdevctl's error (with its case hint). Any
+        backend's: the caller named a parent, which the daemon may create on."""
         parents = self.client.run(calls.parents())
         for parent in parents:
             if parent.name == name:
@@ -458,14 +463,28 @@ def _listed(device: DeviceInfo, attributes: Attributes | None = None) -> Listed:
     )
 
 
+def is_mdev(backend: str) -> bool:
+    """Whether mdevctl would see a device or parent of this `backend`.
+
+    mdevctl knows mdevs only: `types` reads /sys/class/mdev_bus, `list` the mdevs and its
+    own definitions. An `nvidia-vf` GPU or vGPU (docs/nvidia-vf.md) is none of these, and
+    libvirt would make an mdev node device of anything `list --dumpjson` shows. A device
+    whose backend is unknown ("": defined, not running, its parent absent) is shown, as
+    mdevctl shows every definition in its directory whatever its parent.
+    """
+    return backend in (BACKEND_MDEV, "")
+
+
 # ---- the commands --------------------------------------------------------------------------
 
 
 def _list(session: Session, args: argparse.Namespace) -> None:
+    # Only what mdevctl would list (`is_mdev`): with `-u` too, as a listing.
     devices = [
         d
         for d in session.client.run(calls.devices())
-        if (d.defined if args.defined else d.active)
+        if is_mdev(d.backend)
+        and (d.defined if args.defined else d.active)
         and (args.uuid is None or d.uuid == args.uuid)
         and (args.parent is None or d.parent == args.parent)
     ]
@@ -482,10 +501,11 @@ def _list(session: Session, args: argparse.Namespace) -> None:
 
 
 def _types(session: Session, args: argparse.Namespace) -> None:
+    # Only mdevctl's parents (/sys/class/mdev_bus): an nvidia-vf GPU is not one, also by name.
     parents = [
         p
         for p in session.client.run(calls.parents())
-        if args.parent is None or p.name == args.parent
+        if is_mdev(p.backend) and (args.parent is None or p.name == args.parent)
     ]
     sys.stdout.write(
         mdevctl_output.types_json(parents) if args.dumpjson else mdevctl_output.types_text(parents)
@@ -763,7 +783,8 @@ def _modify(session: Session, args: argparse.Namespace) -> None:
 
 def _start_parent_mdevs(session: Session, args: argparse.Namespace) -> None:
     """Start the parent's autostart devices (the daemon does this by itself when a parent
-    registers; the udev rule that calls this is harmless beside it)."""
+    registers; the udev rule that calls this is harmless beside it). The parent is named,
+    so an nvidia-vf GPU's devices are started too."""
     for device in session.client.run(calls.devices()):
         if device.parent != args.parent or not device.defined or not device.autostart:
             continue

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Final
 
@@ -71,6 +72,23 @@ def current_sender() -> str:
     return sender
 
 
+async def sender_pid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
+    """The pid of the process behind `sender`, as the bus daemon knows it (`Failed` if it
+    cannot say, `Timeout` if it does not answer)."""
+    try:
+        async with asyncio.timeout(timeout):
+            reply = await bus.call(busdaemon.message("GetConnectionUnixProcessID", "s", [sender]))
+    except TimeoutError:
+        raise Timeout(
+            f"the bus did not tell the pid of caller {sender} within {timeout} s"
+        ) from None
+    if reply.message_type is MessageType.ERROR or reply.signature != "u":
+        raise Failed(f"cannot tell the process of caller {sender}: {reply.error_name}")
+    pid = reply.body[0]
+    assert isinstance(pid, int)
+    return pid
+
+
 async def sender_uid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
     """The uid of the process behind `sender`, as the bus daemon authenticated it.
 
@@ -115,6 +133,12 @@ class CallerTracker:
         self._departed: set[str] = set()
         self._lookup_slots = asyncio.Semaphore(MAX_LOOKUPS_IN_FLIGHT)
         self._watch: asyncio.Task[None] | None = None
+        self._departure_listeners: list[Callable[[str], None]] = []
+
+    def on_departure(self, listener: Callable[[str], None]) -> None:
+        """Tell `listener` each unique name that leaves the bus (from now on)."""
+        self._departure_listeners.append(listener)
+        self._watch_departures()
 
     def install(self) -> None:
         """Start tracking calls on the connection. Idempotent."""
@@ -191,3 +215,5 @@ class CallerTracker:
                 self._uids.pop(name, None)
                 if name in self._lookups:
                     self._departed.add(name)
+                for listener in self._departure_listeners:
+                    listener(name)

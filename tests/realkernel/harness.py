@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.realkernel.prepare import DEFAULT_CACHE_ROOT, PreparedKernel, prepare
+from tests.support.paths import REPO
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 GUEST_INIT = HERE / "guest" / "init"
 SYSTEMD = Path("/lib/systemd/systemd")
 #: Where the shared folder is in the guest.

@@ -3,7 +3,8 @@
 
     from tests.support.paths import REPO, TEST_DATA
 
-(tests/realkernel/guest/ keeps its own: it runs inside a VM, from a copy of the tree.)
+The real-kernel guest imports it too (the checkout is at the same path in the VM), so it
+imports nothing but the standard library.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ from mdevd.bus.names import BUS_NAME, DEVICE_INTERFACE, OBJECT_MANAGER_INTERFACE
 from mdevd.client import Client
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.report import Report as ScenarioReport
-from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, REPO, SHARED, GuestStack, run
+from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, SHARED, GuestStack, run
+from tests.support.paths import REPO
+from tests.support.waiting import wait_until_async
 
 PARENT = "mtty"
 #: One port of mtty's shared pool of 24 per device: room for every row's devices at once.
@@ -275,11 +277,11 @@ class GuestBench:
 
 async def wait_for_no_devices(client: Client, timeout: float = 300) -> None:
     """Until the daemon's objects show no active device (it follows the kernel's events)."""
-    deadline = time.monotonic() + timeout
-    while any(d.active for d in await client.devices()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the daemon still shows active devices")
-        await asyncio.sleep(0.05)
+
+    async def none_active() -> bool:
+        return not any(d.active for d in await client.devices())
+
+    await wait_until_async(none_active, timeout, "the daemon to show no active device")
 
 
 def create_raw(uuid: str) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.report import Report
-from tests.realkernel.guest.stack import LOGS, SHARED, came_true, run
+from tests.realkernel.guest.stack import LOGS, SHARED, run
+from tests.support.waiting import came_true
 
 #: The packages the .deb depends on or recommends that come from Debian 12's archive and are
 #: not part of a base system (the host has them installed; the guest starts without them).
@@ -171,7 +172,7 @@ def scenario(r: Report) -> None:
     r.check("mtty is not loaded yet", "mtty" not in sysfs.parents(), sysfs.parents())
     r.check(
         "the daemon picks the dropped-in definition up",
-        came_true(lambda: AUTOSTART in mdevdctl("list", "--defined")[1], WAIT, "the definition"),
+        came_true(lambda: AUTOSTART in mdevdctl("list", "--defined")[1], WAIT),
         mdevdctl("list", "--defined"),
     )
     run(["modprobe", "mtty"])
@@ -182,7 +183,7 @@ def scenario(r: Report) -> None:
 
     r.check(
         "modprobe mtty: the definition's device comes up",
-        came_true(autostarted, WAIT, "the autostart device"),
+        came_true(autostarted, WAIT),
         sysfs.devices(),
     )
     code, output = mdevdctl("types")

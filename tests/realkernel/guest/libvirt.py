@@ -38,16 +38,9 @@ import pyudev
 
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.report import Report
-from tests.realkernel.guest.stack import (
-    LOGS,
-    REPO,
-    SHARED,
-    GuestStack,
-    StackError,
-    came_true,
-    run,
-    wait_for,
-)
+from tests.realkernel.guest.stack import LOGS, SHARED, GuestStack, StackError, run
+from tests.support.paths import REPO
+from tests.support.waiting import came_true, wait_until
 
 LIBVIRTD = Path("/usr/sbin/libvirtd")
 NODEDEV_DRIVER = Path(
@@ -94,10 +87,6 @@ def definition_text(uuid: str) -> str:
 def in_kernel(uuid: str, type_id: str) -> bool:
     device = sysfs.devices().get(uuid)
     return device is not None and device.type_id == type_id
-
-
-def waited(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> bool:
-    return came_true(condition, timeout, what)
 
 
 class Libvirt:
@@ -148,7 +137,7 @@ class Libvirt:
                 raise StackError(f"libvirtd exited with {daemon.returncode}")
             return (WORK / "libvirt-sock").exists() and self.virsh("nodedev-list").returncode == 0
 
-        wait_for(serving, WAIT, "libvirtd to answer")
+        wait_until(serving, WAIT, "libvirtd to answer")
         with self.events_log.open("wb") as out:
             self.events = subprocess.Popen(
                 ["virsh", "-c", URI, "nodedev-event", "--event", "lifecycle", "--loop"],
@@ -157,7 +146,7 @@ class Libvirt:
                 stderr=subprocess.STDOUT,
             )
         # `nodedev-event` says nothing once its callback is in place; libvirtd's log does.
-        wait_for(lambda: "virObjectEventCallbackListAddID" in self.log(), WAIT, "nodedev-event")
+        wait_until(lambda: "virObjectEventCallbackListAddID" in self.log(), WAIT, "nodedev-event")
 
     def log(self) -> str:
         try:
@@ -190,11 +179,11 @@ class Libvirt:
             info = self.virsh("nodedev-info", nodedev(uuid)).stdout
             return bool(re.search(rf"Autostart:\s+{shown}\b", info))
 
-        return waited(shows, f"Autostart: {shown}")
+        return came_true(shows, WAIT)
 
     def saw(self, uuid: str, event: str, count: int = 1) -> bool:
         """Wait until libvirt reported `event` for `uuid` `count` times in all."""
-        return waited(lambda: self.seen(nodedev(uuid)).count(event) >= count, f"{event}")
+        return came_true(lambda: self.seen(nodedev(uuid)).count(event) >= count, WAIT)
 
     def stop(self) -> None:
         for process in (self.events, self.daemon):
@@ -223,7 +212,7 @@ def start_everything(r: Report, stack: GuestStack, libvirt: Libvirt) -> None:
     libvirt.start()
     r.check(
         "libvirt sees the mtty parent",
-        waited(lambda: "mtty_mtty" in libvirt.virsh("nodedev-list").stdout.split(), "mtty_mtty"),
+        came_true(lambda: "mtty_mtty" in libvirt.virsh("nodedev-list").stdout.split(), WAIT),
         libvirt.virsh("nodedev-list").stdout,
     )
 
@@ -290,14 +279,14 @@ def through_libvirt(r: Report, libvirt: Libvirt) -> str:
     done = libvirt.virsh("nodedev-autostart", nodedev(DEFINED))
     r.check(
         "nodedev-autostart: the definition says auto",
-        done.returncode == 0 and waited(lambda: '"auto"' in definition_text(DEFINED), "auto"),
+        done.returncode == 0 and came_true(lambda: '"auto"' in definition_text(DEFINED), WAIT),
         (outcome(done), definition_text(DEFINED)),
     )
     r.check("libvirt shows autostart on", libvirt.shows_autostart(DEFINED, "yes"))
     done = libvirt.virsh("nodedev-autostart", "--disable", nodedev(DEFINED))
     r.check(
         "nodedev-autostart --disable: the definition says manual",
-        done.returncode == 0 and waited(lambda: '"manual"' in definition_text(DEFINED), "manual"),
+        done.returncode == 0 and came_true(lambda: '"manual"' in definition_text(DEFINED), WAIT),
         (outcome(done), definition_text(DEFINED)),
     )
     r.check("libvirt shows autostart off", libvirt.shows_autostart(DEFINED, "no"))
@@ -327,7 +316,7 @@ def through_libvirt(r: Report, libvirt: Libvirt) -> str:
     )
     r.check(
         "libvirt no longer lists it",
-        waited(lambda: nodedev(DEFINED) not in libvirt.listed("--all"), "the listing"),
+        came_true(lambda: nodedev(DEFINED) not in libvirt.listed("--all"), WAIT),
         libvirt.listed("--all"),
     )
     return generated
@@ -354,7 +343,7 @@ def through_mdevdctl(r: Report, stack: GuestStack, libvirt: Libvirt) -> None:
         )
     r.check(
         "libvirt no longer lists it",
-        waited(lambda: name not in libvirt.listed("--all"), "the listing"),
+        came_true(lambda: name not in libvirt.listed("--all"), WAIT),
         libvirt.listed("--all"),
     )
 
@@ -366,7 +355,7 @@ def driver_reload(r: Report, libvirt: Libvirt, autostart: str) -> None:
     done = libvirt.virsh("nodedev-autostart", nodedev(autostart))
     r.check(
         "nodedev-autostart of the device defined without a UUID",
-        done.returncode == 0 and waited(lambda: '"auto"' in definition_text(autostart), "auto"),
+        done.returncode == 0 and came_true(lambda: '"auto"' in definition_text(autostart), WAIT),
         (outcome(done), definition_text(autostart)),
     )
     r.check("it is not running", autostart not in sysfs.devices(), sysfs.devices())
@@ -384,13 +373,13 @@ def driver_reload(r: Report, libvirt: Libvirt, autostart: str) -> None:
     )
     r.check(
         "libvirt: the parent is gone",
-        waited(lambda: "mtty_mtty" not in libvirt.virsh("nodedev-list").stdout.split(), "parent"),
+        came_true(lambda: "mtty_mtty" not in libvirt.virsh("nodedev-list").stdout.split(), WAIT),
     )
     done = run(["modprobe", "mtty"], check=False)
     r.check("modprobe mtty", done.returncode == 0, done.stderr)
     r.check(
         "the autostart device is back in the kernel",
-        waited(lambda: in_kernel(autostart, "mtty-1"), "the autostart device"),
+        came_true(lambda: in_kernel(autostart, "mtty-1"), WAIT),
         sysfs.devices(),
     )
     r.check(
@@ -413,7 +402,7 @@ def driver_reload(r: Report, libvirt: Libvirt, autostart: str) -> None:
     r.check("the transient device did not come back", CREATED not in sysfs.devices())
     r.check(
         "libvirt lists it running",
-        waited(lambda: nodedev(autostart) in libvirt.listed(), "the listing"),
+        came_true(lambda: nodedev(autostart) in libvirt.listed(), WAIT),
         libvirt.listed(),
     )
 

@@ -29,7 +29,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -40,12 +39,16 @@ from mdevd.client import Client, DaemonError, DeviceInfo, Event
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.bench import short_bench_after_scenarios
 from tests.realkernel.guest.report import Report
-from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, REPO, SHARED, GuestStack, run
+from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, SHARED, GuestStack, run
+from tests.support.paths import REPO
+from tests.support.waiting import came_true_async, wait_until_async
 
 ERROR = "org.mdevd.Mdevd1.Error."
 MANAGER = "/org/mdevd/Mdevd1/Manager"
 #: How long anything the daemon does in reaction to the kernel may take under emulation.
 WAIT = 60.0
+#: How often a wait asks again: each time is D-Bus calls and sysfs reads, slow under emulation.
+POLL = 0.2
 #: After an action, how long to keep watching for something that must *not* happen.
 GRACE = 3.0
 
@@ -144,20 +147,6 @@ class Guest:
 
     # ---- waiting ---------------------------------------------------------------------------
 
-    async def wait_until(
-        self, condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = WAIT
-    ) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if not isinstance(value, bool):
-                value = await value
-            if value:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.2)
-
     async def settle(self) -> None:
         """Let the kernel's and udevd's events reach the daemon, and watch for a while."""
         await self.sh("udevadm", "settle", "--timeout=60")
@@ -192,7 +181,7 @@ class Guest:
         return kernel == daemon
 
     async def check_agrees_with_kernel(self) -> None:
-        agreed = await self.wait_until(self.agrees_with_kernel)
+        agreed = await came_true_async(self.agrees_with_kernel, WAIT, interval=POLL)
         kernel, daemon = await self.active_views()
         self.report.check(
             "the daemon's active devices are the kernel's",
@@ -245,9 +234,9 @@ class Guest:
             await asyncio.sleep(0.5)
             return bool(self.events_since((0, 0), probe)) and probe in self.monitor_text()
 
-        ready = await self.wait_until(both_saw_one, timeout=120)
-        if not ready:
-            raise RuntimeError("the event clients never saw an event")
+        await wait_until_async(
+            both_saw_one, 120, "the event clients to see an event", interval=POLL
+        )
 
     async def _collect_signals(self) -> None:
         async for event in self.dbus().events():
@@ -316,7 +305,7 @@ async def scenario_autostart(g: Guest) -> None:
 
     r.check(
         "both autostart devices appear in the kernel with their parent and type",
-        await g.wait_until(autostarted),
+        await came_true_async(autostarted, WAIT, interval=POLL),
         sysfs.devices(),
     )
     await g.settle()
@@ -369,7 +358,7 @@ async def scenario_autostart(g: Guest) -> None:
 
     r.check(
         "available_instances on D-Bus match the kernel's after the autostarts",
-        await g.wait_until(counts_agree),
+        await came_true_async(counts_agree, WAIT, interval=POLL),
         {t: sysfs.available("mtty", t) for t in ("mtty-1", "mtty-2")},
     )
     await g.check_agrees_with_kernel()
@@ -501,11 +490,14 @@ async def exists_from_the_kernel(g: Guest) -> None:
         d = await g.device(foreign)
         return d is not None and d.active and d.type_id == "mtty-1" and not d.defined
 
-    r.check("once udevd delivers the events, mdevd adopts it", await g.wait_until(adopted))
+    r.check(
+        "once udevd delivers the events, mdevd adopts it",
+        await came_true_async(adopted, WAIT, interval=POLL),
+    )
     sysfs.remove(foreign)
     r.check(
         "its removal behind mdevd's back drops the object",
-        await g.wait_until(lambda: g.absent(foreign)),
+        await came_true_async(lambda: g.absent(foreign), WAIT, interval=POLL),
     )
 
 
@@ -551,7 +543,7 @@ async def full_mtty(g: Guest) -> None:
     finally:
         for filler in fillers:
             sysfs.remove(filler)
-    await g.wait_until(g.agrees_with_kernel)
+    await came_true_async(g.agrees_with_kernel, WAIT, interval=POLL)
 
 
 async def full_mdpy(g: Guest) -> None:
@@ -712,7 +704,10 @@ async def scenario_hot_unplug(g: Guest) -> None:
             u not in devices or not devices[u].active for u in on_mtty
         )
 
-    r.check("the Parent object and the devices go", await g.wait_until(unplugged))
+    r.check(
+        "the Parent object and the devices go",
+        await came_true_async(unplugged, WAIT, interval=POLL),
+    )
     r.check(
         "the kernel has no mtty device left",
         not any(d.parent == "mtty" for d in sysfs.devices().values()),
@@ -751,7 +746,11 @@ async def scenario_hot_unplug(g: Guest) -> None:
         kernel = sysfs.devices()
         return AUTO_MTTY in kernel and kernel[AUTO_MTTY].type_id == "mtty-2"
 
-    r.check("autostart brings the autostart device back", await g.wait_until(back), sysfs.devices())
+    r.check(
+        "autostart brings the autostart device back",
+        await came_true_async(back, WAIT, interval=POLL),
+        sysfs.devices(),
+    )
     await g.settle()
     await g.settle()
     started = g.events_since(mark, AUTO_MTTY, "started")

@@ -25,11 +25,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.support.paths import REPO
+from tests.support.waiting import wait_until
+
 SHARED = Path(os.environ.get("REALKERNEL_SHARED", "/run/realkernel"))
 LOGS = SHARED / "logs"
 BUS_NAME = "org.mdevd.Mdevd1"
@@ -41,24 +42,6 @@ POLKITD = Path("/usr/lib/polkit-1/polkitd")
 
 class StackError(RuntimeError):
     """A service did not start; the message carries its log."""
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until true; StackError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise StackError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def came_true(condition: Callable[[], bool], timeout: float, what: str) -> bool:
-    """`wait_for` as a check: whether `condition` came true within `timeout` seconds."""
-    try:
-        wait_for(condition, timeout, what)
-    except StackError:
-        return False
-    return True
 
 
 def run(
@@ -173,7 +156,7 @@ class Mdevd:
                 raise StackError(f"mdevd exited with {process.returncode}:\n{self.log()}")
             return name_has_owner(BUS_NAME)
 
-        wait_for(ready, timeout, "mdevd to own org.mdevd.Mdevd1")
+        wait_until(ready, timeout, "mdevd to own org.mdevd.Mdevd1")
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, as a service manager stops it; its exit status."""
@@ -191,7 +174,7 @@ class Mdevd:
 
     def restart(self) -> None:
         self.stop()
-        wait_for(lambda: not name_has_owner(BUS_NAME), 10, "org.mdevd.Mdevd1 to be released")
+        wait_until(lambda: not name_has_owner(BUS_NAME), 10, "org.mdevd.Mdevd1 to be released")
         self.start()
 
     def log(self) -> str:
@@ -216,7 +199,7 @@ class GuestStack:
         systemd-udev-trigger.service does at boot (many seconds under emulation: the mdev
         scenarios load their drivers after udevd runs, so they need none)."""
         self._spawn("udevd", [str(UDEVD)])
-        wait_for(lambda: Path("/run/udev/control").exists(), 30, "udevd's control socket")
+        wait_until(lambda: Path("/run/udev/control").exists(), 30, "udevd's control socket")
         if coldplug:
             run(["udevadm", "trigger", "--type=subsystems", "--action=add"])
             run(["udevadm", "trigger", "--type=devices", "--action=add"])
@@ -227,13 +210,15 @@ class GuestStack:
         install_bus_policy()
         Path("/run/dbus").mkdir(parents=True, exist_ok=True)
         self._spawn("dbus-daemon", ["dbus-daemon", "--system", "--nofork", "--nopidfile"])
-        wait_for(lambda: Path("/run/dbus/system_bus_socket").exists(), 30, "the system bus socket")
+        wait_until(
+            lambda: Path("/run/dbus/system_bus_socket").exists(), 30, "the system bus socket"
+        )
 
     def start_polkitd(self) -> None:
         """polkitd, with the project's polkit actions (and rules) installed if it has any."""
         install_polkit_files()
         self._spawn("polkitd", [str(POLKITD), "--no-debug"])
-        wait_for(lambda: name_has_owner(POLKIT_NAME), 30, "polkitd")
+        wait_until(lambda: name_has_owner(POLKIT_NAME), 30, "polkitd")
 
     def start_system(self) -> None:
         self.start_udevd()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyudev
@@ -29,11 +28,11 @@ from tests.realkernel.guest.stack import (
     BUS_NAME,
     DEVICES_DIR,
     LOGS,
-    REPO,
-    came_true,
     name_has_owner,
     run,
 )
+from tests.support.paths import REPO
+from tests.support.waiting import came_true
 from tests.systemd.container import copy_dependencies
 
 AUTOSTART = "b1000000-0000-4000-8000-000000000001"
@@ -111,10 +110,6 @@ def mdevdctl(*args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-def waited(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> bool:
-    return came_true(condition, timeout, what)
-
-
 def check_start(r: Report, expected_status: str) -> None:
     """`systemctl start mdevd`, and what must hold as soon as it returns."""
     # For Type=notify, systemctl returns when READY=1 arrived (or the start failed).
@@ -183,14 +178,13 @@ def scenario(r: Report, since: int) -> None:
 
     r.check(
         "modprobe mtty: autostart through systemd's udevd",
-        waited(autostarted, "the autostart device"),
+        came_true(autostarted, WAIT),
         sysfs.devices(),
     )
     r.check(
         "the status follows: 1 defined, 1 active",
-        waited(
-            lambda: show("StatusText").get("StatusText") == "Ready: 1 defined, 1 active",
-            "the status text",
+        came_true(
+            lambda: show("StatusText").get("StatusText") == "Ready: 1 defined, 1 active", WAIT
         ),
         show("StatusText"),
     )

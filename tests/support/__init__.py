@@ -2,7 +2,8 @@
 """What the tests share, one module a concern, none of them needing pytest unless said:
 
 - `paths`: `REPO`, `TEST_DATA`, said once.
-- `waiting`: `wait_until`, the one way a test waits for something asynchronous.
+- `waiting`: `wait_until`, the one way a test waits for something asynchronous; `came_true`
+  for a check that records a timeout as False, and their async forms for the guest's code.
 - `bus`: a private system-type dbus-daemon (`private_bus`), the project's bus policy, a Python
   that runs as nobody (`unprivileged_python`).
 - `sim`: the emulated kernel (`running_sim`), mounted with FUSE for a `with` block.

@@ -116,12 +116,12 @@ class LifetimeWatcher:
         self.bus.add_message_handler(self._on_message)
 
     def _connection_left(self, name: str) -> None:
-        for uuid in self.engine.owned_by_connection(name):
+        for uuid in self.engine.ownership.owned_by_connection(name):
             self.engine.end_lifetime(uuid)
 
     async def catch_up(self) -> None:
         """After a start: end the lifetimes whose owners left while the daemon was away."""
-        for uuid, owner in sorted(self.engine.owners().items()):
+        for uuid, owner in sorted(self.engine.ownership.all().items()):
             if owner.lifetime == LIFETIME_CONNECTION:
                 if not await self._has_owner(owner.connection):
                     log.info("device %s: its owner's connection %s is gone", uuid, owner.connection)
@@ -212,6 +212,6 @@ class LifetimeWatcher:
         if followed is not None:
             # The bus daemon bounds the match rules of a connection: give this one back.
             self.bus.send(busdaemon.message("RemoveMatch", "s", [followed[1]]))
-        for uuid in self.engine.owned_by_unit(unit):
+        for uuid in self.engine.ownership.owned_by_unit(unit):
             log.info("device %s: its unit %s stopped", uuid, unit)
             self.engine.end_lifetime(uuid)

@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 from mdevd import defaults, validate
 from mdevd.engine.autostart import Autostart, Outcome, is_transient
 from mdevd.engine.ledger import OperationLedger
+from mdevd.engine.ownership import Ownerships
 from mdevd.engine.ports import (
     DefinitionStore,
     DeviceEvent,
@@ -50,7 +51,6 @@ from mdevd.engine.view import device_state, same_definition
 from mdevd.errors import (
     AlreadyActive,
     AttributeRejected,
-    Busy,
     Exists,
     InvalidArgument,
     MdevdError,
@@ -61,7 +61,7 @@ from mdevd.errors import (
     TypeNotSupported,
 )
 from mdevd.model import ActiveDevice, Attributes, Definition, DeviceState, Parent
-from mdevd.owners import LIFETIME_CONNECTION, LIFETIME_MANUAL, Owner, OwnerRecord
+from mdevd.owners import LIFETIME_MANUAL, Owner, OwnerRecord
 
 log = logging.getLogger("mdevd.engine")
 
@@ -146,13 +146,15 @@ class Engine:
             retry_delays=self.settings.autostart_retry_delays,
         )
         self._probing: set[str] = set()
-        # Who made or defined each device through mdevd; kept in `owners` across restarts.
-        self._owner_record = owners
-        self._owners: dict[str, Owner] = {}
-        self._owner_saves = Coalescer(self._save_owners, "saving the device owners failed", log)
-        self._owner_lock = asyncio.Lock()
-        # Devices whose lifetime ended, being removed (or waiting for release).
-        self._ending: set[str] = set()
+        #: Who made or defined each device through mdevd, and their lifetimes.
+        self.ownership = Ownerships(
+            owners,
+            self._io,
+            self._stop_for_owner,
+            self._background,
+            release_wait=self.settings.release_wait,
+            release_poll=self.settings.release_poll,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -170,16 +172,8 @@ class Engine:
             snapshot = await self._io.run(self._snapshot_kernel)
         self._parents = snapshot.parents
         self._active = snapshot.devices
-        if self._owner_record is not None:
-            owners = await self._io.run(self._owner_record.load)
-            # Those gone while the daemon was not running are gone with their owners.
-            self._owners = {
-                uuid: owner
-                for uuid, owner in owners.items()
-                if uuid in self._active or uuid in self._definitions
-            }
-            if self._owners != owners:
-                self._owner_saves.request()
+        # Owners of devices gone while the daemon was not running are gone with them.
+        await self.ownership.load(lambda uuid: uuid in self._active or uuid in self._definitions)
         for uuid in sorted(set(self._definitions) | set(self._active)):
             self._publish(uuid)
         runs = [
@@ -193,7 +187,7 @@ class Engine:
         self._autostart.close()
         self._resyncs.cancel()
         self._reloads.cancel()
-        self._owner_saves.cancel()
+        self.ownership.close()
         self._io.close()
 
     def subscribe(self, listener: Listener) -> None:
@@ -273,7 +267,7 @@ class Engine:
                     self._start_failed(uuid, exc, Reason.API)
                 raise
             self._transient_attributes[uuid] = attributes
-            await self._record_owner(uuid, owner)
+            await self.ownership.record(uuid, owner, defined=False)
             state = self._publish_present(uuid)
             self._event(state, Event.STARTED, Reason.API)
             return state
@@ -315,8 +309,8 @@ class Engine:
             if uuid not in self._definitions:
                 async with self.hooks.transaction(HookAction.DEFINE, wanted, force=force):
                     await self._save(wanted)
-                if uuid not in self._owners or owner is not None:
-                    await self._record_owner(uuid, owner)
+                if owner is not None or self.ownership.get(uuid) is None:
+                    await self.ownership.record(uuid, owner, defined=True)
                 state = self._publish_present(uuid)
                 self._event(state, Event.DEFINED, Reason.API)
             if start and uuid not in self._active:
@@ -512,99 +506,19 @@ class Engine:
             self._event(state, Event.UPDATED, Reason.API)
             return state
 
-    # ---- owners and lifetimes ---------------------------------------------------------------
-
-    def owner(self, uuid: str) -> Owner | None:
-        """Who made or defined the device through mdevd; None for another tool's device."""
-        return self._owners.get(uuid)
-
-    def owners(self) -> dict[str, Owner]:
-        return dict(self._owners)
-
-    def owned_by_connection(self, connection: str) -> list[str]:
-        """The transient devices that live as long as the bus connection `connection`."""
-        return sorted(
-            uuid
-            for uuid, owner in self._owners.items()
-            if owner.lifetime == LIFETIME_CONNECTION and owner.connection == connection
-        )
-
-    def owned_by_unit(self, unit: str) -> list[str]:
-        """The transient devices that live as long as the systemd unit `unit`."""
-        return sorted(uuid for uuid, owner in self._owners.items() if owner.unit == unit)
-
-    def _set_owner(self, uuid: str, owner: Owner | None) -> bool:
-        """Record `uuid`'s owner (None: it has none); whether that changed anything."""
-        if owner is None:
-            if self._owners.pop(uuid, None) is None:
-                return False
-        else:
-            if uuid in self._definitions and owner.lifetime != LIFETIME_MANUAL:
-                owner = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
-            if self._owners.get(uuid) == owner:
-                return False
-            self._owners[uuid] = owner
-        return True
-
-    async def _record_owner(self, uuid: str, owner: Owner | None) -> None:
-        """Record an owner durably before the call that made it returns (a restart right
-        after the reply still knows it)."""
-        if self._set_owner(uuid, owner):
-            try:
-                await self._save_owners()
-            except Exception as error:  # the device exists: its call must not fail for this
-                log.error("device %s: recording its owner failed: %s", uuid, error)
-
-    async def _save_owners(self) -> None:
-        if self._owner_record is not None:
-            async with self._owner_lock:
-                await self._io.run(self._owner_record.save, dict(self._owners))
+    # ---- owners and lifetimes (`ownership`) ------------------------------------------------
 
     def end_lifetime(self, uuid: str) -> None:
-        """The device's owner is gone (its connection closed, its unit stopped): remove it,
-        reported as `stopped` with reason `owner-gone`. One that a VM still holds open is not
-        yanked: it is tried again until released, for at most `release_wait` seconds."""
-        owner = self._owners.get(uuid)
-        if owner is None or owner.lifetime == LIFETIME_MANUAL or uuid in self._ending:
-            return
-        self._ending.add(uuid)
+        """The device's owner is gone: remove it (`Ownerships.end_lifetime`)."""
+        self.ownership.end_lifetime(uuid)
 
-        async def end() -> None:
-            deadline = asyncio.get_running_loop().time() + self.settings.release_wait
-            told = False
-            try:
-                while uuid in self._active and uuid not in self._definitions:
-                    try:
-                        await self.stop_device(uuid, reason=Reason.OWNER_GONE)
-                        log.info("device %s: removed, its owner %s is gone", uuid, owner.label)
-                        return
-                    except Busy:
-                        if asyncio.get_running_loop().time() > deadline:
-                            log.error(
-                                "device %s: its owner %s is gone, but it stayed in use for"
-                                " %g s; left as it is",
-                                uuid,
-                                owner.label,
-                                self.settings.release_wait,
-                            )
-                            return
-                        if not told:
-                            log.warning(
-                                "device %s: its owner %s is gone, but it is in use; removing"
-                                " it once released",
-                                uuid,
-                                owner.label,
-                            )
-                            told = True
-                        await asyncio.sleep(self.settings.release_poll)
-                    except (NotActive, NotFound):
-                        return
-            except MdevdError as error:
-                log.error("device %s: removing it after its owner left failed: %s", uuid, error)
-            finally:
-                self._ending.discard(uuid)
-
-        self._background.spawn(end())
+    async def _stop_for_owner(self, uuid: str) -> bool:
+        """Stop a device whose lifetime ended; False when it is no transient device now (it
+        was defined meanwhile, or is gone). `Busy` while it is held."""
+        if uuid not in self._active or uuid in self._definitions:
+            return False
+        await self.stop_device(uuid, reason=Reason.OWNER_GONE)
+        return True
 
     async def open_device(self, uuid: str, *, cdev: bool = False) -> int:
         """An fd to an active device's VFIO group (or, with `cdev`, its VFIO device node) for
@@ -1200,7 +1114,7 @@ class Engine:
             written_attributes=self._written_attributes.get(uuid),
             last_error=self._last_error.get(uuid, ""),
             parents=self._parents,
-            owner=self._owners.get(uuid),
+            owner=self.ownership.get(uuid),
         )
 
     def _publish(self, uuid: str) -> DeviceState | None:
@@ -1210,8 +1124,7 @@ class Engine:
         if state is None:
             self._published.pop(uuid, None)
             self._last_error.pop(uuid, None)
-            if self._set_owner(uuid, None):  # gone: its owner with it
-                self._owner_saves.request()
+            self.ownership.forget(uuid)  # gone: its owner with it
             return None
         self._published[uuid] = state
         if state != previous:

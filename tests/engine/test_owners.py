@@ -62,11 +62,11 @@ def test_an_owner_is_kept_across_a_restart_and_dropped_with_its_device(
         await asyncio.sleep(0.1)  # the coalesced save
         again = _engine(sim, tmp_path)
         await again.start()
-        assert again.owner(made.uuid) == NOVA
+        assert again.ownership.get(made.uuid) == NOVA
         assert again.device(defined.uuid).owner == "kubevirt"
         await again.stop_device(made.uuid)
         await again.undefine(defined.uuid)
-        assert again.owners() == {}
+        assert again.ownership.all() == {}
         await asyncio.sleep(0.1)
         again.close()
         assert json.loads((tmp_path / "owners.json").read_text())["devices"] == {}
@@ -85,7 +85,7 @@ def test_owners_from_an_earlier_boot_are_dropped(sim: RunningSim, tmp_path: Path
         # another boot: its owner is not believed.
         later = _engine(sim, tmp_path, boot="boot-2")
         await later.start()
-        assert later.owner(made.uuid) is None
+        assert later.ownership.get(made.uuid) is None
         await later.stop_device(made.uuid)
         later.close()
 
@@ -113,7 +113,7 @@ def test_an_ended_lifetime_removes_the_device_once_released(
         await engine.start()
         kept = await engine.create_device("mtty", "mtty-1", owner=NOVA)
         ending = await engine.create_device("mtty", "mtty-1", owner=BY_CONNECTION)
-        assert engine.owned_by_connection(":1.42") == [ending.uuid]
+        assert engine.ownership.owned_by_connection(":1.42") == [ending.uuid]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, sim.control.hold, ending.uuid)
         engine.end_lifetime(ending.uuid)

@@ -120,7 +120,7 @@ class Sysfs:
 
     def parent_names(self) -> list[str]:
         """Names of the devices registered with the mdev core, sorted."""
-        return sorted(_listdir(self.root / "class" / "mdev_bus"))
+        return sorted(listdir(self.root / "class" / "mdev_bus"))
 
     def list_parents(self) -> dict[str, Parent]:
         """Every registered parent with its types. Parents vanishing meanwhile are skipped."""
@@ -289,7 +289,7 @@ class Sysfs:
 
     def device_uuids(self) -> list[str]:
         """UUIDs of the mdevs present in the kernel, sorted. Foreign names are ignored."""
-        names = _listdir(self.root / "bus" / "mdev" / "devices")
+        names = listdir(self.root / "bus" / "mdev" / "devices")
         return sorted(name for name in names if validate.is_uuid(name))
 
     def list_devices(self) -> dict[str, ActiveDevice]:
@@ -579,7 +579,7 @@ def open_vfio(dev_root: Path, device: ActiveDevice, cdev: bool = False) -> int:
     what = f"device {device.uuid}"
     if cdev:
         names = [
-            n for n in _listdir(Path(device.sysfs_path) / "vfio-dev") if _VFIO_CDEV.fullmatch(n)
+            n for n in listdir(Path(device.sysfs_path) / "vfio-dev") if _VFIO_CDEV.fullmatch(n)
         ]
         if not names:
             raise NotSupported(
@@ -612,7 +612,8 @@ def vfio_group_in_use(dev_root: Path, group: int) -> bool:
     return False
 
 
-def _listdir(directory: Path) -> list[str]:
+def listdir(directory: Path) -> list[str]:
+    """A directory's names; none when it is absent (a device gone meanwhile)."""
     try:
         return os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):

@@ -40,6 +40,7 @@ from mdevd.errors import (
     ParentNotFound,
     TypeNotSupported,
 )
+from mdevd.kernel import listdir as _listdir
 from mdevd.kernel import open_vfio, vfio_group_in_use
 from mdevd.model import (
     BACKEND_NVIDIA_VF,
@@ -634,13 +635,6 @@ class NvidiaVf:
 
 class _TakenMeanwhile(Exception):
     """The VF got a type between the read and the write (EPERM): try the next one."""
-
-
-def _listdir(directory: Path) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _link_name(path: Path) -> str | None:

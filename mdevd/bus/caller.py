@@ -72,43 +72,38 @@ def current_sender() -> str:
     return sender
 
 
-async def sender_pid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
-    """The pid of the process behind `sender`, as the bus daemon knows it (`Failed` if it
-    cannot say, `Timeout` if it does not answer)."""
-    try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(busdaemon.message("GetConnectionUnixProcessID", "s", [sender]))
-    except TimeoutError:
-        raise Timeout(
-            f"the bus did not tell the pid of caller {sender} within {timeout} s"
-        ) from None
-    if reply.message_type is MessageType.ERROR or reply.signature != "u":
-        raise Failed(f"cannot tell the process of caller {sender}: {reply.error_name}")
-    pid = reply.body[0]
-    assert isinstance(pid, int)
-    return pid
-
-
-async def sender_uid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
-    """The uid of the process behind `sender`, as the bus daemon authenticated it.
+async def _connection_number(
+    bus: MessageBus, member: str, what: str, sender: str, timeout: float
+) -> int:
+    """The bus daemon's `member` answer (one `u`) about connection `sender`: its uid or pid.
 
     Raises `Timeout` when the bus does not answer in time and `Failed` when it refuses (the
     caller has disconnected meanwhile, for instance).
     """
     try:
         async with asyncio.timeout(timeout):
-            reply = await bus.call(busdaemon.message("GetConnectionUnixUser", "s", [sender]))
+            reply = await bus.call(busdaemon.message(member, "s", [sender]))
     except TimeoutError:
         raise Timeout(
-            f"the bus did not tell the uid of caller {sender} within {timeout} s"
+            f"the bus did not tell the {what} of caller {sender} within {timeout} s"
         ) from None
     if reply.message_type is MessageType.ERROR:
         detail = reply.body[0] if reply.body else ""
         raise Failed(f"cannot identify caller {sender}: {reply.error_name}: {detail}")
-    uid = reply.body[0] if reply.signature == "u" else None
-    if not isinstance(uid, int):
+    number = reply.body[0] if reply.signature == "u" else None
+    if not isinstance(number, int):
         raise Failed(f"cannot identify caller {sender}: the bus answered {reply.signature!r}")
-    return uid
+    return number
+
+
+async def sender_uid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
+    """The uid of the process behind `sender`, as the bus daemon authenticated it."""
+    return await _connection_number(bus, "GetConnectionUnixUser", "uid", sender, timeout)
+
+
+async def sender_pid(bus: MessageBus, sender: str, timeout: float = BUS_QUERY_TIMEOUT) -> int:
+    """The pid of the process behind `sender`, as the bus daemon knows it."""
+    return await _connection_number(bus, "GetConnectionUnixProcessID", "pid", sender, timeout)
 
 
 class CallerTracker:

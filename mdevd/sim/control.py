@@ -64,6 +64,8 @@ CONTROL_ALIAS_PREFIX = ".sim/control-"
 _ALIAS_SUFFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 UEVENT_LOG_PATH = ".sim/uevents"
 VFIO_DIR = ".sim/dev/vfio"
+#: The VFIO device nodes (cdevs), `/dev/vfio/devices/vfioN` on kernels 6.6+.
+VFIO_CDEV_DIR = ".sim/dev/vfio/devices"
 
 #: `create`, `remove`, `attribute`: every such write sleeps first. `types`: a new registration's
 #: types appear that long after it. `vf-release`: how long clearing a VF's vGPU type stays busy
@@ -409,3 +411,8 @@ class SimControl:
     def vfio_group_path(self, group: int) -> Path:
         """The emulated `/dev/vfio/<group>` node."""
         return self.root / VFIO_DIR / str(group)
+
+    def vfio_cdev_path(self, name: str) -> Path:
+        """The emulated `/dev/vfio/devices/<name>` node (`name`: `vfioN`, as in the device's
+        `vfio-dev/`)."""
+        return self.root / VFIO_CDEV_DIR / name

@@ -84,6 +84,8 @@ class VfBinding:
     held: bool = False
     #: Someone has /dev/vfio/<group> open (one opener at a time, as vfio allows).
     group_open: bool = False
+    #: Someone has /dev/vfio/devices/vfioN open (see `Kernel.open_vfio_cdev`).
+    cdev_open: bool = False
     #: After the VM let go, clearing the type stays busy until then (time.monotonic()).
     busy_until: float = 0.0
 
@@ -484,10 +486,23 @@ class NvidiaVfio:
         with self.kernel.lock:
             if vf.binding is not binding:
                 fail(errno.ENODEV, f"iommu group {vf.iommu_group} is gone")
-            if binding.held or binding.group_open:
+            if binding.held or binding.group_open or binding.cdev_open:
                 fail(errno.EBUSY, f"iommu group {vf.iommu_group} is in use")
             binding.group_open = True
 
     def close_vfio_group(self, binding: VfBinding) -> None:
         with self.kernel.lock:
             binding.group_open = False
+
+    def open_vfio_cdev(self, vf: VirtualFunction, binding: VfBinding) -> None:
+        """The VF's /dev/vfio/devices/vfioN: as the group node, one user at a time."""
+        with self.kernel.lock:
+            if vf.binding is not binding:
+                fail(errno.ENODEV, f"vfio{binding.vfio_dev_index} is gone")
+            if binding.held or binding.group_open or binding.cdev_open:
+                fail(errno.EBUSY, f"vfio{binding.vfio_dev_index}: its group is in use")
+            binding.cdev_open = True
+
+    def close_vfio_cdev(self, binding: VfBinding) -> None:
+        with self.kernel.lock:
+            binding.cdev_open = False

@@ -136,6 +136,9 @@ class Device:
     #: while it removes the device): vfio allows one opener, so other opens fail with EBUSY;
     #: removal does not wait for it.
     group_open: bool = False
+    #: Someone has the VFIO device node /dev/vfio/devices/vfioN open (in Linux: bound it to
+    #: an iommufd): the group and the node are then busy for everyone else.
+    cdev_open: bool = False
     #: Last value written to each generic attribute.
     values: dict[str, str] = field(default_factory=dict)
     serial: int = field(default_factory=lambda: next(_object_serials))
@@ -599,7 +602,7 @@ class Kernel:
         with self.lock:
             if device.state is DeviceState.GONE:
                 fail(errno.ENODEV, f"iommu group {device.iommu_group} is gone")
-            if device.held or device.group_open:
+            if device.held or device.group_open or device.cdev_open:
                 fail(errno.EBUSY, f"iommu group {device.iommu_group} is in use")
             device.group_open = True
 
@@ -607,6 +610,21 @@ class Kernel:
         """The last reference to an open /dev/vfio/<group> went away."""
         with self.lock:
             device.group_open = False
+
+    def open_vfio_cdev(self, device: Device) -> None:
+        """Opening /dev/vfio/devices/vfioN: EBUSY while the group is open or held or the node
+        is already open (Linux refuses the iommufd bind then, `vfio_device_block_group`, and
+        one bind at a time: the emulation, without ioctls, refuses the open)."""
+        with self.lock:
+            if device.state is DeviceState.GONE:
+                fail(errno.ENODEV, f"vfio device {device.vfio_dev_index} is gone")
+            if device.held or device.group_open or device.cdev_open:
+                fail(errno.EBUSY, f"vfio{device.vfio_dev_index}: its group is in use")
+            device.cdev_open = True
+
+    def close_vfio_cdev(self, device: Device) -> None:
+        with self.lock:
+            device.cdev_open = False
 
     # -- uevent files ----------------------------------------------------------------------
 

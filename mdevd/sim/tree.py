@@ -8,7 +8,7 @@ model object they belong to; a file opened before its object went away keeps its
 those answer ENODEV, as kernfs does for removed nodes.
 
 The hidden `.sim/` directory is the test side: the control file, the uevent log, and the emulated
-`/dev/vfio/<group>` nodes.
+`/dev/vfio/<group>` nodes and VFIO device nodes (`/dev/vfio/devices/vfioN`).
 """
 
 from __future__ import annotations
@@ -184,7 +184,18 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
     # Present until the driver has let go, i.e. also while a removal waits for the VM.
     builder.link(f"{path}/iommu_group", f"kernel/iommu_groups/{device.iommu_group}")
     builder.link(f"{path}/driver", f"bus/mdev/drivers/{parent.spec.driver}")
-    _vfio_dev_files(builder, kernel, path, device.vfio_dev_devpath, device.vfio_dev_index)
+    _vfio_dev_files(
+        builder,
+        kernel,
+        path,
+        device.vfio_dev_devpath,
+        device.vfio_dev_index,
+        Attribute(
+            0o600,
+            on_open=lambda: kernel.open_vfio_cdev(device),
+            on_release=lambda: kernel.close_vfio_cdev(device),
+        ),
+    )
     _iommu_group_member(builder, device.iommu_group, path)
     _vfio_group_files(
         builder,
@@ -243,9 +254,15 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
 
 
 def _vfio_dev_files(
-    builder: _Builder, kernel: Kernel, device_path: str, vfio_dev_devpath: str, index: int
+    builder: _Builder,
+    kernel: Kernel,
+    device_path: str,
+    vfio_dev_devpath: str,
+    index: int,
+    node: Attribute,
 ) -> None:
-    """`<device>/vfio-dev/vfioN`, the VFIO device's cdev, and its class/vfio-dev link."""
+    """`<device>/vfio-dev/vfioN`, the VFIO device's cdev, its class/vfio-dev link, and `node`,
+    its /dev/vfio/devices/vfioN."""
     builder.dir(vfio_dev_devpath)
     _power_files(builder, vfio_dev_devpath)
     builder.link(f"{vfio_dev_devpath}/subsystem", "class/vfio-dev")
@@ -254,6 +271,7 @@ def _vfio_dev_files(
         f"{vfio_dev_devpath}/uevent", _uevent_file(kernel, vfio_dev_devpath, "vfio-dev", dict)
     )
     builder.link(f"class/vfio-dev/vfio{index}", vfio_dev_devpath)
+    builder.file(f"{control.VFIO_CDEV_DIR}/vfio{index}", node)
 
 
 def _iommu_group_member(builder: _Builder, group: int, device_path: str) -> None:
@@ -447,7 +465,18 @@ def _vf_files(builder: _Builder, kernel: Kernel, vf: sriov.VirtualFunction) -> N
             nvidia.write_plain_value(vf, binding, name, data)
 
         builder.file(f"{path}/nvidia/{name}", Attribute(MODE_RW, show=show, store=store))
-    _vfio_dev_files(builder, kernel, path, vf.vfio_dev_devpath, binding.vfio_dev_index)
+    _vfio_dev_files(
+        builder,
+        kernel,
+        path,
+        vf.vfio_dev_devpath,
+        binding.vfio_dev_index,
+        Attribute(
+            0o600,
+            on_open=lambda: nvidia.open_vfio_cdev(vf, binding),
+            on_release=lambda: nvidia.close_vfio_cdev(binding),
+        ),
+    )
     _vfio_group_files(
         builder,
         kernel,
@@ -497,6 +526,7 @@ def build(kernel: Kernel, control_file: Attribute) -> Tree:
         "kernel/iommu_groups",
         "devices/virtual",
         control.VFIO_DIR,
+        control.VFIO_CDEV_DIR,
     ):
         builder.dir(path)
     for parent in kernel.parents.values():

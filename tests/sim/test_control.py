@@ -307,3 +307,57 @@ def test_fault_on_an_unknown_type_is_enoent(sim: RunningSim) -> None:
 def test_control_file_is_root_only(sim: RunningSim) -> None:
     assert os.stat(sim.root / CONTROL_PATH).st_mode & 0o777 == 0o600
     assert Path(sim.root / ".sim").is_dir()
+
+
+def _opens(node: Path) -> bool:
+    """Whether `node` opens now (EBUSY: not); FUSE releases a closed file asynchronously."""
+    try:
+        os.close(os.open(node, os.O_RDWR))
+    except OSError as exc:
+        assert exc.errno == errno.EBUSY
+        return False
+    return True
+
+
+def _until_opens(node: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not _opens(node):
+        assert time.monotonic() < deadline, f"{node} stayed busy after its opener closed it"
+        time.sleep(0.01)
+
+
+def test_the_vfio_device_node_shares_the_groups_one_user(sim: RunningSim) -> None:
+    """`.sim/dev/vfio/devices/vfioN` (a device's `vfio-dev/vfioN`, kernels 6.6+): EBUSY while
+    the group is open or held or the node is open, and the group is EBUSY while the node is
+    (Linux refuses the iommufd bind then; the emulation has no ioctls, so it refuses the open)."""
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    device = sim.root / "bus/mdev/devices" / UUID_A
+    group = sim.control.vfio_group_path(int(os.path.basename(os.readlink(device / "iommu_group"))))
+    (name,) = os.listdir(device / "vfio-dev")
+    cdev = sim.control.vfio_cdev_path(name)
+    assert cdev.exists()
+    first = os.open(cdev, os.O_RDWR)
+    try:
+        for node in (cdev, group):
+            with pytest.raises(OSError) as busy:
+                os.open(node, os.O_RDWR)
+            assert busy.value.errno == errno.EBUSY
+    finally:
+        os.close(first)
+    _until_opens(cdev)
+    held_group = os.open(group, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as busy:
+            os.open(cdev, os.O_RDWR)
+        assert busy.value.errno == errno.EBUSY
+    finally:
+        os.close(held_group)
+    _until_opens(group)
+    sim.control.hold(UUID_A)
+    with pytest.raises(OSError) as busy:
+        os.open(cdev, os.O_RDWR)
+    assert busy.value.errno == errno.EBUSY
+    sim.control.release(UUID_A)
+    _until_opens(cdev)
+    assert write_errno(device / "remove", "1") is None
+    assert not cdev.exists()

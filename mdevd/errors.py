@@ -151,4 +151,5 @@ CONTRACT_ERROR_NAMES: tuple[str, ...] = (
     "ConfigInvalid",
     "ReadOnly",
     "Vetoed",
+    "NotSupported",
 )

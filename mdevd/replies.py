@@ -55,6 +55,7 @@ __all__ = [
     "NotAuthorizedDismissed",
     "NotDefined",
     "NotFound",
+    "NotSupported",
     "ParentInfo",
     "ParentNotFound",
     "PendingChanges",
@@ -196,6 +197,10 @@ class Vetoed(DaemonError):
     """An mdevctl callout script refused the operation; the message carries its output."""
 
 
+class NotSupported(DaemonError):
+    """The kernel or backend cannot do what was asked (a VFIO cdev on a kernel before 6.6)."""
+
+
 #: Contract error short name -> its class.
 ERRORS: dict[str, type[DaemonError]] = {
     cls.__name__: cls
@@ -219,6 +224,7 @@ ERRORS: dict[str, type[DaemonError]] = {
         ConfigInvalid,
         ReadOnly,
         Vetoed,
+        NotSupported,
     )
 }
 _NOT_RUNNING = {

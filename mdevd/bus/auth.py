@@ -36,7 +36,7 @@ from typing import Any, Final
 from dbus_fast.aio import MessageBus
 
 from mdevd.bus.caller import CallerTracker
-from mdevd.bus.names import ACTION_CONFIGURE_DEVICES, ACTION_MANAGE_DEVICES
+from mdevd.bus.names import ACTION_CONFIGURE_DEVICES, ACTION_MANAGE_DEVICES, ACTION_USE_DEVICE
 from mdevd.bus.polkit import (
     CallerOverloaded,
     PolkitAuthority,
@@ -87,6 +87,9 @@ METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "Update": ACTION_CONFIGURE_DEVICES,
         # Runs the device's callout script (as root), so not for everyone.
         "QueryAttributes": ACTION_MANAGE_DEVICES,
+        # Hands the caller an open fd to the device's VFIO node: using the device, which
+        # neither managing nor configuring devices implies by itself.
+        "Open": ACTION_USE_DEVICE,
     }
 )
 

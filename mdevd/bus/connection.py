@@ -4,6 +4,9 @@
 Signals about the object tree go out from the ObjectManager's path as the D-Bus specification
 says (dbus-fast would send InterfacesAdded from the object's own path, which
 GDBusObjectManagerClient and sd-bus clients ignore).
+
+The connection negotiates Unix fd passing (`Device.Open` answers with an fd); the fds it sends
+are closed once sent and those it receives at once (`mdevd.bus.fds`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.introspection import Node
 from dbus_fast.service import ServiceInterface
 
-from mdevd.bus import errors
+from mdevd.bus import errors, fds
 from mdevd.bus.names import OBJECT_MANAGER_INTERFACE, ROOT_PATH
 from mdevd.bus.reads import variants
 from mdevd.bus.sendfix import PacedMessageBus
@@ -33,15 +36,36 @@ class ManagedObjectBus(PacedMessageBus):
 
     Once disconnected, replies and signals are dropped: nobody can receive them, and dbus-fast
     would raise from its reply callback on the closed socket (logged by asyncio as an error).
+
+    Unix fd passing is negotiated (unless `negotiate_unix_fd=False` is passed). An fd handed
+    over with `outgoing_fds.hand_over` as a method's result is closed once the reply carrying
+    it has been written (or dropped); fds that arrive with any message are closed at once.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("negotiate_unix_fd", True)
+        super().__init__(*args, **kwargs)
+        #: fds handed over as replies' values, closed here once sent (`mdevd.bus.fds`).
+        self.outgoing_fds = fds.OutgoingFds()
+        # The first handler, so that it sees every message, whichever later one handles it.
+        self.add_message_handler(fds.close_received)
 
     # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
     def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
+        owned = self.outgoing_fds.take(msg.unix_fds)
         if self._disconnected and msg.message_type is not MessageType.METHOD_CALL:
+            fds.close_all(owned)
             dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             dropped.set_result(None)
             return dropped
-        sent: asyncio.Future[None] = super().send(msg)
+        try:
+            sent: asyncio.Future[None] = super().send(msg)
+        except BaseException:
+            fds.close_all(owned)
+            raise
+        if owned:
+            # Written (the receiver has its own copies) or failed: either way ours go.
+            sent.add_done_callback(lambda _: fds.close_all(owned))
         return sent
 
     async def calls_finished(self, timeout: float) -> int:

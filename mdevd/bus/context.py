@@ -19,6 +19,9 @@ from mdevd.engine import Engine
 Reload = Callable[[], Awaitable[object]]
 #: `list_devices()`: every device as ListDevices answers (`mdevd.bus.reads.ReadServer`).
 ListDevices = Callable[[], Awaitable[list[list[Any]]]]
+#: `hand_over(fd)`: `fd` becomes a reply's value; the connection closes it once the reply is
+#: sent (`mdevd.bus.fds.OutgoingFds.hand_over`). Returns `fd`.
+HandOver = Callable[[int], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +36,5 @@ class HandlerContext:
     list_devices: ListDevices
     #: The Manager's `Features`.
     features: tuple[str, ...]
+    #: For methods that answer with an fd (Device.Open): the daemon's copy is closed once sent.
+    hand_over: HandOver

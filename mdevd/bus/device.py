@@ -28,6 +28,7 @@ from mdevd.bus.signatures import (
     DBusObjectPath,
     DBusSignature,
     DBusStr,
+    DBusUnixFd,
     dbus_property,
 )
 from mdevd.errors import InvalidArgument
@@ -41,6 +42,7 @@ _STOP_OPTIONS = {opts.CALLER_HOLDS_GROUP: "b", **_OPERATION_OPTIONS}
 _DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
 _UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
 _UPDATE_CHANGES = {"type": "s", "autostart": "b", "attributes": "a(ss)"}
+_OPEN_OPTIONS = {opts.NODE: "s", opts.AUTH_INTERACTIVE: "b"}
 
 
 def pending_changes(pending: PendingChanges) -> dict[str, Variant]:
@@ -243,5 +245,22 @@ class DeviceInterface(ExportedInterface):
 
         return query
 
+    @exported_method()
+    def Open(self, options: DBusDict) -> Work[DBusUnixFd]:
+        """An open fd to the active device's VFIO group node (or, `node=cdev`, its VFIO device
+        node) for the caller; the daemon's own copy is closed once the reply is sent."""
+        values = opts.check_options(options, _OPEN_OPTIONS, "Open")
+        cdev = opts.node_is_cdev(values, "Open")
 
-describe(DeviceInterface, out_args={"QueryAttributes": ["attributes"]}, const_properties={"UUID"})
+        async def open_device() -> int:
+            fd = await self._context.engine.open_device(self.state.uuid, cdev=cdev)
+            return self._context.hand_over(fd)
+
+        return open_device
+
+
+describe(
+    DeviceInterface,
+    out_args={"QueryAttributes": ["attributes"], "Open": ["fd"]},
+    const_properties={"UUID"},
+)

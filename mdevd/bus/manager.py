@@ -47,6 +47,7 @@ FEATURES = (
     "replayed-events",
     "nvidia-vf",
     "placement",
+    "open",
 )
 
 _CREATE_OPTIONS = {

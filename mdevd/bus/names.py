@@ -31,6 +31,8 @@ ERROR_PREFIX: Final = "org.mdevd.Mdevd1.Error."
 #: polkit actions (data in the project's .policy file; decisions in `mdevd.bus.auth`).
 ACTION_MANAGE_DEVICES: Final = "org.mdevd.mdevd1.manage-devices"
 ACTION_CONFIGURE_DEVICES: Final = "org.mdevd.mdevd1.configure-devices"
+#: Device.Open: an open fd to an active device's VFIO group or cdev, for the caller to use.
+ACTION_USE_DEVICE: Final = "org.mdevd.mdevd1.use-device"
 
 # Standard interfaces the daemon serves besides its own; the bus policy lets everyone call them.
 OBJECT_MANAGER_INTERFACE: Final = "org.freedesktop.DBus.ObjectManager"

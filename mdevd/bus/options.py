@@ -32,6 +32,11 @@ CALLER_HOLDS_GROUP = "caller_holds_group"
 #: CreateDevice, DefineDevice: pin the device to one place on its parent (`nvidia-vf`: a VF).
 PLACEMENT = "placement"
 
+#: Device.Open: which VFIO node to open, `group` (default) or `cdev`.
+NODE = "node"
+NODE_GROUP = "group"
+NODE_CDEV = "cdev"
+
 #: How much of a caller's string an error message quotes.
 SHOWN_LENGTH = 64
 
@@ -88,6 +93,17 @@ def placement(values: Mapping[str, Any], method: str) -> str:
         return validate.pci_address(values.get(PLACEMENT, ""))
     except InvalidName as e:
         raise InvalidName(f"{method}: {e.message}") from None
+
+
+def node_is_cdev(values: Mapping[str, Any], method: str) -> bool:
+    """The `node` option: True for `cdev`, False for `group` or when absent; anything else is
+    `InvalidArgument`."""
+    node = values.get(NODE, NODE_GROUP)
+    if node not in (NODE_GROUP, NODE_CDEV):
+        raise InvalidArgument(
+            f"{method}: option 'node' must be {NODE_GROUP!r} or {NODE_CDEV!r}, not {shown(node)}"
+        )
+    return bool(node == NODE_CDEV)
 
 
 def interactive(values: Mapping[str, Any]) -> bool:

@@ -47,6 +47,8 @@ DBusBool = Annotated[bool, DBusSignature("b")]
 DBusInt32 = Annotated[int, DBusSignature("i")]
 DBusStr = Annotated[str, DBusSignature("s")]
 DBusObjectPath = Annotated[str, DBusSignature("o")]
+#: A file descriptor (`h`): the handler returns the fd, dbus-fast sends it as an index.
+DBusUnixFd = Annotated[int, DBusSignature("h")]
 #: `a{sv}`: options, properties, changes.
 DBusDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 

@@ -16,6 +16,7 @@ from typing import Any
 from dbus_fast.aio import MessageBus
 from dbus_fast.signature import Variant
 
+from mdevd.bus import fds
 from mdevd.bus.auth import Authorize
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.context import HandlerContext, Reload
@@ -56,10 +57,19 @@ class ObjectTree:
             reload=reload or engine.reload,
             list_devices=self.reads.device_list,
             features=tuple(features),
+            hand_over=self._outgoing_fds(bus).hand_over,
         )
         self.manager = ManagerInterface(self.context)
         self._devices: dict[str, DeviceInterface] = {}
         self._parents: dict[str, ParentInterface] = {}
+
+    @staticmethod
+    def _outgoing_fds(bus: MessageBus) -> fds.OutgoingFds:
+        """The bus's register of fds to close once sent; on any other bus (tests) one that
+        closes them after its grace period, sent or not."""
+        if isinstance(bus, ManagedObjectBus):
+            return bus.outgoing_fds
+        return fds.OutgoingFds()
 
     def export_all(self) -> None:
         """Export the manager and every object the engine knows; then follow its changes.

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 CONTRACT = REPO / "docs" / "dbus-api.md"
 MANAGE = {"CreateDevice", "Start", "Stop", "QueryAttributes"}
 CONFIGURE = {"DefineDevice", "Define", "Undefine", "Update", "Reload"}
+USE = {"Open"}
 READS = {"GetDevice", "ListDevices"}
 
 
@@ -35,8 +36,9 @@ def test_table_matches_the_contract() -> None:
     assert {
         m for m, a in auth.METHOD_ACTIONS.items() if a == names.ACTION_CONFIGURE_DEVICES
     } == CONFIGURE
+    assert {m for m, a in auth.METHOD_ACTIONS.items() if a == names.ACTION_USE_DEVICE} == USE
     assert {m for m, a in auth.METHOD_ACTIONS.items() if a == auth.NO_CHECK} == READS
-    assert set(auth.METHOD_ACTIONS) == MANAGE | CONFIGURE | READS
+    assert set(auth.METHOD_ACTIONS) == MANAGE | CONFIGURE | USE | READS
 
 
 def test_contract_polkit_table_is_the_same() -> None:
@@ -44,6 +46,7 @@ def test_contract_polkit_table_is_the_same() -> None:
     for action, methods in (
         (names.ACTION_MANAGE_DEVICES, MANAGE),
         (names.ACTION_CONFIGURE_DEVICES, CONFIGURE),
+        (names.ACTION_USE_DEVICE, USE),
     ):
         row = next(line for line in text.splitlines() if line.startswith(f"| `{action}`"))
         assert set(re.findall(r"[A-Z][A-Za-z]+", row.split("|")[2])) == methods
@@ -110,11 +113,11 @@ async def _decisions(address: str, nobody_python: list[str]) -> dict[tuple[str, 
 
 def test_root_only_without_polkit(bus_address: str, nobody_python: list[str]) -> None:
     decisions = asyncio.run(_decisions(bus_address, nobody_python))
-    for method in MANAGE | CONFIGURE:
+    for method in MANAGE | CONFIGURE | USE:
         assert decisions[method, "root"] == "allowed"
         assert re.fullmatch(
             rf"{method}: caller :1\.\d+ \(uid 65534\) is not allowed to "
-            r"org\.mdevd\.mdevd1\.(manage|configure)-devices: "
+            r"org\.mdevd\.mdevd1\.(manage-devices|configure-devices|use-device): "
             r"polkit is not running, so only root is",
             decisions[method, "nobody"],
         )

@@ -40,6 +40,7 @@ METHODS = {
         "Undefine": ("a{sv}", ""),
         "Update": ("a{sv}a{sv}", ""),
         "QueryAttributes": ("a{sv}", "a(ss)"),
+        "Open": ("a{sv}", "h"),
     },
 }
 PROPERTIES = {

@@ -15,6 +15,7 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast._private.unmarshaller import Unmarshaller
 
+from mdevd import wire
 from mdevd.bus import marshalfix
 
 TEXT = "\u00e9\u2013\u20ac\U0001f600\x80"
@@ -96,3 +97,21 @@ def test_fixed_wraps_only_where_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     wrapped.serial = 41  # dbus-fast numbers a message through the wrapper
     assert message.serial == 41
     assert wrapped.message_type is MessageType.METHOD_CALL
+
+
+@pytest.mark.parametrize("text", [TEXT, "only ascii"])
+def test_a_message_with_fds_says_how_many(text: str) -> None:
+    """A reply carrying an fd (Device.Open's `h`): the bytes have the UNIX_FDS header field
+    when fd passing is negotiated, and the fds go with the wrapper to dbus-fast's writer."""
+    call = _messages()[0]
+    reply = Message.new_method_return(call, "sh", [text, 0], [5])
+    reply.serial = 12
+    wrapped = marshalfix.Remarshalled(reply)
+    assert wrapped.unix_fds == [5]
+    data = bytes(wrapped._marshall(True))
+    parsed = wire._parse_message(data)
+    assert parsed.fields[wire.UNIX_FDS] == 1
+    assert parsed.body == [text, 0]
+    assert wire.UNIX_FDS not in wire._parse_message(bytes(wrapped._marshall(False))).fields
+    if not marshalfix.needed():
+        assert data == bytes(reply._marshall(True))

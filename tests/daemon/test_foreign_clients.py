@@ -228,7 +228,7 @@ def test_gdbus_introspects_a_device(stack: ClientStack, client: BusClient) -> No
     node = ET.fromstring(result.stdout)  # noqa: S314 (gdbus's answer)
     [interface] = [i for i in node.findall("interface") if i.get("name") == names.DEVICE_INTERFACE]
     methods = {m.get("name") for m in interface.findall("method")}
-    assert methods == {"Start", "Stop", "Define", "Undefine", "Update", "QueryAttributes"}
+    assert methods == {"Start", "Stop", "Define", "Undefine", "Update", "QueryAttributes", "Open"}
     assert len(interface.findall("property")) == 16
 
 

@@ -6,7 +6,7 @@ read the repository). It needs only the standard library and dbus_fast. It print
 `{"unique_name": ..., "pid": ...}`, then serves JSON lines on stdin, one answer line each:
 
     {"op": "call", "destination", "path", "interface", "member", "signature", "body"}
-        -> {"error": null | error name, "body": [...]}
+        -> {"error": null | error name, "body": [...], "fds": [what each fd of the reply is]}
     {"op": "watch", "sender": NAME}          collect the signals NAME sends -> {}
     {"op": "signals", "barrier": NAME}       the signals collected so far, after a Ping to NAME
         -> {"signals": [[path, interface, member, body], ...]}
@@ -14,6 +14,8 @@ read the repository). It needs only the standard library and dbus_fast. It print
 A Ping's reply leaves NAME's connection after every signal NAME sent before it, so the answer
 to "signals" holds every signal emitted before the barrier. Bodies are encoded by `encode`:
 variants, dictionaries and bytes become tagged objects, so JSON carries D-Bus values exactly.
+The connection negotiates fd passing (Device.Open): a reply's fds are reported by what they
+are (`readlink /proc/self/fd/N`) and closed.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class _Client:
         self.watched: set[str] = set()
 
     async def connect(self) -> MessageBus:
-        bus = await MessageBus(bus_address=self.address).connect()
+        bus = await MessageBus(bus_address=self.address, negotiate_unix_fd=True).connect()
         bus.add_message_handler(self._on_message)
         self.bus = bus
         return bus
@@ -106,8 +108,12 @@ class _Client:
             return {"error": CLIENT_ERROR, "body": [f"{type(error).__name__}: {error}"]}
         if reply is None:
             return {"error": NO_REPLY, "body": []}
+        fds = []
+        for fd in reply.unix_fds or ():
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+            os.close(fd)
         error_name = reply.error_name if reply.message_type is MessageType.ERROR else None
-        return {"error": error_name, "body": encode(reply.body)}
+        return {"error": error_name, "body": encode(reply.body), "fds": fds}
 
     async def watch(self, sender: str) -> dict[str, Any]:
         assert self.bus is not None

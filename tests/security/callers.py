@@ -32,6 +32,8 @@ class Reply:
     #: The D-Bus error name, or None for a method return.
     error: str | None
     body: list[Any]
+    #: What each fd the reply carried was (`readlink /proc/self/fd/N`); the caller closed it.
+    fds: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -108,7 +110,7 @@ class Caller:
             },
             timeout=timeout + 30,
         )
-        return Reply(answer["error"], decode(answer["body"]))
+        return Reply(answer["error"], decode(answer["body"]), tuple(answer.get("fds", ())))
 
     def manager(self, member: str, signature: str = "", body: Sequence[Any] = ()) -> Reply:
         return self.call(names.MANAGER_PATH, names.MANAGER_INTERFACE, member, signature, body)

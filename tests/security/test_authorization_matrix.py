@@ -8,6 +8,8 @@ On every denial nothing changes: no file in the definitions directory, no device
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from tests.security.callers import Caller, Reply, device_path
 from tests.security.conftest import OTHER_TYPE, PARENT, TYPE, World, new_uuid
 from tests.support.daemon import name_has_owner
 from tests.support.polkit import POLKIT_BUS_NAME
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -90,6 +93,20 @@ def _snapshot(world: World) -> dict[str, object]:
     }
 
 
+def _vfio_group(world: World, uuid: str) -> Path:
+    group = os.readlink(world.sim.root / "bus/mdev/devices" / uuid / "iommu_group")
+    return world.sim.control.vfio_group_path(int(os.path.basename(group)))
+
+
+def _group_free(node: Path) -> bool:
+    try:
+        os.close(os.open(node, os.O_RDWR))
+    except OSError as exc:
+        assert exc.errno == errno.EBUSY, exc
+        return False
+    return True
+
+
 @pytest.fixture(params=["running", "absent"])
 def polkit_state(request: pytest.FixtureRequest, world: World) -> str:
     state: str = request.param
@@ -116,6 +133,8 @@ def _allowed(world: World, caller: Caller) -> None:
     steps: list[tuple[Step, tuple[str, str] | None]] = [
         (("CreateDevice", _create(first)), (first, "started")),
         (("QueryAttributes", _on_device(first, "QueryAttributes")), None),
+        # Open changes nothing either: the caller gets an fd to the group, and closes it.
+        (("Open", _on_device(first, "Open")), None),
         (("Define", _on_device(first, "Define")), (first, "defined")),
         (("Update", _update(first)), (first, "updated")),
         (("Stop", _on_device(first, "Stop")), (first, "stopped")),
@@ -134,6 +153,11 @@ def _allowed(world: World, caller: Caller) -> None:
                 _write_definition(world.daemon.devices_dir, third)
             reply = call(caller)
             assert reply.ok, f"{caller.label} {method}: {reply}"
+            if method == "Open":
+                node = _vfio_group(world, first)
+                assert reply.fds == (str(node),), reply
+                # The caller closed it; the emulation lets go of the group a moment later.
+                wait_until(lambda node=node: _group_free(node), timeout=10)
             if event is not None:
                 assert event in _device_events(world.root.signals()), method
         assert first not in {p.name for p in (world.sim.root / "bus/mdev/devices").iterdir()}
@@ -153,6 +177,7 @@ def _denied(world: World, caller: Caller, expected: str) -> None:
         ("Start", _on_device(targets.defined, "Start")),
         ("Stop", _on_device(targets.running, "Stop")),
         ("QueryAttributes", _on_device(targets.running, "QueryAttributes")),
+        ("Open", _on_device(targets.running, "Open")),
         ("Define", _on_device(targets.transient, "Define")),
         ("Undefine", _on_device(targets.defined, "Undefine")),
         ("Update", _update(targets.defined)),
@@ -167,7 +192,9 @@ def _denied(world: World, caller: Caller, expected: str) -> None:
             assert reply.outcome == expected, f"{caller.label} {method}: {reply}"
             assert reply.message.startswith(f"{method}: "), reply.message
             assert world.root.signals() == [], f"{caller.label} {method} emitted signals"
+            assert reply.fds == ()
         assert _snapshot(world) == before
+        assert _group_free(_vfio_group(world, targets.running))
     finally:
         pending.unlink()
 

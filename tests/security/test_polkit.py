@@ -123,7 +123,8 @@ def _pkaction(address: str, action: str) -> dict[str, str]:
 
 
 def test_actions_as_polkitd_reads_them(world: World, polkitd: RunningPolkit) -> None:
-    """The contract's table: defaults any/inactive/active, and configure implies manage."""
+    """The contract's table: defaults any/inactive/active, and configure implies manage and
+    use."""
     manage = _pkaction(world.address, names.ACTION_MANAGE_DEVICES)
     configure = _pkaction(world.address, names.ACTION_CONFIGURE_DEVICES)
     assert (manage["implicit any"], manage["implicit inactive"], manage["implicit active"]) == (
@@ -138,15 +139,24 @@ def test_actions_as_polkitd_reads_them(world: World, polkitd: RunningPolkit) -> 
     ) == ("auth_admin", "auth_admin", "auth_admin")
     assert configure["annotation"] == (
         f"org.freedesktop.policykit.imply -> {names.ACTION_MANAGE_DEVICES}"
+        f" {names.ACTION_USE_DEVICE}"
+    )
+    use = _pkaction(world.address, names.ACTION_USE_DEVICE)
+    assert (use["implicit any"], use["implicit inactive"], use["implicit active"]) == (
+        "auth_admin",
+        "auth_admin",
+        "auth_admin",
     )
     assert "annotation" not in manage
-    for fields in (manage, configure):
+    assert "annotation" not in use
+    for fields in (manage, configure, use):
         assert fields["message"].startswith("Authentication is required to ")
         assert fields["description"]
     # Every action the table names exists in the file polkitd loaded.
     assert {a for a in auth.METHOD_ACTIONS.values() if a != auth.NO_CHECK} == {
         names.ACTION_MANAGE_DEVICES,
         names.ACTION_CONFIGURE_DEVICES,
+        names.ACTION_USE_DEVICE,
     }
 
 

@@ -46,9 +46,22 @@ class BlockingClient:
         self.close()
 
     def call(
-        self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        unix_fds: bool = False,
     ) -> list[Any]:
-        """As `Client.call`: the daemon's errors as their classes, the timeout as CallTimeout."""
+        """As `Client.call`: the daemon's errors as their classes, the timeout as CallTimeout.
+        `h` values of the reply are fds the caller owns; `unix_fds` says the reply has some,
+        which a connection without fd passing refuses before calling."""
+        if unix_fds and not self.connection.unix_fds:
+            raise ClientError(
+                f"{member}: the bus did not agree to pass file descriptors on this connection"
+            )
         try:
             return self.connection.call(BUS_NAME, path, interface, member, signature, body)
         except wire.CallError as exc:
@@ -65,7 +78,12 @@ class BlockingClient:
             while True:
                 try:
                     reply = self.call(
-                        call.path, call.interface, call.member, call.signature, call.body
+                        call.path,
+                        call.interface,
+                        call.member,
+                        call.signature,
+                        call.body,
+                        unix_fds=call.unix_fds,
                     )
                 except DaemonError as error:
                     call = request.throw(error)

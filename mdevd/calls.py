@@ -52,6 +52,9 @@ class Call:
     member: str
     signature: str = ""
     body: Sequence[Any] = ()
+    #: The reply carries fds (`h` values arrive as fds the request owns): the connection must
+    #: have negotiated Unix fd passing, or the bus would refuse to deliver the reply at all.
+    unix_fds: bool = False
 
 
 #: A request: yields calls, is sent their replies' values, returns its result.
@@ -296,6 +299,15 @@ def update(
     path = yield from get_device(uuid)
     given = options(live=live, persist=persist, force=force, auth_interactive=_auth(interactive))
     yield Call(path, DEVICE_INTERFACE, "Update", "a{sv}a{sv}", [changes, given])
+
+
+def open_device(uuid: str, *, cdev: bool = False, interactive: bool = False) -> Request[int]:
+    """Device.Open: an open fd to the active device's VFIO group node (or, `cdev`, its VFIO
+    device node), the caller's to use and to close. `node` is sent only for `cdev`."""
+    path = yield from get_device(uuid)
+    given = options(node="cdev" if cdev else None, auth_interactive=_auth(interactive))
+    (fd,) = yield Call(path, DEVICE_INTERFACE, "Open", "a{sv}", [given], unix_fds=True)
+    return int(fd)
 
 
 def reload(*, interactive: bool = False) -> Request[None]:

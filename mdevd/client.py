@@ -73,9 +73,23 @@ def _fast(value: Any) -> Any:
     return value
 
 
+def _close_unwanted_fds(message: Message) -> None:
+    """A message handler: fds that come with anything but a method's reply are closed (no
+    signal or call mdevd's client receives carries one it wants); a reply's are the caller's
+    (`Client.call`)."""
+    if message.unix_fds and message.message_type != MessageType.METHOD_RETURN:
+        wire.close_fds(message.unix_fds)
+
+
 class _Bus(MessageBus):
     """dbus-fast's bus, with messages that carry non-ASCII strings written correctly on the
-    versions that write them wrong (Debian 12's 1.84: `mdevd.bus.marshalfix`)."""
+    versions that write them wrong (Debian 12's 1.84: `mdevd.bus.marshalfix`), and Unix fd
+    passing negotiated (Device.Open), fds nobody asked for closed as they arrive."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("negotiate_unix_fd", True)
+        super().__init__(*args, **kwargs)
+        self.add_message_handler(_close_unwanted_fds)
 
     # dbus-fast's asyncio bus returns a future; its synchronous base class says None.
     def send(self, msg: Message) -> asyncio.Future[None]:  # type: ignore[override]
@@ -133,7 +147,17 @@ class Client:
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body else ""
             raise error_for(reply.error_name or "", str(text))
-        return list(reply.body)
+        fds = list(reply.unix_fds or ())
+        if not fds and "h" not in reply.signature:
+            return list(reply.body)
+        # `h` values index the reply's fds: the caller gets the fds, the rest are closed.
+        try:
+            values, used = wire.with_fds(reply.signature, reply.body, fds)
+        except wire.WireError as exc:
+            wire.close_fds(fds)
+            raise ClientError(f"{member}: {exc}") from exc
+        wire.close_fds(fd for index, fd in enumerate(fds) if index not in used)
+        return values
 
     async def run(self, request: calls.Request[T]) -> T:
         """Run one request of `mdevd.calls` on this connection: each call it yields is made,
@@ -141,6 +165,13 @@ class Client:
         try:
             call = next(request)
             while True:
+                # dbus-fast keeps whether it negotiated fd passing here in every version.
+                if call.unix_fds and not getattr(self.bus, "_negotiate_unix_fd", False):
+                    request.close()
+                    raise ClientError(
+                        f"{call.member}: this bus connection was made without Unix fd passing "
+                        "(MessageBus(negotiate_unix_fd=True)); the reply would carry an fd"
+                    )
                 try:
                     reply = await self.call(
                         call.path, call.interface, call.member, call.signature, _fast(call.body)
@@ -293,6 +324,13 @@ class Client:
 
     async def reload(self) -> None:
         await self.run(calls.reload(interactive=self.interactive))
+
+    async def open_device(self, uuid: str, *, cdev: bool = False) -> int:
+        """Device.Open: an open fd to the active device's VFIO group node (`/dev/vfio/N`), or
+        with `cdev` its VFIO device node (`/dev/vfio/devices/vfioN`, kernels 6.6+). The fd is
+        the caller's to use, pass on and close; while it is open the group is taken (`Busy`
+        for the next Open, and for Stop). Needs polkit's org.mdevd.mdevd1.use-device."""
+        return await self.run(calls.open_device(uuid, cdev=cdev, interactive=self.interactive))
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -510,6 +548,7 @@ class SyncClient:
     query_attributes = _blocking(Client.query_attributes)
     update = _blocking(Client.update)
     reload = _blocking(Client.reload)
+    open_device = _blocking(Client.open_device)
 
     def events(
         self,

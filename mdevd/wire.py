@@ -13,14 +13,24 @@ lists, `a{..}` dicts, `ay` bytes, and a variant is a `Variant` with `signature` 
 Only little-endian messages are written; replies in either byte order are read. Every length
 that comes from the peer is checked against the message it is in, so a broken or hostile
 peer gives `WireError`, never a hang or an unbounded read.
+
+File descriptors (`h`, for `Device.Open`): the connection negotiates Unix fd passing
+(`NEGOTIATE_UNIX_FD`) and receives fds as SCM_RIGHTS ancillary data (close-on-exec). In the
+codec an `h` is what the wire holds, an index into its message's fds; a reply's are replaced
+by the fds themselves (`with_fds`), which become the caller's. A message keeps at most the
+number of fds its `UNIX_FDS` header field says; any others, and those of messages that are not
+the awaited reply, are closed at once, so a peer cannot make a client keep descriptors.
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
+import dataclasses
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -31,6 +41,9 @@ SYSTEM_BUS_ADDRESS: Final = "unix:path=/var/run/dbus/system_bus_socket"
 MAX_MESSAGE: Final = 128 * 1024 * 1024
 #: Nesting the specification allows (32 arrays and 32 structs); deeper input is refused.
 MAX_DEPTH: Final = 64
+#: fds one message may carry (Linux's SCM_MAX_FD, the most one sendmsg passes); also the most
+#: this connection keeps waiting for the messages they arrived with.
+MAX_UNIX_FDS: Final = 253
 
 METHOD_CALL: Final = 1
 METHOD_RETURN: Final = 2
@@ -287,6 +300,52 @@ class _Reader:
             raise WireError("array elements overrun the array's length")
 
 
+def with_fds(
+    signature: str, values: Sequence[Any], fds: Sequence[int]
+) -> tuple[list[Any], set[int]]:
+    """`values` of a message with `signature` whose `h` indexes are replaced by the fds they
+    index in `fds` (the message's), and the indexes used. An index out of range is
+    `WireError`. Works on dbus-fast's values too (its Variant has the same fields)."""
+    used: set[int] = set()
+
+    def swap(code: str, value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise WireError("value nested too deeply")
+        first = code[0]
+        if first == "h":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise WireError(f"a file descriptor index must be a number, not {value!r}")
+            if not 0 <= value < len(fds):
+                raise WireError(f"file descriptor index {value} of a message with {len(fds)}")
+            used.add(value)
+            return fds[value]
+        if first == "v":
+            return type(value)(value.signature, swap(value.signature, value.value, depth + 1))
+        if first == "a":
+            element = code[1:]
+            if element[0] == "{":
+                key, item = split_signature(element[1:-1])
+                return {swap(key, k, depth + 1): swap(item, v, depth + 1) for k, v in value.items()}
+            if element == "y":
+                return value
+            return [swap(element, item, depth + 1) for item in value]
+        if first == "(":
+            members = split_signature(code[1:-1])
+            return [swap(m, item, depth + 1) for m, item in zip(members, value, strict=True)]
+        return value
+
+    if "h" not in signature and "v" not in signature:
+        return list(values), used
+    types = split_signature(signature)
+    return [swap(t, v, 0) for t, v in zip(types, values, strict=True)], used
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def unmarshal(signature: str, body: bytes, little: bool = True) -> list[Any]:
     """The values of a message body with `signature`."""
     reader = _Reader(body, little)
@@ -305,6 +364,9 @@ class Message:
     serial: int
     fields: dict[int, Any]
     body: list[Any]
+    #: The fds that came with it (as many as its UNIX_FDS field says); its `h` values index
+    #: them.
+    unix_fds: tuple[int, ...] = ()
 
     @property
     def reply_serial(self) -> int | None:
@@ -400,13 +462,23 @@ def _socket_address(address: str) -> str | bytes:
 
 
 class Connection:
-    """One authenticated connection to a bus; `call` blocks until the reply (or `timeout`)."""
+    """One authenticated connection to a bus; `call` blocks until the reply (or `timeout`).
 
-    def __init__(self, address: str | None = None, timeout: float = 25.0) -> None:
+    `unix_fds` asks the bus for Unix fd passing during authentication; `self.unix_fds` says
+    whether it agreed. A reply's `h` values are then fds the caller owns.
+    """
+
+    def __init__(
+        self, address: str | None = None, timeout: float = 25.0, *, unix_fds: bool = True
+    ) -> None:
         self.address = address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_ADDRESS
         self.timeout = timeout
+        self.unix_fds = False
+        self._negotiate_unix_fds = unix_fds
         self._serial = 0
         self._buffer = b""
+        #: fds received and not yet given to the message they came with, oldest first.
+        self._fds: list[int] = []
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             self._sock.settimeout(timeout)
@@ -424,6 +496,8 @@ class Connection:
 
     def close(self) -> None:
         self._sock.close()
+        close_fds(self._fds)
+        self._fds = []
 
     def __enter__(self) -> Connection:
         return self
@@ -448,15 +522,18 @@ class Connection:
             self._sock.sendall(data)
             while True:
                 message = self._receive()
+                if message.reply_serial != serial or message.type != METHOD_RETURN:
+                    # A signal, the answer to nothing we asked, or an error: no fd is ours.
+                    close_fds(message.unix_fds)
                 if message.reply_serial != serial:
-                    continue  # a signal, or the answer to nothing we asked
+                    continue
                 if message.type == ERROR:
                     text = (
                         message.body[0] if message.body and isinstance(message.body[0], str) else ""
                     )
                     raise CallError(str(message.fields.get(ERROR_NAME, "")), text)
                 if message.type == METHOD_RETURN:
-                    return message.body
+                    return self._owned_values(message)
         except TimeoutError as e:
             raise WireError(f"no answer to {member} within {self.timeout:g} s") from e
         except OSError as e:
@@ -464,13 +541,57 @@ class Connection:
 
     # ---- internals -------------------------------------------------------------------------
 
+    def _owned_values(self, message: Message) -> list[Any]:
+        """A reply's values, its `h` indexes replaced by its fds (the caller's now); the fds
+        no value names are closed."""
+        fds = message.unix_fds
+        signature = str(message.fields.get(SIGNATURE, ""))
+        try:
+            values, used = with_fds(signature, message.body, fds)
+        except BaseException:
+            close_fds(fds)
+            raise
+        close_fds(fd for index, fd in enumerate(fds) if index not in used)
+        return values
+
     def _authenticate(self) -> None:
         uid = str(os.geteuid()).encode().hex().encode()
         self._sock.sendall(b"\0AUTH EXTERNAL " + uid + b"\r\n")
         line = self._line()
         if not line.startswith(b"OK "):
             raise WireError(f"the bus refused authentication: {line.decode(errors='replace')}")
-        self._sock.sendall(b"BEGIN\r\n")
+        if not self._negotiate_unix_fds:
+            self._sock.sendall(b"BEGIN\r\n")
+            return
+        # BEGIN goes with the question: the answer comes before any message either way, and
+        # the connection costs no extra round trip.
+        self._sock.sendall(b"NEGOTIATE_UNIX_FD\r\nBEGIN\r\n")
+        answer = self._line()
+        if answer == b"AGREE_UNIX_FD":
+            self.unix_fds = True
+        elif not answer.startswith(b"ERROR"):
+            raise WireError(
+                f"unexpected answer to NEGOTIATE_UNIX_FD: {answer.decode(errors='replace')}"
+            )
+
+    def _recv(self, size: int) -> bytes:
+        """Up to `size` bytes; fds that come with them are kept for their message."""
+        if not self.unix_fds:
+            return self._sock.recv(size)
+        data, ancillary, _flags, _address = self._sock.recvmsg(
+            size, socket.CMSG_SPACE(MAX_UNIX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+        )
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend(fds)
+        if len(self._fds) > MAX_UNIX_FDS:
+            # More than any message may carry: the rest are not kept (their message, if any,
+            # then lacks them and is refused).
+            close_fds(self._fds[MAX_UNIX_FDS:])
+            del self._fds[MAX_UNIX_FDS:]
+        return data
 
     def _line(self) -> bytes:
         while b"\r\n" not in self._buffer:
@@ -481,7 +602,7 @@ class Connection:
         return line
 
     def _fill(self) -> None:
-        chunk = self._sock.recv(64 * 1024)
+        chunk = self._recv(64 * 1024)
         if not chunk:
             raise WireError("the bus closed the connection")
         self._buffer += chunk
@@ -493,11 +614,34 @@ class Connection:
         chunks = [self._buffer]
         have = len(self._buffer)
         while have < total:
-            chunk = self._sock.recv(max(64 * 1024, total - have))
+            chunk = self._recv(max(64 * 1024, total - have))
             if not chunk:
                 raise WireError("the bus closed the connection")
             chunks.append(chunk)
             have += len(chunk)
         data = b"".join(chunks)
         self._buffer = data[total:]
-        return _parse_message(data[:total])
+        try:
+            message = _parse_message(data[:total])
+        except WireError:
+            close_fds(self._fds)
+            self._fds = []
+            raise
+        declared = message.fields.get(UNIX_FDS, 0)
+        if not declared and not self._fds:
+            return message
+        return dataclasses.replace(message, unix_fds=self._take_fds(declared))
+
+    def _take_fds(self, declared: int) -> tuple[int, ...]:
+        """The fds of a message that declares `declared` (its UNIX_FDS field): the oldest
+        received. Received fds beyond them, when no further message has begun, are closed."""
+        if declared > len(self._fds):
+            close_fds(self._fds)
+            self._fds = []
+            raise WireError(f"a message declares {declared} file descriptors but came with fewer")
+        taken = tuple(self._fds[:declared])
+        del self._fds[:declared]
+        if not self._buffer and self._fds:
+            close_fds(self._fds)
+            self._fds = []
+        return taken

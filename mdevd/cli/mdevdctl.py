@@ -4,7 +4,9 @@
 Exit status: 0 success; 1 the daemon refused or failed the operation; 2 usage error;
 3 the daemon could not be reached; 4 not authorized; 5 no such device or parent; 6 no answer
 within --timeout (the client gave up waiting; the operation may still complete); `status`
-only: 7 a device's last start failed, 8 something else needs attention (mdevd.cli.mdevdctl_status).
+only: 7 a device's last start failed, 8 something else needs attention (mdevd.cli.mdevdctl_status);
+`open` only: once it has the device, COMMAND's own status (mdevdctl becomes COMMAND), 126 if
+COMMAND cannot be run, 127 if it is not found.
 
 `--json` output is described in docs/json.md, its shapes are in mdevd.cli.mdevdctl_json.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import signal
 import sys
 import uuid as uuid_module
@@ -64,6 +67,13 @@ EXIT_NOT_FOUND = 5
 #: The client's own --timeout ran out; distinct from 1 because the outcome is unknown.
 EXIT_TIMEOUT = 6
 # `status` has two more, 7 and 8: mdevd.cli.mdevdctl_status, beside what they are about.
+#: `open`: COMMAND could not be run, or was not found (the shell's and env(1)'s numbers).
+EXIT_CANNOT_RUN = 126
+EXIT_COMMAND_NOT_FOUND = 127
+
+#: `open`: what COMMAND finds in its environment: the inherited fd's number, and which node.
+ENV_VFIO_FD = "MDEVD_VFIO_FD"
+ENV_VFIO_NODE = "MDEVD_VFIO_NODE"
 
 #: What an admin should look at when the daemon cannot be reached.
 _WHAT_TO_DO = "see `systemctl status mdevd` and `journalctl -u mdevd` (is mdevd running?)"
@@ -82,6 +92,14 @@ class Unreachable(Exception):
 
 class NoAnswer(Exception):
     """The client's --timeout ran out (exit 6); the message says what may have happened."""
+
+
+class CannotRun(Exception):
+    """`open`: COMMAND could not be executed (exit 126, or 127 when it was not found)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _attribute(text: str) -> tuple[str, str]:
@@ -117,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage mediated devices through the mdevd daemon.",
         epilog="Exit status: 0 ok, 1 operation failed, 2 usage, 3 daemon unreachable, "
         "4 not authorized, 5 not found, 6 no answer within --timeout; status: 7 a device "
-        "failed, 8 something else needs attention.",
+        "failed, 8 something else needs attention; open: COMMAND's status, 126 COMMAND "
+        "cannot run, 127 COMMAND not found.",
     )
     parser.add_argument("--version", action="version", version=f"mdevdctl {__version__}")
     parser.add_argument(
@@ -229,7 +248,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("reload", help="re-read the definition directories")
+
+    p = sub.add_parser(
+        "open",
+        help="run COMMAND with an open fd to an active device's VFIO group (or device node)",
+        usage="mdevdctl open [-h] [--cdev] UUID -- COMMAND [ARG...]",
+        description="Get an open file descriptor to the device's VFIO group node from mdevd"
+        " (Device.Open; polkit action org.mdevd.mdevd1.use-device) and run COMMAND with it"
+        f" inherited: its number is in ${ENV_VFIO_FD}, the node's kind (group or cdev) in"
+        f" ${ENV_VFIO_NODE}. No file permission changes; the device is COMMAND's while it"
+        " (or whoever it passes the fd to) keeps the fd open.",
+    )
+    p.add_argument("uuid")
+    p.add_argument(
+        "--cdev",
+        action="store_true",
+        help="the VFIO device node /dev/vfio/devices/vfioN (kernels 6.6+) instead of the group",
+    )
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand in `argv` (the first word that is neither an option nor the value of
+    --address or --timeout)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--address", "--timeout"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """`open ... -- COMMAND ARGS`: the arguments for the parser, and COMMAND with its
+    arguments (None when there is no `--`, or the subcommand is not `open`)."""
+    words = list(argv)
+    if "--" in words:
+        at = words.index("--")
+        if _command_word(words[:at]) == "open":
+            return words[:at], words[at + 1 :]
+    return words, None
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -506,7 +565,34 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
     if command == "reload":
         client.run(calls.reload(interactive=args.interactive))
         return EXIT_OK
+    if command == "open":
+        run = getattr(args, "run", None)
+        if not run:
+            raise UsageError(
+                "open needs the command to run: mdevdctl open UUID -- COMMAND [ARG...]"
+            )
+        fd = client.run(calls.open_device(args.uuid, cdev=args.cdev, interactive=args.interactive))
+        client.close()
+        _exec_with_fd(fd, "cdev" if args.cdev else "group", run)
     raise UsageError(f"unknown command {command!r}")
+
+
+def _exec_with_fd(fd: int, node: str, command: Sequence[str]) -> NoReturn:
+    """Become `command`, with `fd` inherited (not close-on-exec) and named in the environment;
+    its exit status is then mdevdctl's. `CannotRun` if it cannot be executed."""
+    os.set_inheritable(fd, True)
+    env = dict(os.environ, **{ENV_VFIO_FD: str(fd), ENV_VFIO_NODE: node})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        # The user's own command line, run as they gave it: no shell involved.
+        os.execvpe(command[0], list(command), env)  # noqa: S606
+    except FileNotFoundError:
+        os.close(fd)
+        raise CannotRun(EXIT_COMMAND_NOT_FOUND, f"{command[0]}: command not found") from None
+    except OSError as exc:
+        os.close(fd)
+        raise CannotRun(EXIT_CANNOT_RUN, f"{command[0]}: {exc.strerror or exc}") from None
 
 
 async def run_monitor(args: argparse.Namespace) -> int:
@@ -557,7 +643,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # default, any write to a closed socket would kill that process.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words, run = _split_command(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
+    args.run = run
     try:
         if args.command not in ASYNC_COMMANDS:
             code = run_blocking(args)
@@ -570,6 +658,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(EXIT_USAGE, str(exc))
     except NoAnswer as exc:
         _fail(EXIT_TIMEOUT, str(exc))
+    except CannotRun as exc:
+        _fail(exc.code, str(exc))
     except CallTimeout as exc:
         # The client gave up, not the daemon: never reported under the daemon's Error.Timeout.
         _fail(

@@ -9,6 +9,7 @@ A peer that sends what the protocol forbids gets `WireError`, never a hang or a 
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import os
@@ -246,7 +247,8 @@ def test_the_address_forms(bus: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _fake_peer(reply: bytes) -> tuple[str, threading.Thread]:
-    """A socket that accepts one client, answers its authentication, then sends `reply`."""
+    """A socket that accepts one client, answers its authentication (agreeing to fd passing),
+    then sends `reply`."""
     path = f"/tmp/mdevd-wire-{os.getpid()}-{threading.get_ident()}"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -259,7 +261,8 @@ def _fake_peer(reply: bytes) -> tuple[str, threading.Thread]:
         with peer:
             peer.recv(4096)  # \0AUTH EXTERNAL ...
             peer.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
-            peer.recv(4096)  # BEGIN and Hello
+            peer.recv(4096)  # NEGOTIATE_UNIX_FD and BEGIN
+            peer.sendall(b"AGREE_UNIX_FD\r\n")
             peer.sendall(reply)
             peer.recv(4096)  # until the client closes
         server.close()
@@ -299,3 +302,145 @@ def test_a_silent_peer_times_out() -> None:
     finally:
         silent.close()
         os.unlink(path)
+
+
+# ---- file descriptors (Device.Open's `h`) ------------------------------------------------------
+
+
+def test_h_values_become_the_fds_they_index() -> None:
+    fds = [40, 41, 42]
+    values, used = wire.with_fds(
+        "ha{sv}(ih)",
+        [2, {"a": Variant("h", 0), "b": Variant("ah", [0, 2]), "c": Variant("s", "x")}, [7, 0]],
+        fds,
+    )
+    assert values == [
+        42,
+        {"a": Variant("h", 40), "b": Variant("ah", [40, 42]), "c": Variant("s", "x")},
+        [7, 40],
+    ]
+    assert used == {0, 2}
+    assert wire.with_fds("su", ["x", 3], []) == (["x", 3], set())
+    for signature, body in (("h", [3]), ("h", [-1]), ("v", [Variant("h", 9)])):
+        with pytest.raises(WireError, match="file descriptor index"):
+            wire.with_fds(signature, body, fds)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _open_fds() -> set[int]:
+    """This process's open fds (not the one listing them, closed by then)."""
+    return {fd for fd in map(int, os.listdir("/proc/self/fd")) if _is_open(fd)}
+
+
+def _scripted_peer(script: list[tuple[bytes, list[int]]]) -> tuple[str, threading.Thread]:
+    """A bus that agrees to fd passing, answers Hello, then answers the first call with each
+    (message bytes, fds sent with them) of `script`, in order."""
+    path = f"/tmp/mdevd-wire-fds-{os.getpid()}-{threading.get_ident()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    hello = wire.encode_message(
+        wire.METHOD_RETURN, 0, 1, {wire.REPLY_SERIAL: Variant("u", 1)}, "s", [":1.7"]
+    )
+
+    def serve() -> None:
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(4096)  # \0AUTH EXTERNAL ...
+            peer.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+            assert peer.recv(4096) == b"NEGOTIATE_UNIX_FD\r\nBEGIN\r\n"
+            peer.sendall(b"AGREE_UNIX_FD\r\n")
+            peer.recv(4096)  # Hello
+            peer.sendall(hello)
+            peer.recv(4096)  # the call
+            for data, fds in script:
+                if fds:
+                    peer.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                else:
+                    peer.sendall(data)
+            peer.recv(4096)  # until the client closes
+        server.close()
+        os.unlink(path)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"unix:path={path}", thread
+
+
+def _reply(serial: int, signature: str, body: list[Any], fds: int, kind: int = 2) -> bytes:
+    fields = {wire.REPLY_SERIAL: Variant("u", serial)}
+    if kind == wire.ERROR:
+        fields[wire.ERROR_NAME] = Variant("s", "org.example.Error.Nope")
+    if fds:
+        fields[wire.UNIX_FDS] = Variant("u", fds)
+    return wire.encode_message(kind, 0, 50 + serial, fields, signature, body)
+
+
+def test_a_reply_keeps_the_fds_it_names_and_no_other() -> None:
+    """A signal's fds, and fds beyond what the reply's UNIX_FDS says, are closed; the fd the
+    reply's `h` names is the caller's, open, close-on-exec."""
+    with open("/dev/null", "rb") as null, open("/proc/self/stat", "rb") as other:
+        signal = wire.encode_message(
+            wire.SIGNAL,
+            0,
+            90,
+            {
+                wire.PATH: Variant("o", "/x"),
+                wire.INTERFACE: Variant("s", "org.example.X"),
+                wire.MEMBER: Variant("s", "Noise"),
+                wire.UNIX_FDS: Variant("u", 1),
+            },
+            "h",
+            [0],
+        )
+        before = _open_fds()
+        address, thread = _scripted_peer(
+            [
+                (signal, [other.fileno()]),
+                (_reply(2, "sh", ["fd", 0], 1), [null.fileno(), other.fileno(), other.fileno()]),
+            ]
+        )
+        with Connection(address, timeout=5) as connection:
+            assert connection.unix_fds
+            held = _open_fds()
+            name, fd = connection.call("org.example", "/x", "org.example.X", "Get")
+            try:
+                assert name == "fd"
+                assert _open_fds() == held | {fd}
+                assert os.path.sameopenfile(fd, null.fileno())
+                assert not os.get_inheritable(fd)
+            finally:
+                os.close(fd)
+        thread.join(5)
+        assert _open_fds() == before
+
+
+@pytest.mark.parametrize(
+    "script_for",
+    [
+        # The reply says two fds and brings one.
+        lambda fd: [(_reply(2, "h", [0], 2), [fd])],
+        # An error reply's fds are nobody's.
+        lambda fd: [(_reply(2, "s", ["no"], 1, kind=wire.ERROR), [fd])],
+    ],
+)
+def test_a_reply_that_is_not_whole_leaves_no_fd(script_for: Any) -> None:
+    with open("/dev/null", "rb") as null:
+        address, thread = _scripted_peer(script_for(null.fileno()))
+        with Connection(address, timeout=5) as connection:
+            held = _open_fds()
+            with pytest.raises((WireError, CallError)):
+                connection.call("org.example", "/x", "org.example.X", "Get")
+            assert _open_fds() == held
+        thread.join(5)

@@ -45,6 +45,11 @@ def complete(*words: str) -> list[str]:
 def test_commands_and_options_complete() -> None:
     assert complete("mdevdctl", "st") == ["start", "status", "stop"]
     assert complete("mdevdctl", "list", "--d") == ["--defined"]
+    assert complete("mdevdctl", "op") == ["open"]
+    assert complete("mdevdctl", "open", "--c") == ["--cdev"]
+    assert complete("mdevdctl", "open", "7a3c1d52-0b8e-4c1f-9f62-3d1e5a4b7c90", "") == ["--"]
+    # After `--`, the command to run completes as a command line of its own.
+    assert "readlink" in complete("mdevdctl", "open", "x", "--", "readli")
     assert complete("mdevd", "--log-level", "") == ["debug", "error", "info", "warning"]
     assert complete("mdevd", "im") == ["import-mdevctl"]
     assert complete("mdevd", "import-mdevctl", "--dr") == ["--dry-run"]

@@ -30,12 +30,14 @@ EXPECTED = {
     "dbus-fast-5.2-pure": ("5.2.0", False, None),
 }
 
-#: What each environment runs: everything that talks D-Bus through mdevd.bus, and the load.
+#: What each environment runs: everything that talks D-Bus through mdevd.bus, and the load, and
+#: the fds Device.Open passes (each version's writer sends them, its reader receives them).
 TESTS = [
     "tests/bus",
     "tests/daemon/test_stress.py",
     "tests/daemon/test_introspection.py",
     "tests/daemon/test_non_ascii.py",
+    "tests/daemon/test_open.py",
 ]
 
 DESCRIBE = """

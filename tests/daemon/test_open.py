@@ -351,9 +351,10 @@ def test_the_daemon_closes_every_fd_it_sends(world: World, wire: BlockingClient)
     before = _daemon_fds(world)
     for _ in range(40):
         os.close(_until_not_busy(lambda: wire.run(calls.open_device(uuid))))
-    # Closed once each reply was written; allow the loop a moment to run the callbacks.
+    # Closed once each reply was written; allow the loop a moment to run the callbacks. (Not
+    # equal: an fd the daemon held for something else at `before` may be gone by now; a leak
+    # would be 40 more.)
     wait_until(lambda: _daemon_fds(world) <= before, timeout=10)
-    assert _daemon_fds(world) == before
     wait_until(lambda: not _node_busy(_group_node(world, props)), timeout=10)
     world.client.stop(uuid)
 

@@ -41,6 +41,7 @@ from mdevd.bus.auth import Authorizer
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.names import BUS_NAME
+from mdevd.bus.owners import CallerOwners, LifetimeWatcher
 from mdevd.bus.tree import ObjectTree
 from mdevd.compat import setup as compat_setup
 from mdevd.config import load_config
@@ -207,10 +208,20 @@ class Daemon:
         callers = CallerTracker(connected)
         callers.install()
         authorizer = Authorizer(connected, callers)
+        lifetimes = LifetimeWatcher(connected, self.engine, callers)
+        lifetimes.install()
         self.tree = ObjectTree(
-            connected, self.engine, authorizer.authorize_caller, reload=self.reload
+            connected,
+            self.engine,
+            authorizer.authorize_caller,
+            reload=self.reload,
+            owners=CallerOwners(connected, callers),
+            lifetimes=lifetimes,
+            authorize_for=authorizer.authorize_caller_for,
         )
         self.tree.export_all()  # subscribes the tree
+        # Owners that left while the daemon was not running: their devices' lifetimes end.
+        await lifetimes.catch_up()
         self._status = StatusFollower(self.describe, self.notifier)
         self.engine.subscribe(self._status)
         if self.events is not None:

@@ -68,6 +68,9 @@ NO_CHECK: Final = ""
 #: `authorize(method_name, interactive)` for the caller of the method call being served:
 #: returns when it is allowed, raises otherwise (`Authorizer.authorize_caller`).
 Authorize = Callable[[str, bool], Awaitable[None]]
+#: `authorize_for(what, action, interactive)`: the same for an explicit action
+#: (`Authorizer.authorize_caller_for`).
+AuthorizeFor = Callable[[str, str, bool], Awaitable[None]]
 
 #: Method name (unique across the three interfaces) -> polkit action id, or NO_CHECK.
 METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
@@ -206,6 +209,16 @@ class Authorizer:
         action = required_action(method_name)
         if action == NO_CHECK:
             return
+        await self.authorize_action(method_name, action, sender, interactive)
+
+    async def authorize_caller_for(self, what: str, action: str, interactive: bool) -> None:
+        """Allow the caller of the call being served `action` beyond its method's own (to
+        change another owner's device: `mdevd.bus.owners`), or raise; `what` names the call."""
+        await self.authorize_action(what, action, self.callers.current_sender(), interactive)
+
+    async def authorize_action(
+        self, method_name: str, action: str, sender: str, interactive: bool
+    ) -> None:
         try:
             uid = await self.callers.uid(sender)
         except MdevdError as error:

@@ -8,12 +8,16 @@ depends on them and not the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mdevd.bus.auth import Authorize
+from mdevd.bus import options as opts
+from mdevd.bus.auth import Authorize, AuthorizeFor
+from mdevd.bus.names import ACTION_CONFIGURE_DEVICES
+from mdevd.bus.owners import CallerOwners, LifetimeWatcher
 from mdevd.engine import Engine
+from mdevd.owners import LIFETIME_MANUAL, Owner
 
 #: `reload()`: an explicit reload of the definitions (the daemon's tells the service manager).
 Reload = Callable[[], Awaitable[object]]
@@ -38,3 +42,33 @@ class HandlerContext:
     features: tuple[str, ...]
     #: For methods that answer with an fd (Device.Open): the daemon's copy is closed once sent.
     hand_over: HandOver
+    #: Who callers are as owners, and the lifetimes that end with them; None where the tree
+    #: runs without them (tests of the bus layer alone): nothing then records an owner.
+    owners: CallerOwners | None = None
+    lifetimes: LifetimeWatcher | None = None
+    #: Authorizes the caller for an action beyond its method's own.
+    authorize_for: AuthorizeFor | None = None
+
+    async def owner(
+        self, values: Mapping[str, Any], lifetime: str = LIFETIME_MANUAL
+    ) -> Owner | None:
+        """The owner a Create or Define call records (None without owners)."""
+        if self.owners is None:
+            return None
+        return await self.owners.identify(opts.owner_label(values), lifetime)
+
+    async def check_owner(
+        self, uuid: str, values: Mapping[str, Any], what: str, interactive: bool
+    ) -> None:
+        """Let the caller change device `uuid` only if it owns it, or may configure devices
+        (`mdevd.bus.owners.CallerOwners.check`)."""
+        if self.owners is None or self.authorize_for is None:
+            return
+        authorize_for = self.authorize_for
+
+        async def configure() -> None:
+            await authorize_for(what, ACTION_CONFIGURE_DEVICES, interactive)
+
+        await self.owners.check(
+            self.engine.ownership.get(uuid), opts.owner_label(values), uuid, configure
+        )

@@ -37,7 +37,7 @@ from mdevd.model import DeviceState, PendingChanges
 DBusAttributes = Annotated[list[list[str]], DBusSignature("a(ss)")]
 
 _AUTH_ONLY = {opts.AUTH_INTERACTIVE: "b"}
-_OPERATION_OPTIONS = {opts.FORCE: "b", opts.AUTH_INTERACTIVE: "b"}
+_OPERATION_OPTIONS = {opts.FORCE: "b", opts.OWNER: "s", opts.AUTH_INTERACTIVE: "b"}
 _STOP_OPTIONS = {opts.CALLER_HOLDS_GROUP: "b", **_OPERATION_OPTIONS}
 _DEFINE_OPTIONS = {"autostart": "b", **_OPERATION_OPTIONS}
 _UPDATE_OPTIONS = {"live": "b", "persist": "b", **_OPERATION_OPTIONS}
@@ -86,6 +86,8 @@ class DeviceInterface(ExportedInterface):
             "PendingChanges": pending_changes(state.pending),
             "Backend": state.backend,
             "Placement": state.placement,
+            "Owner": state.owner,
+            "Lifetime": state.lifetime,
         }
 
     # ---- properties ------------------------------------------------------------------------
@@ -155,13 +157,26 @@ class DeviceInterface(ExportedInterface):
     def Placement(self) -> DBusStr:
         return self.state.placement
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Owner(self) -> DBusStr:
+        return self.state.owner
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Lifetime(self) -> DBusStr:
+        return self.state.lifetime
+
     # ---- methods ---------------------------------------------------------------------------
+
+    async def _check_owner(self, values: dict[str, Any], method: str) -> None:
+        await self._context.check_owner(self.state.uuid, values, method, opts.interactive(values))
 
     @exported_method()
     def Start(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _OPERATION_OPTIONS, "Start")
+        opts.owner_label(values)
 
         async def start() -> None:
+            await self._check_owner(values, "Start")
             await self._context.engine.start_device(self.state.uuid, force=opts.force(values))
 
         return start
@@ -169,8 +184,10 @@ class DeviceInterface(ExportedInterface):
     @exported_method()
     def Stop(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _STOP_OPTIONS, "Stop")
+        opts.owner_label(values)
 
         async def stop() -> None:
+            await self._check_owner(values, "Stop")
             await self._context.engine.stop_device(
                 self.state.uuid,
                 force=opts.force(values),
@@ -182,8 +199,10 @@ class DeviceInterface(ExportedInterface):
     @exported_method()
     def Define(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _DEFINE_OPTIONS, "Define")
+        opts.owner_label(values)
 
         async def define() -> None:
+            await self._check_owner(values, "Define")
             await self._context.engine.define_active(
                 self.state.uuid,
                 autostart=bool(values.get("autostart", False)),
@@ -195,8 +214,10 @@ class DeviceInterface(ExportedInterface):
     @exported_method()
     def Undefine(self, options: DBusDict) -> Work[None]:
         values = opts.check_options(options, _OPERATION_OPTIONS, "Undefine")
+        opts.owner_label(values)
 
         async def undefine() -> None:
+            await self._check_owner(values, "Undefine")
             await self._context.engine.undefine(self.state.uuid, force=opts.force(values))
 
         return undefine
@@ -217,13 +238,18 @@ class DeviceInterface(ExportedInterface):
                     "it needs live=true and no change but attributes"
                 )
             running_attributes = attributes
+            opts.owner_label(values)
 
             async def update_running() -> None:
+                await self._check_owner(values, "Update")
                 await self._context.engine.update_running(self.state.uuid, running_attributes)
 
             return update_running
 
+        opts.owner_label(values)
+
         async def update() -> None:
+            await self._check_owner(values, "Update")
             await self._context.engine.update(
                 self.state.uuid,
                 type_id=type_id,

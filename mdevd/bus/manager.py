@@ -25,6 +25,7 @@ from mdevd.bus.signatures import (
     dbus_property,
     dbus_signal,
 )
+from mdevd.errors import NotSupported
 
 DBusStrList = Annotated[list[str], DBusSignature("as")]
 # Several arguments: a list, which every dbus-fast takes (before 2.x, a tuple is refused).
@@ -47,6 +48,8 @@ FEATURES = (
     "replayed-events",
     "nvidia-vf",
     "placement",
+    "owners",
+    "lifetimes",
     "open",
 )
 
@@ -54,10 +57,16 @@ _CREATE_OPTIONS = {
     "uuid": "s",
     "attributes": "a(ss)",
     opts.PLACEMENT: "s",
+    opts.OWNER: "s",
+    opts.LIFETIME: "s",
     opts.FORCE: "b",
     opts.AUTH_INTERACTIVE: "b",
 }
-_DEFINE_OPTIONS = {**_CREATE_OPTIONS, "autostart": "b", "start": "b"}
+_DEFINE_OPTIONS = {
+    **{k: v for k, v in _CREATE_OPTIONS.items() if k != opts.LIFETIME},
+    "autostart": "b",
+    "start": "b",
+}
 _RELOAD_OPTIONS = {opts.AUTH_INTERACTIVE: "b"}
 
 
@@ -87,8 +96,16 @@ class ManagerInterface(ExportedInterface):
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "CreateDevice")
         placement = opts.placement(values, "CreateDevice")
+        opts.owner_label(values)  # checked before anything happens
+        lifetime = opts.lifetime(values)
 
         async def create() -> str:
+            owner = await self._context.owner(values, lifetime)
+            lifetimes = self._context.lifetimes
+            if owner is not None and owner.ends_with_unit:
+                if lifetimes is None:
+                    raise NotSupported("unit lifetimes are not followed here")
+                await lifetimes.follow_unit(owner.unit)  # NotSupported without systemd
             state = await self._context.engine.create_device(
                 parent,
                 type,
@@ -96,7 +113,11 @@ class ManagerInterface(ExportedInterface):
                 attributes=attributes,
                 placement=placement,
                 force=opts.force(values),
+                owner=owner,
             )
+            if owner is not None and lifetimes is not None:
+                # The owner may have left while the device was being made.
+                await lifetimes.check_now(state.uuid, owner)
             return device_path(state.uuid)
 
         return create
@@ -111,8 +132,10 @@ class ManagerInterface(ExportedInterface):
         uuid = validate.uuid(values["uuid"]) if "uuid" in values else None
         attributes = opts.attributes(values.get("attributes", []), "DefineDevice")
         placement = opts.placement(values, "DefineDevice")
+        opts.owner_label(values)
 
         async def define() -> str:
+            owner = await self._context.owner(values)
             state = await self._context.engine.define_device(
                 parent,
                 type,
@@ -122,6 +145,7 @@ class ManagerInterface(ExportedInterface):
                 start=bool(values.get("start", False)),
                 placement=placement,
                 force=opts.force(values),
+                owner=owner,
             )
             return device_path(state.uuid)
 

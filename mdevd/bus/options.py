@@ -15,7 +15,7 @@ from typing import Any
 
 from dbus_fast import Variant
 
-from mdevd import validate
+from mdevd import owners, validate
 from mdevd.errors import InvalidArgument, InvalidName
 from mdevd.model import Attributes
 
@@ -36,6 +36,12 @@ PLACEMENT = "placement"
 NODE = "node"
 NODE_GROUP = "group"
 NODE_CDEV = "cdev"
+
+#: CreateDevice, DefineDevice: who the caller is, as the device's owner (`mdevd.owners`);
+#: the device methods that change a device: who the caller says it is.
+OWNER = "owner"
+#: CreateDevice: how long the transient device lives (`manual`, `connection`, `unit:<name>`).
+LIFETIME = "lifetime"
 
 #: How much of a caller's string an error message quotes.
 SHOWN_LENGTH = 64
@@ -129,3 +135,15 @@ def caller_holds_group(values: Mapping[str, Any]) -> bool:
 
 def attributes_variant(pairs: Attributes) -> Variant:
     return Variant("a(ss)", [list(pair) for pair in pairs])
+
+
+def owner_label(values: Mapping[str, Any]) -> str | None:
+    """The `owner` option, checked (`mdevd.owners.label`); None when absent."""
+    if OWNER not in values:
+        return None
+    return owners.label(values[OWNER])
+
+
+def lifetime(values: Mapping[str, Any]) -> str:
+    """The `lifetime` option, checked; `manual` when absent."""
+    return owners.lifetime(values.get(LIFETIME, owners.LIFETIME_MANUAL))

@@ -142,6 +142,15 @@ class LifetimeWatcher:
             reply is not None and reply.message_type is MessageType.METHOD_RETURN and reply.body[0]
         )
 
+    async def check_now(self, uuid: str, owner: Owner) -> None:
+        """Right after a device is made: end its lifetime at once if its owner already left
+        (its connection closed, or its unit stopped, while the create ran)."""
+        if owner.lifetime == LIFETIME_CONNECTION:
+            if not await self._has_owner(owner.connection):
+                self.engine.end_lifetime(uuid)
+        elif owner.ends_with_unit and owner.unit not in self._units:
+            self.engine.end_lifetime(uuid)
+
     async def follow_unit(self, unit: str) -> None:
         """Follow `unit` until it stops; if it is not running now, its lifetime ends now.
         `NotSupported` when no systemd answers on this bus (the device is refused first)."""

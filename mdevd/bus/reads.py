@@ -73,10 +73,19 @@ PROPERTY_SIGNATURES: Final[Mapping[str, str]] = {
     "PendingChanges": "a{sv}",
     "Backend": "s",
     "Placement": "s",
+    "Owner": "s",
+    "Lifetime": "s",
 }
 
 #: Device properties added after ListDevices' struct was fixed: its trailing `a{sv}` has them.
-LATER_DEVICE_PROPERTIES: Final = ("Status", "PendingChanges", "Backend", "Placement")
+LATER_DEVICE_PROPERTIES: Final = (
+    "Status",
+    "PendingChanges",
+    "Backend",
+    "Placement",
+    "Owner",
+    "Lifetime",
+)
 
 MANAGED_OBJECTS_SIGNATURE: Final = "a{oa{sa{sv}}}"
 #: ListDevices' struct: the object path, then the Device properties in the contract's order,

@@ -17,12 +17,13 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.signature import Variant
 
 from mdevd.bus import fds
-from mdevd.bus.auth import Authorize
+from mdevd.bus.auth import Authorize, AuthorizeFor
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.context import HandlerContext, Reload
 from mdevd.bus.device import DeviceInterface
 from mdevd.bus.manager import FEATURES, ManagerInterface
 from mdevd.bus.names import DEVICES_PATH, MANAGER_PATH, PARENTS_PATH, error_name
+from mdevd.bus.owners import CallerOwners, LifetimeWatcher
 from mdevd.bus.parent import ParentInterface
 from mdevd.bus.paths import (
     device_path,
@@ -46,6 +47,9 @@ class ObjectTree:
         features: Sequence[str] = FEATURES,
         *,
         reload: Reload | None = None,
+        owners: CallerOwners | None = None,
+        lifetimes: LifetimeWatcher | None = None,
+        authorize_for: AuthorizeFor | None = None,
     ) -> None:
         self.bus = bus
         self.engine = engine
@@ -58,6 +62,9 @@ class ObjectTree:
             list_devices=self.reads.device_list,
             features=tuple(features),
             hand_over=self._outgoing_fds(bus).hand_over,
+            owners=owners,
+            lifetimes=lifetimes,
+            authorize_for=authorize_for,
         )
         self.manager = ManagerInterface(self.context)
         self._devices: dict[str, DeviceInterface] = {}

@@ -43,6 +43,8 @@ OPTION_SIGNATURES = {
     "live": "b",
     "type": "s",
     "placement": "s",
+    "owner": "s",
+    "lifetime": "s",
     "auth.interactive": "b",
 }
 

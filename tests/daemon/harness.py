@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import uuid as uuid_module
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from dbus_fast.aio import MessageBus
 from mdevd.bus import names
 from mdevd.bus.paths import device_path, parent_path
 from mdevd.client import DaemonError
+from mdevd.owners import unit_of_cgroup
 from mdevd.replies import unwrap
 from mdevd.sim.control import UeventRecord
 from tests.support.signals import SignalRecorder
@@ -55,8 +57,16 @@ __all__ = [
     "device_path",
     "new_uuid",
     "options",
+    "own_owner",
     "parent_path",
 ]
+
+
+def own_owner() -> str:
+    """The `Owner` the daemon records for a device this test process makes without naming an
+    owner: its systemd unit if it runs in one, else its uid (`mdevd.bus.owners`)."""
+    unit = unit_of_cgroup(Path("/proc/self/cgroup").read_text())
+    return f"unit:{unit}" if unit else f"uid:{os.getuid()}"
 
 
 def new_uuid() -> str:

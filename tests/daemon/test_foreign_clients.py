@@ -109,6 +109,12 @@ def test_busctl_introspects_a_device_and_a_parent(stack: ClientStack, client: Bu
     assert rows[".IommuGroup"] == ["property", "i", "-1", "emits-change"]
     assert rows[".Backend"] == ["property", "s", '"mdev"', "emits-change"]
     assert rows[".Placement"] == ["property", "s", '""', "emits-change"]
+    assert rows[".Owner"][:2] == ["property", "s"] and rows[".Lifetime"] == [
+        "property",
+        "s",
+        '"manual"',
+        "emits-change",
+    ]
     result = busctl(
         stack, "introspect", names.BUS_NAME, parent_path("mtty"), names.PARENT_INTERFACE
     )
@@ -229,7 +235,7 @@ def test_gdbus_introspects_a_device(stack: ClientStack, client: BusClient) -> No
     [interface] = [i for i in node.findall("interface") if i.get("name") == names.DEVICE_INTERFACE]
     methods = {m.get("name") for m in interface.findall("method")}
     assert methods == {"Start", "Stop", "Define", "Undefine", "Update", "QueryAttributes", "Open"}
-    assert len(interface.findall("property")) == 16
+    assert len(interface.findall("property")) == 18  # Owner and Lifetime added
 
 
 def test_gdbus_creates_a_device_and_gets_the_error_name_of_a_failure(

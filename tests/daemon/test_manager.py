@@ -24,6 +24,7 @@ from tests.daemon.harness import (
     in_sysfs,
     new_uuid,
     options,
+    own_owner,
     parent_path,
 )
 from tests.support.daemon import DaemonProcess
@@ -84,6 +85,8 @@ def test_create_device_makes_a_transient_device_with_every_property(
         "PendingChanges": {},
         "Backend": "mdev",
         "Placement": "",
+        "Owner": own_owner(),
+        "Lifetime": "manual",
     }
 
 
@@ -185,6 +188,8 @@ def test_define_device_persists_a_definition(
         "PendingChanges": {},
         "Backend": "mdev",
         "Placement": "",
+        "Owner": own_owner(),
+        "Lifetime": "manual",
     }
     assert _definitions(config_file) == [
         {

@@ -54,6 +54,11 @@ def client(address: str) -> Iterator[BusClient]:
         yield connected
 
 
+def _state(devices_dir: Path) -> list[str]:
+    """One state directory for every daemon of the module: a restart keeps /var/lib/mdevd."""
+    return ["--state-dir", str(devices_dir.parent / "state")]
+
+
 def _mdev_actions(sim: RunningSim, uuid: str) -> list[str]:
     return [record.action for record in device_uevents(sim, uuid)]
 
@@ -62,7 +67,7 @@ def test_a_restart_adopts_running_devices(
     address: str, sim: RunningSim, devices_dir: Path, client: BusClient
 ) -> None:
     transient, defined, idle = new_uuid(), new_uuid(), new_uuid()
-    with running_daemon(address, sim.root, [devices_dir]):
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)):
         client.create_device("par-a", "par-a-1", uuid=transient, attributes=[("setting", "1")])
         client.define_device("mtty", "mtty-2", uuid=defined, autostart=True, start=True)
         client.define_device("mtty", "mtty-1", uuid=idle)
@@ -72,7 +77,7 @@ def test_a_restart_adopts_running_devices(
     events_before = len(sim.control.uevents())
 
     mark = client.mark()
-    with running_daemon(address, sim.root, [devices_dir]):
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)):
         after = {uuid: client.device(uuid) for uuid in (transient, defined, idle)}
         # The kernel cannot tell a transient device's attributes; everything else is the same.
         assert after[transient] == {**before[transient], "Attributes": []}
@@ -91,11 +96,11 @@ def test_a_restart_starts_autostart_devices_that_went_away_meanwhile(
     address: str, sim: RunningSim, devices_dir: Path, client: BusClient
 ) -> None:
     uuid = new_uuid()
-    with running_daemon(address, sim.root, [devices_dir]):
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)):
         client.define_device("par-b", "par-b-1", uuid=uuid, autostart=True, start=True)
     (sim.root / "bus/mdev/devices" / uuid / "remove").write_text("1")
     assert not in_sysfs(sim, uuid)
-    with running_daemon(address, sim.root, [devices_dir]):
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)):
         assert in_sysfs(sim, uuid)
         assert client.device(uuid)["Active"] is True
         assert _mdev_actions(sim, uuid) == ["add", "bind", "unbind", "remove", "add", "bind"]
@@ -106,10 +111,10 @@ def test_a_definition_survives_a_kill_right_after_the_reply(
     address: str, sim: RunningSim, devices_dir: Path, client: BusClient
 ) -> None:
     uuid = new_uuid()
-    with running_daemon(address, sim.root, [devices_dir]) as daemon:
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)) as daemon:
         client.define_device("mdpy", "mdpy-vga", uuid=uuid, attributes=[])
         daemon.stop(signal.SIGKILL)
-    with running_daemon(address, sim.root, [devices_dir]):
+    with running_daemon(address, sim.root, [devices_dir], extra_args=_state(devices_dir)):
         device = client.device(uuid)
         assert (device["Defined"], device["Parent"], device["Type"]) == (True, "mdpy", "mdpy-vga")
 
@@ -137,7 +142,9 @@ def test_start_up_exports_without_announcing(
     later = new_uuid()
 
     def run_daemon() -> None:
-        with running_daemon(address, sim.root, [devices_dir]) as daemon:
+        with running_daemon(
+            address, sim.root, [devices_dir], extra_args=_state(devices_dir)
+        ) as daemon:
             daemon.ctl("create", "mtty", "mtty-1", "--uuid", later, check=True)
             daemon.ctl("stop", later, check=True)
 

@@ -390,10 +390,14 @@ def test_hostile_arguments_to_every_method(target: Target) -> None:
     assert any(w.syscall.startswith("rename") and w.path == canary_file for w in writes()), (
         "strace did not see the canary definition written: the trace is not working"
     )
-    allowed = [target.daemon.devices_dir, target.sim.root]
+    assert target.daemon.state_dir is not None
+    allowed = [target.daemon.devices_dir, target.daemon.state_dir, target.sim.root]
     assert _outside(writes(), allowed) == []
     for entry in target.daemon.devices_dir.iterdir():
         assert entry.suffix == ".toml" and is_uuid(entry.stem), entry
+    # The state directory holds the daemon's own records, by fixed names, and nothing else.
+    for entry in target.daemon.state_dir.iterdir():
+        assert entry.name in ("owners.json", "nvidia-vf.json"), entry
 
 
 # ---- what the bus itself refuses to carry --------------------------------------------------

@@ -38,6 +38,8 @@ class DaemonProcess:
     log_path: Path
     devices_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    #: Where the daemon keeps its state (`--state-dir`: owners, nvidia-vf placements).
+    state_dir: Path | None = None
 
     def log(self) -> str:
         try:
@@ -159,7 +161,9 @@ def running_daemon(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
         )
     devices_dir = Path(devices_dirs[0]) if devices_dirs else workdir
-    daemon = DaemonProcess(process, address, log_path, devices_dir, env)
+    # The last --state-dir given wins, as with every option (a test's own comes last).
+    state_dir = Path([argv[i + 1] for i, word in enumerate(argv) if word == "--state-dir"][-1])
+    daemon = DaemonProcess(process, address, log_path, devices_dir, env, state_dir)
     with watched_log("mdevd", log_path):
         try:
             deadline = time.monotonic() + start_timeout

@@ -122,10 +122,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+def write_atomic(
+    path: Path, data: bytes, *, mode: int | None = None, durable: bool = True
+) -> None:
     """Replace `path` with `data` atomically and durably.
 
-    `mode` defaults to the mode of the file being replaced (an admin's 0600 stays 0600), or
+    `durable=False` skips the fsyncs: for records that a crash of the host makes worthless
+    anyway (what the kernel held is gone with it), a reader still sees the old file or the
+    new one, never a mix, and a crash of the daemon alone loses nothing. `mode` defaults to the mode of the file being replaced (an admin's 0600 stays 0600), or
     0644 for a new file. The directory must exist. Raises OSError; on failure the old file is
     untouched and the temporary file is gone.
     """
@@ -145,7 +149,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
                 written = os.fstat(fd)
                 _write_all(fd, data)
                 os.fchmod(fd, mode)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             # rename(2) replaces the entry (a symlink too) and never follows it. It takes the
@@ -159,7 +164,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dir_fd)
             raise
-        os.fsync(dir_fd)
+        if durable:
+            os.fsync(dir_fd)
 
 
 def remove_durably(path: Path) -> None:

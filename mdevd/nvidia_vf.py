@@ -120,7 +120,7 @@ class Placed:
 
 
 class PlacementRecord:
-    """Which UUID mdevd placed on which VF: a JSON file, replaced atomically and durably.
+    """Which UUID mdevd placed on which VF: a JSON file, replaced atomically (not fsynced).
 
     A damaged file is reported and read as empty: at worst mdevd's vGPUs then show as
     another tool's, and are left alone, which is the safe side.
@@ -161,7 +161,11 @@ class PlacementRecord:
             },
         }
         atomic.ensure_directory(self.path.parent)
-        atomic.write_atomic(self.path, (json.dumps(document, indent=1) + "\n").encode())
+        # Not fsynced: after a crash of the host every VF is cleared, and the record only
+        # says which VF to prefer; the rename still makes every reader see a whole file.
+        atomic.write_atomic(
+            self.path, (json.dumps(document, indent=1) + "\n").encode(), durable=False
+        )
 
     def put(self, uuid: str, placed: Placed) -> None:
         self.records.pop(uuid, None)  # to the end: the newest

@@ -8,7 +8,8 @@ Devices other tools made have no owner, and mdevd's housekeeping never stops the
 
 Ownership lives as long as the devices do: the record (`OwnerRecord`, a JSON file in the state
 directory) carries the boot's id, and a record from an earlier boot is dropped, as the kernel
-dropped the devices. Written atomically after each change; a damaged file costs the owners
+dropped the devices. Written atomically after each change, without fsync (nothing it says
+outlives a crash of the host); a damaged file costs the owners
 (the devices then have none, the safe side: nothing is reaped), never the daemon.
 """
 
@@ -163,4 +164,8 @@ class OwnerRecord:
             },
         }
         atomic.ensure_directory(self.path.parent)
-        atomic.write_atomic(self.path, (json.dumps(document, indent=1) + "\n").encode())
+        # Not fsynced: a crash of the host ends the devices, and with the next boot's id the
+        # record too; the rename still makes every reader see a whole file.
+        atomic.write_atomic(
+            self.path, (json.dumps(document, indent=1) + "\n").encode(), durable=False
+        )

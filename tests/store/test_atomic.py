@@ -61,6 +61,12 @@ def test_file_and_directory_are_fsynced_before_and_after_the_rename(
     events.clear()
     atomic.remove_durably(tmp_path / "a.toml")
     assert events == ["fsync-dir"]
+    # The daemon's runtime records (owners, VF placements) are renamed into place unsynced:
+    # a crash of the host ends what they describe.
+    events.clear()
+    atomic.write_atomic(tmp_path / "owners.json", b"{}", durable=False)
+    assert events == ["rename"]
+    assert (tmp_path / "owners.json").read_bytes() == b"{}"
 
 
 @pytest.mark.parametrize("failing", ["write", "fsync", "replace"])

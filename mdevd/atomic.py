@@ -129,7 +129,9 @@ def write_atomic(
 
     `durable=False` skips the fsyncs: for records that a crash of the host makes worthless
     anyway (what the kernel held is gone with it), a reader still sees the old file or the
-    new one, never a mix, and a crash of the daemon alone loses nothing. `mode` defaults to the mode of the file being replaced (an admin's 0600 stays 0600), or
+    new one, never a mix, and a crash of the daemon alone loses nothing.
+
+    `mode` defaults to the mode of the file being replaced (an admin's 0600 stays 0600), or
     0644 for a new file. The directory must exist. Raises OSError; on failure the old file is
     untouched and the temporary file is gone.
     """

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ SYSTEMD_MANAGER = "org.freedesktop.systemd1.Manager"
 SYSTEMD_UNIT = "org.freedesktop.systemd1.Unit"
 #: A unit in one of these states has stopped: its devices' lifetime ended.
 _STOPPED = frozenset({"inactive", "failed"})
+#: Callers whose unit is remembered.
+MAX_REMEMBERED_UNITS = 1024
 #: Units followed at once (each is one match rule on the bus).
 MAX_WATCHED_UNITS = 1024
 TIMEOUT = 10.0
@@ -50,6 +53,9 @@ class CallerOwners:
         self.bus = bus
         self.callers = callers
         self.proc = proc
+        # A connection's process, so its unit, never changes: asked once per connection
+        # (bounded; a connection that left is never asked about again).
+        self._units: OrderedDict[str, str] = OrderedDict()
 
     async def identify(self, label: str | None, lifetime: str = owning.LIFETIME_MANUAL) -> Owner:
         sender = self.callers.current_sender()
@@ -67,6 +73,15 @@ class CallerOwners:
         )
 
     async def _unit_of(self, sender: str) -> str:
+        unit = self._units.get(sender)
+        if unit is None:
+            unit = await self._look_up_unit(sender)
+            self._units[sender] = unit
+            while len(self._units) > MAX_REMEMBERED_UNITS:
+                self._units.popitem(last=False)
+        return unit
+
+    async def _look_up_unit(self, sender: str) -> str:
         try:
             pid = await sender_pid(self.bus, sender)
             text = await asyncio.to_thread(_read_cgroup, self.proc / str(pid) / "cgroup")

@@ -578,8 +578,13 @@ def open_vfio(dev_root: Path, device: ActiveDevice, cdev: bool = False) -> int:
     group, which vfio lets only one process open."""
     what = f"device {device.uuid}"
     if cdev:
+        vfio_dev = Path(device.sysfs_path) / "vfio-dev"
+        # The vfio-dev device exists since 6.1; its `dev` (a char device's numbers) only with
+        # CONFIG_VFIO_DEVICE_CDEV, which makes the node.
         names = [
-            n for n in listdir(Path(device.sysfs_path) / "vfio-dev") if _VFIO_CDEV.fullmatch(n)
+            n
+            for n in listdir(vfio_dev)
+            if _VFIO_CDEV.fullmatch(n) and os.path.exists(vfio_dev / n / "dev")
         ]
         if not names:
             raise NotSupported(

@@ -253,6 +253,10 @@ def _device_files(builder: _Builder, kernel: Kernel, device: Device) -> None:
         builder.file(f"{path}/control_domains", Attribute(MODE_RO, show=control_domains))
 
 
+#: The major number of VFIO device nodes (the kernel allocates one at boot; 237 is typical).
+VFIO_CDEV_MAJOR = 237
+
+
 def _vfio_dev_files(
     builder: _Builder,
     kernel: Kernel,
@@ -262,13 +266,22 @@ def _vfio_dev_files(
     node: Attribute,
 ) -> None:
     """`<device>/vfio-dev/vfioN`, the VFIO device's cdev, its class/vfio-dev link, and `node`,
-    its /dev/vfio/devices/vfioN."""
+    its /dev/vfio/devices/vfioN. Its `dev` file and the uevent's MAJOR/MINOR/DEVNAME are what a
+    kernel with CONFIG_VFIO_DEVICE_CDEV shows (without it, vfio-dev/vfioN exists without
+    them, and no node)."""
     builder.dir(vfio_dev_devpath)
     _power_files(builder, vfio_dev_devpath)
     builder.link(f"{vfio_dev_devpath}/subsystem", "class/vfio-dev")
     builder.link(f"{vfio_dev_devpath}/device", device_path)
+    builder.text(f"{vfio_dev_devpath}/dev", f"{VFIO_CDEV_MAJOR}:{index}\n")
+    cdev_props = {
+        "MAJOR": str(VFIO_CDEV_MAJOR),
+        "MINOR": str(index),
+        "DEVNAME": f"vfio/devices/vfio{index}",
+    }
     builder.file(
-        f"{vfio_dev_devpath}/uevent", _uevent_file(kernel, vfio_dev_devpath, "vfio-dev", dict)
+        f"{vfio_dev_devpath}/uevent",
+        _uevent_file(kernel, vfio_dev_devpath, "vfio-dev", lambda: cdev_props),
     )
     builder.link(f"class/vfio-dev/vfio{index}", vfio_dev_devpath)
     builder.file(f"{control.VFIO_CDEV_DIR}/vfio{index}", node)

@@ -27,6 +27,7 @@ from mdevd.bus.names import (
     ROOT_PATH,
 )
 from mdevd.replies import (
+    LIFETIME_MANUAL,
     NO_SUCH_OBJECT,
     DaemonError,
     DeviceInfo,
@@ -140,14 +141,21 @@ def create_device_path(
     force: bool | None = None,
     interactive: bool = False,
     placement: str = "",
+    owner: str | None = None,
+    lifetime: str | None = None,
 ) -> Request[str]:
     """CreateDevice; its object path. Pass `uuid` to make a retry after a timeout safe.
     `placement`: where on the parent (an nvidia-vf GPU's virtual function); "" leaves the
-    option out (the backend chooses), so a daemon without placements accepts the call."""
+    option out (the backend chooses), so a daemon without placements accepts the call.
+    `owner`: the caller's label, recorded as the device's owner; `lifetime`: `manual`,
+    `connection` (until this connection closes) or `unit:NAME`. Each is sent only when
+    given, so a daemon without owners accepts the call without them."""
     given = options(
         uuid=uuid,
         attributes=attributes or None,
         placement=placement or None,
+        owner=owner,
+        lifetime=lifetime,
         force=force,
         auth_interactive=_auth(interactive),
     )
@@ -166,6 +174,8 @@ def create_device(
     force: bool | None = None,
     interactive: bool = False,
     placement: str = "",
+    owner: str | None = None,
+    lifetime: str | None = None,
 ) -> Request[DeviceInfo]:
     """CreateDevice, then the device as it is once created (one more read)."""
     path = yield from create_device_path(
@@ -176,6 +186,8 @@ def create_device(
         force=force,
         interactive=interactive,
         placement=placement,
+        owner=owner,
+        lifetime=lifetime,
     )
     try:
         (props,) = yield Call(path, PROPERTIES_INTERFACE, "GetAll", "s", [DEVICE_INTERFACE])
@@ -198,6 +210,8 @@ def create_device(
             config_file="",
             last_error="",
             placement=placement,
+            owner=owner or "",
+            lifetime=(lifetime or LIFETIME_MANUAL) if owner else "",
         )
     return DeviceInfo.from_properties(path, unwrap(props))
 
@@ -213,13 +227,17 @@ def define_device(
     force: bool | None = None,
     interactive: bool = False,
     placement: str = "",
+    owner: str | None = None,
 ) -> Request[str]:
     """DefineDevice; its object path. `placement` pins the device to one place on its parent
-    (an nvidia-vf GPU's virtual function, by PCI address); "" leaves the option out."""
+    (an nvidia-vf GPU's virtual function, by PCI address); "" leaves the option out. `owner`:
+    the caller's label, recorded as the device's owner (sent only when given). A definition
+    has no lifetime."""
     given = options(
         uuid=uuid,
         attributes=attributes or None,
         placement=placement or None,
+        owner=owner,
         autostart=autostart,
         start=start,
         force=force,
@@ -237,8 +255,19 @@ def _device_method(uuid: str, member: str, interactive: bool, **values: Any) -> 
     yield Call(path, DEVICE_INTERFACE, member, "a{sv}", [given])
 
 
-def start(uuid: str, *, force: bool | None = None, interactive: bool = False) -> Request[None]:
-    return _device_method(uuid, "Start", interactive, force=force)
+# `owner` on Start, Stop, Define, Undefine and Update says who the caller is: a caller that
+# names itself is refused (NotAuthorized) another owner's device, whatever its rights. Sent only
+# when given, so a daemon without owners accepts the call.
+
+
+def start(
+    uuid: str,
+    *,
+    force: bool | None = None,
+    interactive: bool = False,
+    owner: str | None = None,
+) -> Request[None]:
+    return _device_method(uuid, "Start", interactive, force=force, owner=owner)
 
 
 def stop(
@@ -247,9 +276,10 @@ def stop(
     force: bool | None = None,
     caller_holds_group: bool | None = None,
     interactive: bool = False,
+    owner: str | None = None,
 ) -> Request[None]:
     return _device_method(
-        uuid, "Stop", interactive, force=force, caller_holds_group=caller_holds_group
+        uuid, "Stop", interactive, force=force, caller_holds_group=caller_holds_group, owner=owner
     )
 
 
@@ -259,12 +289,21 @@ def define(
     autostart: bool | None = None,
     force: bool | None = None,
     interactive: bool = False,
+    owner: str | None = None,
 ) -> Request[None]:
-    return _device_method(uuid, "Define", interactive, autostart=autostart, force=force)
+    return _device_method(
+        uuid, "Define", interactive, autostart=autostart, force=force, owner=owner
+    )
 
 
-def undefine(uuid: str, *, force: bool | None = None, interactive: bool = False) -> Request[None]:
-    return _device_method(uuid, "Undefine", interactive, force=force)
+def undefine(
+    uuid: str,
+    *,
+    force: bool | None = None,
+    interactive: bool = False,
+    owner: str | None = None,
+) -> Request[None]:
+    return _device_method(uuid, "Undefine", interactive, force=force, owner=owner)
 
 
 def query_attributes(
@@ -288,6 +327,7 @@ def update(
     persist: bool | None = None,
     force: bool | None = None,
     interactive: bool = False,
+    owner: str | None = None,
 ) -> Request[None]:
     changes: dict[str, Variant] = {}
     if type_id is not None:
@@ -297,7 +337,13 @@ def update(
     if attributes is not None:
         changes["attributes"] = Variant("a(ss)", [list(pair) for pair in attributes])
     path = yield from get_device(uuid)
-    given = options(live=live, persist=persist, force=force, auth_interactive=_auth(interactive))
+    given = options(
+        live=live,
+        persist=persist,
+        force=force,
+        owner=owner,
+        auth_interactive=_auth(interactive),
+    )
     yield Call(path, DEVICE_INTERFACE, "Update", "a{sv}a{sv}", [changes, given])
 
 

@@ -221,17 +221,23 @@ class Client:
         attributes: Sequence[tuple[str, str]] = (),
         force: bool | None = None,
         placement: str = "",
+        owner: str | None = None,
+        lifetime: str | None = None,
     ) -> DeviceInfo:
         """Create a transient device; return it as it is once created (one more read).
 
         Pass `uuid` (uuid4) to make a retry after a `CallTimeout` safe: the same request
         again returns the same device instead of making a second one. `placement` puts it at
         one place on the parent (an nvidia-vf GPU's virtual function, by PCI address).
+        `owner` records the caller's label (`nova`) as its owner; `lifetime` is `manual` (the
+        default), `connection` (removed when this client's connection closes) or `unit:NAME`
+        (removed when that systemd .service or .scope stops). Neither is sent unless given.
         """
         return await self.run(
             calls.create_device(
                 parent, type_id, uuid=uuid, attributes=attributes, force=force,
-                interactive=self.interactive, placement=placement,
+                interactive=self.interactive, placement=placement, owner=owner,
+                lifetime=lifetime,
             )
         )  # fmt: skip
 
@@ -244,13 +250,16 @@ class Client:
         attributes: Sequence[tuple[str, str]] = (),
         force: bool | None = None,
         placement: str = "",
+        owner: str | None = None,
+        lifetime: str | None = None,
     ) -> str:
         """As `create_device`, returning only the object path (what `create_device` returned
         before it returned the device): one round trip, for loops that need no more."""
         return await self.run(
             calls.create_device_path(
                 parent, type_id, uuid=uuid, attributes=attributes, force=force,
-                interactive=self.interactive, placement=placement,
+                interactive=self.interactive, placement=placement, owner=owner,
+                lifetime=lifetime,
             )
         )  # fmt: skip
 
@@ -265,39 +274,62 @@ class Client:
         start: bool | None = None,
         force: bool | None = None,
         placement: str = "",
+        owner: str | None = None,
     ) -> str:
         """Persist a definition; its object path. `placement` pins the device to one place on
         its parent (an nvidia-vf GPU's virtual function, by PCI address; "" lets the backend
-        choose, and is not sent, so a daemon without placements accepts the call)."""
+        choose, and is not sent, so a daemon without placements accepts the call). `owner`
+        records the caller's label as its owner (not sent unless given)."""
         return await self.run(
             calls.define_device(
                 parent, type_id, uuid=uuid, attributes=attributes, autostart=autostart,
                 start=start, force=force, interactive=self.interactive, placement=placement,
+                owner=owner,
             )
         )  # fmt: skip
 
-    async def start(self, uuid: str, *, force: bool | None = None) -> None:
-        await self.run(calls.start(uuid, force=force, interactive=self.interactive))
+    # `owner=` on start, stop, define, undefine and update: who the caller is. Naming
+    # itself, a caller is refused (NotAuthorized) another owner's device whatever its rights.
+
+    async def start(
+        self, uuid: str, *, force: bool | None = None, owner: str | None = None
+    ) -> None:
+        await self.run(calls.start(uuid, force=force, interactive=self.interactive, owner=owner))
 
     async def stop(
-        self, uuid: str, *, force: bool | None = None, caller_holds_group: bool | None = None
+        self,
+        uuid: str,
+        *,
+        force: bool | None = None,
+        caller_holds_group: bool | None = None,
+        owner: str | None = None,
     ) -> None:
         await self.run(
             calls.stop(
                 uuid, force=force, caller_holds_group=caller_holds_group,
-                interactive=self.interactive,
+                interactive=self.interactive, owner=owner,
             )
         )  # fmt: skip
 
     async def define(
-        self, uuid: str, *, autostart: bool | None = None, force: bool | None = None
+        self,
+        uuid: str,
+        *,
+        autostart: bool | None = None,
+        force: bool | None = None,
+        owner: str | None = None,
     ) -> None:
         await self.run(
-            calls.define(uuid, autostart=autostart, force=force, interactive=self.interactive)
-        )
+            calls.define(
+                uuid, autostart=autostart, force=force, interactive=self.interactive,
+                owner=owner,
+            )
+        )  # fmt: skip
 
-    async def undefine(self, uuid: str, *, force: bool | None = None) -> None:
-        await self.run(calls.undefine(uuid, force=force, interactive=self.interactive))
+    async def undefine(
+        self, uuid: str, *, force: bool | None = None, owner: str | None = None
+    ) -> None:
+        await self.run(calls.undefine(uuid, force=force, interactive=self.interactive, owner=owner))
 
     async def query_attributes(self, uuid: str) -> tuple[tuple[str, str], ...]:
         """The running device's attributes as its callout script reports them (mdevctl's
@@ -314,11 +346,12 @@ class Client:
         live: bool | None = None,
         persist: bool | None = None,
         force: bool | None = None,
+        owner: str | None = None,
     ) -> None:
         await self.run(
             calls.update(
                 uuid, type_id=type_id, autostart=autostart, attributes=attributes, live=live,
-                persist=persist, force=force, interactive=self.interactive,
+                persist=persist, force=force, interactive=self.interactive, owner=owner,
             )
         )  # fmt: skip
 

@@ -27,6 +27,9 @@ __all__ = [
     "BACKEND_NVIDIA_VF",
     "DEFAULT_TIMEOUT",
     "ERRORS",
+    "LIFETIME_CONNECTION",
+    "LIFETIME_MANUAL",
+    "LIFETIME_UNIT_PREFIX",
     "NO_PENDING_CHANGES",
     "NO_SUCH_OBJECT",
     "STATUS_ACTIVE",
@@ -271,6 +274,14 @@ class ParentInfo:
     backend: str = BACKEND_MDEV
 
 
+#: `DeviceInfo.lifetime` (the Device's `Lifetime`): until stopped (every defined device's, and
+#: a transient device's unless its creator asked otherwise); until the creator's bus
+#: connection closes; until the systemd unit after the prefix stops (`unit:qemu-1.scope`).
+LIFETIME_MANUAL = "manual"
+LIFETIME_CONNECTION = "connection"
+LIFETIME_UNIT_PREFIX = "unit:"
+
+
 #: `DeviceInfo.status`, one word for where a device stands (the Device's `Status` property).
 STATUS_ACTIVE = "active"
 #: Defined with autostart, not active, its parent absent: it starts when the parent comes.
@@ -373,6 +384,13 @@ class DeviceInfo:
     backend: str = BACKEND_MDEV
     #: Its `Placement` (an nvidia-vf device's virtual function), "" when none.
     placement: str = ""
+    #: Its `Owner`: the label its creator gave (`nova`), else that caller's systemd unit
+    #: (`unit:virtqemud.service`) or uid (`uid:1000`); "" for a device another tool made, and
+    #: from a daemon without the property.
+    owner: str = ""
+    #: Its `Lifetime`: `manual`, `connection` or `unit:NAME` (the LIFETIME_* words); "" for a
+    #: device without owner, and from a daemon without the property.
+    lifetime: str = ""
 
     def __post_init__(self) -> None:
         if not self.status:
@@ -393,8 +411,8 @@ class DeviceInfo:
     def from_struct(cls, struct: Sequence[Any]) -> DeviceInfo:
         """From one ListDevices entry: the path, the Device properties in the contract's
         order, then a dictionary of later additions (`Status`, `PendingChanges`, `Backend`,
-        `Placement`; a daemon without them sends it empty: the status is then derived, the
-        backend is "mdev" and there is no placement)."""
+        `Placement`, `Owner`, `Lifetime`; a daemon without them sends it empty: the status is
+        then derived, the backend is "mdev", and placement, owner and lifetime are "")."""
         (
             path,
             uuid,
@@ -429,6 +447,8 @@ class DeviceInfo:
             pending_changes=PendingChanges.from_dict(more.get("PendingChanges", {})),
             backend=str(more.get("Backend", BACKEND_MDEV)),
             placement=str(more.get("Placement", "")),
+            owner=str(more.get("Owner", "")),
+            lifetime=str(more.get("Lifetime", "")),
         )
 
     @classmethod
@@ -451,6 +471,8 @@ class DeviceInfo:
             pending_changes=PendingChanges.from_dict(unwrap(props.get("PendingChanges", {}))),
             backend=str(props.get("Backend", BACKEND_MDEV)),
             placement=str(props.get("Placement", "")),
+            owner=str(props.get("Owner", "")),
+            lifetime=str(props.get("Lifetime", "")),
         )
 
 

@@ -27,6 +27,7 @@ from mdevd import __version__, calls
 from mdevd.blocking import BlockingClient
 from mdevd.replies import (
     BACKEND_MDEV,
+    LIFETIME_MANUAL,
     STATUS_FAILED,
     STATUS_WAITING,
     CallTimeout,
@@ -109,6 +110,45 @@ def _attribute(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _owner_label(text: str) -> str:
+    """`--owner LABEL`, checked here as the daemon checks it (a usage error, before any call)."""
+    from mdevd import owners  # only when given: mdevdctl's start-up is most of its time
+    from mdevd.errors import InvalidArgument
+
+    try:
+        return owners.label(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Why `create --lifetime connection` is refused: mdevdctl's connection is gone when it exits.
+CONNECTION_LIFETIME_REFUSED = (
+    "'connection' would remove the device as soon as mdevdctl exits (a connection lifetime"
+    " ends with the bus connection of the program that created the device, and mdevdctl's"
+    " ends with its command); use 'unit:NAME' (the VM's .scope or .service), 'manual', or"
+    " mdevd.client from a program that stays connected"
+)
+
+
+def _lifetime(text: str) -> str:
+    """`create --lifetime`: `manual` or `unit:NAME.service|.scope`; `connection` is refused
+    (CONNECTION_LIFETIME_REFUSED)."""
+    from mdevd import owners
+    from mdevd.errors import InvalidArgument
+
+    try:
+        value = owners.lifetime(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value == owners.LIFETIME_CONNECTION:
+        raise argparse.ArgumentTypeError(CONNECTION_LIFETIME_REFUSED)
+    return value
+
+
+def _owner_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--owner", type=_owner_label, default=None, metavar="LABEL", help=text)
+
+
 def _json_options(
     parser: argparse.ArgumentParser,
     schemas: Sequence[int],
@@ -127,6 +167,12 @@ def _json_options(
         "implies --json; see docs/json.md)",
     )
     parser.set_defaults(default_schema=schemas[0])
+
+
+_ACT_AS = (
+    "act as LABEL: the device's owner must be LABEL, else it is refused (exit 4) whatever"
+    " your rights"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--active", action="store_true", help="only active devices")
     p.add_argument("-p", "--parent", help="only devices of this parent")
     p.add_argument("-u", "--uuid", help="only this device")
+    p.add_argument(
+        "--owner",
+        metavar="OWNER",
+        help="only devices of this owner (a label such as nova, or unit:NAME, uid:N)",
+    )
     _json_options(p, (0, 1))
 
     p = sub.add_parser("types", help="list parents and the types they support")
@@ -202,6 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="where on the parent: an nvidia-vf GPU's virtual function, by PCI address"
             " (e.g. 0000:3d:00.5; default: mdevd chooses)",
         )
+        _owner_option(
+            p,
+            "record LABEL (e.g. nova) as its owner (default: mdevd records your systemd unit,"
+            " else your uid)",
+        )
+        if name == "create":
+            p.add_argument(
+                "--lifetime",
+                type=_lifetime,
+                default=None,
+                metavar="LIFETIME",
+                help="manual (until stopped, the default) or unit:NAME (removed when that"
+                " systemd .service or .scope stops); not connection: mdevdctl's connection"
+                " ends when it exits",
+            )
         if name == "define":
             p.add_argument("--autostart", action="store_true", help="start when the parent appears")
             p.add_argument("--start", action="store_true", help="also start it now")
@@ -213,10 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("uuid")
+        _owner_option(p, _ACT_AS)
 
     p = sub.add_parser("persist", help="define an active transient device as it is")
     p.add_argument("uuid")
     p.add_argument("--autostart", action="store_true")
+    _owner_option(p, _ACT_AS)
 
     p = sub.add_parser("modify", help="change a definition")
     p.add_argument("uuid")
@@ -238,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also apply to the running device; alone, write the defined attributes to the"
         " running device (applies a pending attribute change)",
     )
+    _owner_option(p, _ACT_AS)
 
     p = sub.add_parser("monitor", help="print lifecycle events as they happen")
     _json_options(p, (0, 1), "one JSON object per line")
@@ -312,9 +381,12 @@ def _print_json(data: object) -> None:
 
 def _device_line(device: DeviceInfo) -> str:
     """`UUID PARENT TYPE auto|manual (active, defined)`, then `on VF` for a device with a
-    placement (an nvidia-vf vGPU's virtual function), then a marker for a device that needs
-    attention: `[failed]`, `[waiting]` or `[pending]` (at most one: only an active device can
-    have a pending change, and an active device is neither failed nor waiting)."""
+    placement (an nvidia-vf vGPU's virtual function), then `owner=LABEL` for a device whose
+    creator named itself (an owner mdevd worked out, `unit:...` or `uid:...`, is left to
+    `show`), then `lifetime=...` for a device that does not live until stopped, then a marker
+    for a device that needs attention: `[failed]`, `[waiting]` or `[pending]` (at most one:
+    only an active device can have a pending change, and an active device is neither failed
+    nor waiting)."""
     state = []
     if device.active:
         state.append("active")
@@ -324,6 +396,10 @@ def _device_line(device: DeviceInfo) -> str:
     line = f"{device.uuid} {device.parent} {device.type_id} {flags} ({', '.join(state)})"
     if device.placement:
         line += f" on {device.placement}"
+    if device.owner and ":" not in device.owner:
+        line += f" owner={device.owner}"
+    if device.lifetime and device.lifetime != LIFETIME_MANUAL:
+        line += f" lifetime={device.lifetime}"
     marker = list_marker(device)
     return f"{line} {marker}" if marker else line
 
@@ -344,6 +420,10 @@ def _print_device(device: DeviceInfo) -> None:
         print(f"Backend:     {device.backend}")
     if device.placement:
         print(f"Placement:   {device.placement}")
+    if device.owner:
+        print(f"Owner:       {device.owner}")
+    if device.lifetime:
+        print(f"Lifetime:    {device.lifetime}")
     print(f"Active:      {'yes' if device.active else 'no'}")
     print(f"Defined:     {'yes' if device.defined else 'no'}")
     print(f"Autostart:   {'yes' if device.autostart else 'no'}")
@@ -444,6 +524,8 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
             devices = [d for d in devices if d.parent == args.parent]
         if args.uuid:
             devices = [d for d in devices if d.uuid == args.uuid.lower()]
+        if args.owner is not None:
+            devices = [d for d in devices if d.owner == args.owner]
         schema = _json_schema(args)
         if schema == 0:
             _print_json([_device_json(d) for d in devices])
@@ -499,6 +581,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
                     calls.create_device(
                         args.parent, args.type, uuid=uuid, attributes=args.attr,
                         interactive=args.interactive, placement=args.placement,
+                        owner=args.owner, lifetime=args.lifetime,
                     )
                 )  # fmt: skip
                 uuid = device.uuid
@@ -513,6 +596,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
                         start=args.start or None,
                         interactive=args.interactive,
                         placement=args.placement,
+                        owner=args.owner,
                     )
                 )
                 uuid = path.rsplit("/", 1)[-1].replace("_", "-")
@@ -526,17 +610,22 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
         print(uuid)
         return EXIT_OK
     if command == "start":
-        client.run(calls.start(args.uuid, interactive=args.interactive))
+        client.run(calls.start(args.uuid, interactive=args.interactive, owner=args.owner))
         return EXIT_OK
     if command == "stop":
-        client.run(calls.stop(args.uuid, interactive=args.interactive))
+        client.run(calls.stop(args.uuid, interactive=args.interactive, owner=args.owner))
         return EXIT_OK
     if command == "undefine":
-        client.run(calls.undefine(args.uuid, interactive=args.interactive))
+        client.run(calls.undefine(args.uuid, interactive=args.interactive, owner=args.owner))
         return EXIT_OK
     if command == "persist":
         client.run(
-            calls.define(args.uuid, autostart=args.autostart or None, interactive=args.interactive)
+            calls.define(
+                args.uuid,
+                autostart=args.autostart or None,
+                interactive=args.interactive,
+                owner=args.owner,
+            )
         )
         return EXIT_OK
     if command == "modify":
@@ -559,6 +648,7 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
                 attributes=attributes,
                 live=args.live or None,
                 interactive=args.interactive,
+                owner=args.owner,
             )
         )
         return EXIT_OK

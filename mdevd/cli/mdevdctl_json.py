@@ -5,10 +5,10 @@ Schema 0 is the unversioned output of mdevd 0.1.0 (`list`, `show`, `types`, `mon
 exactly as it was, key order included, because scripts were written against it: it is what
 `--json` alone still prints for those commands. Schema 1 carries `"schema": 1` at the top of
 every output (list and types become objects for that), adds `status`, `pending_changes`,
-`backend` and `placement` to devices (`backend` to parents), and names a type id `type`
-everywhere (0 says `type` for a device's and `type_id` in `types`). A schema keeps its keys,
-their types and meanings; keys may be added to its objects. Anything else is a new schema
-number, and the old one stays selectable.
+`backend`, `placement`, `owner` and `lifetime` to devices (`backend` to parents), and names a
+type id `type` everywhere (0 says `type` for a device's and `type_id` in `types`). A schema
+keeps its keys, their types and meanings; keys may be added to its objects. Anything else is a
+new schema number, and the old one stays selectable.
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def device_v1(device: DeviceInfo) -> dict[str, Any]:
         "pending_changes": pending_v1(device.pending_changes),
         "backend": device.backend,
         "placement": device.placement,
+        "owner": device.owner,
+        "lifetime": device.lifetime,
     }
 
 

@@ -4,8 +4,10 @@ of devices (fixed UUIDs, one of each kind an admin meets: failed, waiting, a pen
 pending live update, transient, inactive, plain), compared with `tests/data/golden/`.
 
 Only what differs from run to run is replaced before comparing: the emulated kernel's mount
-point (`@SYSFS@`), the daemon's definition directory (`@DEVICES_DIR@`) and mdevd's version
-(`@VERSION@`). A change of output is then a change of a golden file, seen in review.
+point (`@SYSFS@`), the daemon's definition directory (`@DEVICES_DIR@`), mdevd's version
+(`@VERSION@`) and the owner mdevd records for a caller that names none (`@OWNER@`: the test
+runner's systemd unit, else its uid). A change of output is then a change of a golden file,
+seen in review.
 `MDEVD_REGENERATE_GOLDEN=1` rewrites the files from this run instead of comparing (as
 mdevctl's own tests do); read the diff before committing it. docs/json.md describes every
 key found in the JSON files, which the last test checks.
@@ -14,6 +16,7 @@ key found in the JSON files, which the last test checks.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from typing import Any
 import pytest
 
 from mdevd import __version__
+from mdevd.owners import unit_of_cgroup
 from tests.daemon.conftest import ClientStack
 from tests.support.golden import GOLDEN, assert_matches_golden
 from tests.support.paths import REPO
@@ -36,6 +40,9 @@ INACTIVE = "66666666-6666-4666-8666-666666666666"
 PLAIN = "77777777-7777-4777-8777-777777777777"
 #: Created and stopped while the monitors watch.
 WATCHED = "88888888-8888-4888-8888-888888888888"
+
+#: The owner of the devices made without `--owner` (all but TRANSIENT's, `nova`).
+OWNER = "nova"
 
 #: golden file -> (mdevdctl's arguments, its exit status).
 CASES: dict[str, tuple[tuple[str, ...], int]] = {
@@ -60,7 +67,21 @@ MONITORS = {
 }
 
 
+def _default_owner() -> str:
+    """The owner the daemon records for mdevdctl run from here without `--owner`: its systemd
+    unit (mdevdctl is in this process's cgroup), else its uid."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as file:
+            unit = unit_of_cgroup(file.read())
+    except OSError:
+        unit = ""
+    return f"unit:{unit}" if unit else f"uid:{os.getuid()}"
+
+
 def _normalised(text: str, stack: ClientStack) -> str:
+    owner = _default_owner()
+    text = text.replace(f"Owner:       {owner}\n", "Owner:       @OWNER@\n")
+    text = text.replace(f'"owner": "{owner}"', '"owner": "@OWNER@"')
     text = text.replace(str(stack.sim.root), "@SYSFS@")
     text = text.replace(str(stack.daemon.devices_dir), "@DEVICES_DIR@")
     text = text.replace(f"mdevd {__version__} answers", "mdevd @VERSION@ answers")
@@ -89,7 +110,7 @@ def devices(stack: ClientStack) -> Iterator[ClientStack]:
     _ctl(stack, "modify", PENDING_RESTART, "--type", "mtty-2")
     _ctl(stack, "define", "par-a", "par-a-1", "-u", PENDING_LIVE, "--attr", "setting=1", "--start")
     _ctl(stack, "modify", PENDING_LIVE, "--add-attr", "other=2")
-    _ctl(stack, "create", "mdpy", "mdpy-vga", "-u", TRANSIENT)
+    _ctl(stack, "create", "mdpy", "mdpy-vga", "-u", TRANSIENT, "--owner", OWNER)
     _ctl(stack, "define", "par-b", "par-b-1", "-u", INACTIVE)
     _ctl(stack, "define", "0000:65:00.0", "nvidia-558", "-u", PLAIN, "--autostart", "--start")
     yield stack

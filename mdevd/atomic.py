@@ -122,9 +122,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_atomic(
-    path: Path, data: bytes, *, mode: int | None = None, durable: bool = True
-) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None, durable: bool = True) -> None:
     """Replace `path` with `data` atomically and durably.
 
     `durable=False` skips the fsyncs: for records that a crash of the host makes worthless

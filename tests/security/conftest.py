@@ -5,7 +5,10 @@ with the project's actions and the example rules whenever a test asks for one.
 
 Users: root; `mdevd-tester`, a member of group `mdevd`, which the example rule grants the
 configure action (and through `imply` the manage action); `nobody`, whom nothing grants
-anything. The test accounts exist only inside the test process's mount namespace.
+anything; `mdevd-owner` and `mdevd-other`, whom the example rule grants nothing either, but
+whom `test_owner_checks` grants the manage action alone (an extra rules file), to own devices
+and to be refused another's. The test accounts exist only inside the test process's mount
+namespace.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from tests.support.sim import RunningSim, running_sim
 
 GRANTED_USER = "mdevd-tester"
 GRANTED_GROUP = "mdevd"
+#: Users in no group of the example rule (tests/security/test_owner_checks.py grants them the
+#: manage action alone).
+OWNER_USER = "mdevd-owner"
+OTHER_USER = "mdevd-other"
 
 #: The parent and types the tests create devices with (config/sim/default.toml).
 PARENT = "mtty"
@@ -54,7 +61,7 @@ class World:
     sim: RunningSim
     daemon: DaemonProcess
     accounts: Accounts
-    #: "root", "granted", "unprivileged"
+    #: "root", "granted", "unprivileged", "owner", "other"
     callers: dict[str, Caller]
     targets: Targets
 
@@ -86,15 +93,25 @@ def _make_targets(root: Caller) -> Targets:
 @pytest.fixture(scope="session")
 def world() -> Iterator[World]:
     with (
-        extra_accounts([Account(GRANTED_USER, groups=(GRANTED_GROUP,))]) as accounts,
+        extra_accounts(
+            [
+                Account(GRANTED_USER, groups=(GRANTED_GROUP,)),
+                Account(OWNER_USER),
+                Account(OTHER_USER),
+            ]
+        ) as accounts,
         private_bus([PROJECT_POLICY, POLKIT_POLICY]) as address,
         running_sim("default") as sim,
         running_daemon(address, sim.root) as daemon,
         unprivileged_python(user=GRANTED_USER, group=GRANTED_USER) as granted_python,
         unprivileged_python() as nobody_python,
+        unprivileged_python(user=OWNER_USER, group=OWNER_USER) as owner_python,
+        unprivileged_python(user=OTHER_USER, group=OTHER_USER) as other_python,
         running_caller("root", ROOT_PYTHON, address) as root,
         running_caller("granted", granted_python, address) as granted,
         running_caller("unprivileged", nobody_python, address) as unprivileged,
+        running_caller("owner", owner_python, address) as owner,
+        running_caller("other", other_python, address) as other,
     ):
         # polkitd is not running yet: root alone may act, which is all the setup needs.
         targets = _make_targets(root)
@@ -103,7 +120,13 @@ def world() -> Iterator[World]:
             sim,
             daemon,
             accounts,
-            {"root": root, "granted": granted, "unprivileged": unprivileged},
+            {
+                "root": root,
+                "granted": granted,
+                "unprivileged": unprivileged,
+                "owner": owner,
+                "other": other,
+            },
             targets,
         )
 

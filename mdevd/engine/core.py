@@ -1119,6 +1119,11 @@ class Engine:
 
     def _publish(self, uuid: str) -> DeviceState | None:
         """Recompute one UUID's state and tell the listener if it changed."""
+        if uuid in self._definitions:
+            # However it became defined (DefineDevice, Device.Define, a file an admin wrote),
+            # a defined device lives until undefined: a lifetime it had as a transient one
+            # ends here, or it would end the device after an Undefine, or at a restart.
+            self.ownership.defined(uuid)
         state = self._state(uuid)
         previous = self._published.get(uuid)
         if state is None:

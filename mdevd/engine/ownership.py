@@ -96,6 +96,13 @@ class Ownerships:
         except Exception as error:
             log.error("device %s: recording its owner failed: %s", uuid, error)
 
+    def defined(self, uuid: str) -> None:
+        """The device is defined now: its lifetime, if it had one, is `manual` from now on."""
+        owner = self._owners.get(uuid)
+        if owner is not None and owner.lifetime != LIFETIME_MANUAL:
+            self._owners[uuid] = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
+            self._saves.request()
+
     def forget(self, uuid: str) -> None:
         """The device is gone (neither defined nor active): its owner with it."""
         if self._set(uuid, None):

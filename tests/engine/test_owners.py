@@ -143,3 +143,22 @@ def test_a_unit_is_read_from_a_processs_cgroup() -> None:
     assert unit_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n") == "session-3.scope"
     assert unit_of_cgroup("0::/\n") == ""
     assert unit_of_cgroup("12:pids:/system.slice/x.service\n") == ""  # cgroup v1 lines
+
+
+def test_defining_a_transient_device_ends_its_lifetime(sim: RunningSim, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        engine = _engine(sim, tmp_path, release_poll=0.05)
+        await engine.start()
+        made = await engine.create_device("mtty", "mtty-1", owner=BY_CONNECTION)
+        await engine.define_active(made.uuid)
+        assert engine.device(made.uuid).lifetime == "manual"
+        await engine.undefine(made.uuid)
+        # The connection it once lived by is gone: nothing ends the device now.
+        assert engine.ownership.owned_by_connection(":1.42") == []
+        engine.end_lifetime(made.uuid)
+        await asyncio.sleep(0.3)
+        assert engine.device(made.uuid).active
+        await engine.stop_device(made.uuid)
+        engine.close()
+
+    asyncio.run(scenario())

@@ -309,12 +309,6 @@ def test_a_restarted_daemon_follows_the_unit_again(
     wait_gone(sim, container, kept)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: Engine.define_active (mdevd/engine/core.py) keeps the transient"
-    " device's recorded lifetime, so Lifetime stays unit:NAME after Define, and after Undefine"
-    " the stale lifetime removes the device (owner-gone) at the next daemon start",
-)
 def test_defining_a_device_makes_it_outlive_its_unit(
     container: Container, sim: RunningSim, events: Events
 ) -> None:

@@ -24,8 +24,9 @@ from bench.realsysfs import QUICK as HOST_QUICK
 from bench.realsysfs import Settings as HostSettings
 from bench.realsysfs import host_rows
 from bench.report import Report, Row, machine_description
-from tests.realkernel.harness import REPO, RealKernel, choose_accelerator
+from tests.realkernel.harness import RealKernel, choose_accelerator
 from tests.realkernel.prepare import host_can_run_guests
+from tests.support.paths import REPO
 
 TITLE = (
     "mdevd beside mdevctl where users run it: this host's own sysfs and disk, and Debian 12's "

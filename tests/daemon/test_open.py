@@ -37,6 +37,7 @@ from mdevd.blocking import BlockingClient
 from mdevd.bus import names
 from mdevd.client import SyncClient
 from mdevd.replies import Busy, InvalidArgument, NotActive
+from mdevd.wire import Variant as WireVariant
 from tests.daemon.harness import BusClient, DaemonError, bus_client, device_path, new_uuid
 from tests.support.bus import POLKIT_POLICY, PROJECT_POLICY, private_bus, unprivileged_python
 from tests.support.daemon import DaemonProcess, running_daemon
@@ -254,7 +255,7 @@ def test_an_inactive_device_is_not_active(world: World, wire: BlockingClient) ->
             names.DEVICE_INTERFACE,
             "Open",
             "a{sv}",
-            [{"node": calls.Variant("s", "vfio")}],
+            [{"node": WireVariant("s", "vfio")}],
         )
     world.client.undefine(uuid)
 

@@ -9,6 +9,7 @@ On every denial nothing changes: no file in the definitions directory, no device
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -157,7 +158,7 @@ def _allowed(world: World, caller: Caller) -> None:
                 node = _vfio_group(world, first)
                 assert reply.fds == (str(node),), reply
                 # The caller closed it; the emulation lets go of the group a moment later.
-                wait_until(lambda node=node: _group_free(node), timeout=10)
+                wait_until(functools.partial(_group_free, node), timeout=10)
             if event is not None:
                 assert event in _device_events(world.root.signals()), method
         assert first not in {p.name for p in (world.sim.root / "bus/mdev/devices").iterdir()}

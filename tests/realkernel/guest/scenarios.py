@@ -12,6 +12,9 @@ mdevd from the checkout with its production defaults, and runs, in order:
 3. unprivileged user `nobody` is refused every change, and nothing changes
 4. restart      mdevd restarted with devices running: none removed or recreated
 5. hot-unplug   `rmmod mtty` with devices running, then `modprobe mtty`
+6. handoff      Device.Open's fd used by a user in group mdevd to drive an mtty through VFIO
+                (`handoff.py`, `vfio_probe.py`); `nobody` refused, a held group Busy
+7. handoff-cdev the same through the VFIO device node where the kernel has one (6.6+)
 
 Each check is recorded in `$REALKERNEL_SHARED/report.json` (`report.py`); a scenario that
 raises is recorded as failed and the next one still runs. What mdevd says over D-Bus is always
@@ -38,6 +41,7 @@ import pyudev
 from mdevd.client import Client, DaemonError, DeviceInfo, Event
 from tests.realkernel.guest import sysfs
 from tests.realkernel.guest.bench import short_bench_after_scenarios
+from tests.realkernel.guest.handoff import scenario_handoff, scenario_handoff_cdev
 from tests.realkernel.guest.report import Report
 from tests.realkernel.guest.stack import DEVICES_DIR, LOGS, SHARED, GuestStack, run
 from tests.support.paths import REPO
@@ -777,6 +781,8 @@ SCENARIOS: Sequence[tuple[str, Callable[[Guest], Awaitable[None]]]] = (
     ("unprivileged", scenario_unprivileged),
     ("restart", scenario_restart),
     ("hot-unplug", scenario_hot_unplug),
+    ("handoff", scenario_handoff),
+    ("handoff-cdev", scenario_handoff_cdev),
 )
 
 

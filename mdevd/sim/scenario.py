@@ -6,6 +6,9 @@ A scenario is a TOML file (the shipped ones live in `config/sim/`)::
     [sim]                          # optional
     first_iommu_group = 0          # lowest iommu group number handed to a new device
     vfio_major = 243               # MAJOR of the /dev/vfio/<group> nodes in uevents
+    vfio_cdev = false              # VFIO device nodes (6.6+ with VFIO_DEVICE_CDEV): each device's
+                                   #   vfio-dev/vfioN gets `dev`, and .sim/dev/vfio/devices/vfioN
+                                   #   exists; false: as Debian 12's kernels, neither
     mdev_state_events = true       # parents announce (un)registration with a `change` carrying
                                    #   MDEV_STATE, as current kernels do; false behaves like
                                    #   older kernels without that event (docs/emulated-kernel.md)
@@ -225,6 +228,9 @@ class Scenario:
     first_iommu_group: int = 0
     vfio_major: int = 243
     mdev_state_events: bool = True
+    #: VFIO device nodes (CONFIG_VFIO_DEVICE_CDEV, 6.6+): `vfio-dev/vfioN/dev` and
+    #: /dev/vfio/devices/vfioN. Off, as on Debian 12's 6.1 (and its 6.12), which have neither.
+    vfio_cdev: bool = False
     source: str = "<scenario>"
     nvidia_gpus: tuple[NvidiaGpuSpec, ...] = ()
 
@@ -627,6 +633,7 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
         first_iommu_group=sim.number("first_iommu_group", 0),
         vfio_major=sim.number("vfio_major", 243, minimum=1),
         mdev_state_events=sim.flag("mdev_state_events", True),
+        vfio_cdev=sim.flag("vfio_cdev", False),
         source=source,
         nvidia_gpus=tuple(
             _nvidia_gpu(item, f"{source}: nvidia_gpu {index + 1}")

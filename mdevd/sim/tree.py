@@ -265,26 +265,28 @@ def _vfio_dev_files(
     index: int,
     node: Attribute,
 ) -> None:
-    """`<device>/vfio-dev/vfioN`, the VFIO device's cdev, its class/vfio-dev link, and `node`,
-    its /dev/vfio/devices/vfioN. Its `dev` file and the uevent's MAJOR/MINOR/DEVNAME are what a
-    kernel with CONFIG_VFIO_DEVICE_CDEV shows (without it, vfio-dev/vfioN exists without
-    them, and no node)."""
+    """`<device>/vfio-dev/vfioN`, the VFIO device (since 6.1), and its class/vfio-dev link.
+    With the scenario's `vfio_cdev` (CONFIG_VFIO_DEVICE_CDEV), also its char device: a `dev`
+    file, MAJOR/MINOR/DEVNAME in its uevent, and `node`, /dev/vfio/devices/vfioN; without
+    it, as on Debian 12's kernels, none of these."""
     builder.dir(vfio_dev_devpath)
     _power_files(builder, vfio_dev_devpath)
     builder.link(f"{vfio_dev_devpath}/subsystem", "class/vfio-dev")
     builder.link(f"{vfio_dev_devpath}/device", device_path)
-    builder.text(f"{vfio_dev_devpath}/dev", f"{VFIO_CDEV_MAJOR}:{index}\n")
-    cdev_props = {
-        "MAJOR": str(VFIO_CDEV_MAJOR),
-        "MINOR": str(index),
-        "DEVNAME": f"vfio/devices/vfio{index}",
-    }
+    cdev_props: dict[str, str] = {}
+    if kernel.scenario.vfio_cdev:
+        builder.text(f"{vfio_dev_devpath}/dev", f"{VFIO_CDEV_MAJOR}:{index}\n")
+        cdev_props = {
+            "MAJOR": str(VFIO_CDEV_MAJOR),
+            "MINOR": str(index),
+            "DEVNAME": f"vfio/devices/vfio{index}",
+        }
+        builder.file(f"{control.VFIO_CDEV_DIR}/vfio{index}", node)
     builder.file(
         f"{vfio_dev_devpath}/uevent",
         _uevent_file(kernel, vfio_dev_devpath, "vfio-dev", lambda: cdev_props),
     )
     builder.link(f"class/vfio-dev/vfio{index}", vfio_dev_devpath)
-    builder.file(f"{control.VFIO_CDEV_DIR}/vfio{index}", node)
 
 
 def _iommu_group_member(builder: _Builder, group: int, device_path: str) -> None:
@@ -539,9 +541,10 @@ def build(kernel: Kernel, control_file: Attribute) -> Tree:
         "kernel/iommu_groups",
         "devices/virtual",
         control.VFIO_DIR,
-        control.VFIO_CDEV_DIR,
     ):
         builder.dir(path)
+    if kernel.scenario.vfio_cdev:
+        builder.dir(control.VFIO_CDEV_DIR)
     for parent in kernel.parents.values():
         builder.dir(f"bus/mdev/drivers/{parent.spec.driver}")
         if parent.present:

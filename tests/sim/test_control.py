@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mdevd.sim.control import CONTROL_PATH, CommandError, ControlError
+from tests.sim.conftest import SimFactory
 from tests.sim.helpers import (
     UUID_A,
     UUID_B,
@@ -23,6 +24,7 @@ from tests.sim.helpers import (
     write,
     write_errno,
 )
+from tests.support.paths import REPO
 from tests.support.sim import RunningSim
 
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -326,10 +328,13 @@ def _until_opens(node: Path) -> None:
         time.sleep(0.01)
 
 
-def test_the_vfio_device_node_shares_the_groups_one_user(sim: RunningSim) -> None:
+def test_the_vfio_device_node_shares_the_groups_one_user(
+    start_sim: SimFactory, tmp_path: Path
+) -> None:
     """`.sim/dev/vfio/devices/vfioN` (a device's `vfio-dev/vfioN`, kernels 6.6+): EBUSY while
     the group is open or held or the node is open, and the group is EBUSY while the node is
     (Linux refuses the iommufd bind then; the emulation has no ioctls, so it refuses the open)."""
+    sim = start_sim(_with_vfio_cdev(tmp_path))
     create(sim.root, "mtty", "mtty-1", UUID_A)
     device = sim.root / "bus/mdev/devices" / UUID_A
     group = sim.control.vfio_group_path(int(os.path.basename(os.readlink(device / "iommu_group"))))
@@ -361,3 +366,22 @@ def test_the_vfio_device_node_shares_the_groups_one_user(sim: RunningSim) -> Non
     _until_opens(cdev)
     assert write_errno(device / "remove", "1") is None
     assert not cdev.exists()
+
+
+def _with_vfio_cdev(tmp_path: Path) -> Path:
+    """The default scenario on a kernel with VFIO device nodes (`[sim] vfio_cdev`)."""
+    scenario = tmp_path / "cdev.toml"
+    default = (REPO / "config" / "sim" / "default.toml").read_text()
+    scenario.write_text("[sim]\nvfio_cdev = true\n\n" + default)
+    return scenario
+
+
+def test_without_vfio_cdev_there_is_no_device_node(sim: RunningSim) -> None:
+    """Debian 12's kernels (6.1, and 6.12) have `vfio-dev/vfioN` but no char device: no `dev`
+    there, and no /dev/vfio/devices (the real-kernel fidelity check compares this)."""
+    create(sim.root, "mtty", "mtty-1", UUID_A)
+    device = sim.root / "bus/mdev/devices" / UUID_A
+    (name,) = os.listdir(device / "vfio-dev")
+    assert not (device / "vfio-dev" / name / "dev").exists()
+    assert not sim.control.vfio_cdev_path(name).exists()
+    assert not (sim.root / ".sim/dev/vfio/devices").exists()

@@ -69,6 +69,8 @@ PROPERTIES = {
         "PendingChanges": "a{sv}",
         "Backend": "s",
         "Placement": "s",
+        "Owner": "s",
+        "Lifetime": "s",
     },
 }
 SIGNALS = {

@@ -1162,7 +1162,6 @@ class Engine:
         self._subscribers.device_event(state, event)
 
 
-#: Subsystems whose devices are never mdev parents: the vfio nodes that come with each mdev.
 def _new_uuid() -> str:
     return str(uuid_module.uuid4())
 

@@ -362,6 +362,7 @@ class Daemon:
                 log.warning("stopping with %d calls still being carried out", still_running)
             if self.bus.connected:
                 self.bus.disconnect()
+        await self.engine.ownership.flush()
         self.engine.close()
         self.notifier.close()
 

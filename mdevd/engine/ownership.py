@@ -47,6 +47,8 @@ class Ownerships:
         self._save_lock = asyncio.Lock()
         #: Devices whose lifetime ended, being removed (or waiting to be released).
         self._ending: set[str] = set()
+        #: Changed since the last write.
+        self._dirty = False
 
     async def load(self, present: Callable[[str], bool]) -> None:
         """Read the record; owners of devices no longer `present` are dropped."""
@@ -83,24 +85,37 @@ class Ownerships:
     # ---- changing --------------------------------------------------------------------------
 
     async def record(self, uuid: str, owner: Owner | None, *, defined: bool) -> None:
-        """Record `uuid`'s owner durably before the call that made the device returns (a
-        restart right after the reply still knows it). A defined device has no lifetime: it
-        lives until undefined. A failure to write is logged: the device exists, and its call
-        must not fail for this."""
+        """Record `uuid`'s owner. A lifetime is written before the call that made the device
+        returns: lost to a daemon killed right after the reply, it would leave the device to
+        outlive its owner. A manual owner is written just after, off the call's path (one
+        file write fewer per create; what a kill in that moment costs is an owner, never a
+        device). A defined device has no lifetime: it lives until undefined. A failure to
+        write is logged: the device exists, and its call must not fail for this."""
         if owner is not None and defined and owner.lifetime != LIFETIME_MANUAL:
             owner = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
         if not self._set(uuid, owner):
+            return
+        if owner is None or owner.lifetime == LIFETIME_MANUAL:
+            self._saves.request()
             return
         try:
             await self._save()
         except Exception as error:
             log.error("device %s: recording its owner failed: %s", uuid, error)
 
+    async def flush(self) -> None:
+        """Write what is not written yet (the daemon stops)."""
+        if self._dirty:
+            try:
+                await self._save()
+            except Exception as error:
+                log.error("saving the device owners failed: %s", error)
+
     def defined(self, uuid: str) -> None:
         """The device is defined now: its lifetime, if it had one, is `manual` from now on."""
         owner = self._owners.get(uuid)
         if owner is not None and owner.lifetime != LIFETIME_MANUAL:
-            self._owners[uuid] = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
+            self._set(uuid, replace(owner, lifetime=LIFETIME_MANUAL, connection=""))
             self._saves.request()
 
     def forget(self, uuid: str) -> None:
@@ -110,15 +125,19 @@ class Ownerships:
 
     def _set(self, uuid: str, owner: Owner | None) -> bool:
         if owner is None:
-            return self._owners.pop(uuid, None) is not None
-        if self._owners.get(uuid) == owner:
-            return False
-        self._owners[uuid] = owner
-        return True
+            changed = self._owners.pop(uuid, None) is not None
+        elif self._owners.get(uuid) == owner:
+            changed = False
+        else:
+            self._owners[uuid] = owner
+            changed = True
+        self._dirty = self._dirty or changed
+        return changed
 
     async def _save(self) -> None:
         if self._record is not None:
             async with self._save_lock:
+                self._dirty = False
                 await self._io.run(self._record.save, dict(self._owners))
 
     # ---- ending ----------------------------------------------------------------------------

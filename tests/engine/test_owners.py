@@ -57,9 +57,8 @@ def test_an_owner_is_kept_across_a_restart_and_dropped_with_its_device(
         defined = await engine.define_device("mtty", "mtty-1", owner=Owner("kubevirt", 0))
         assert (made.owner, made.lifetime) == ("nova", "manual")
         assert engine.device(defined.uuid).owner == "kubevirt"
-        await engine.wait_idle()
+        await engine.ownership.flush()  # as the daemon does when it stops
         engine.close()
-        await asyncio.sleep(0.1)  # the coalesced save
         again = _engine(sim, tmp_path)
         await again.start()
         assert again.ownership.get(made.uuid) == NOVA
@@ -79,7 +78,7 @@ def test_owners_from_an_earlier_boot_are_dropped(sim: RunningSim, tmp_path: Path
         engine = _engine(sim, tmp_path, boot="boot-1")
         await engine.start()
         made = await engine.create_device("mtty", "mtty-1", owner=NOVA)
-        await asyncio.sleep(0.1)
+        await engine.ownership.flush()
         engine.close()
         # The device still runs (the emulated kernel did not reboot), but the record says
         # another boot: its owner is not believed.

@@ -15,11 +15,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from mdevd.engine.runner import BackgroundTasks, Coalescer, IoRunner
+from mdevd.engine.runner import BackgroundTasks, IoRunner
 from mdevd.errors import Busy, MdevdError, NotActive, NotFound
 from mdevd.owners import LIFETIME_CONNECTION, LIFETIME_MANUAL, Owner, OwnerRecord
 
 log = logging.getLogger("mdevd.engine")
+
+#: Seconds a change of a manual owner waits before the record is written, so that a burst of
+#: changes costs one write; a lifetime is written before its call returns.
+SAVE_DELAY = 1.0
 
 #: `stop(uuid)`: remove a transient device whose lifetime ended; False if it is none now.
 Stop = Callable[[str], Awaitable[bool]]
@@ -43,7 +47,9 @@ class Ownerships:
         self.release_wait = release_wait
         self.release_poll = release_poll
         self._owners: dict[str, Owner] = {}
-        self._saves = Coalescer(self._save, "saving the device owners failed", log)
+        # A write of the record is due (`_save_soon`): the one write that covers every change
+        # until it starts.
+        self._save_due = False
         self._save_lock = asyncio.Lock()
         #: Devices whose lifetime ended, being removed (or waiting to be released).
         self._ending: set[str] = set()
@@ -57,10 +63,10 @@ class Ownerships:
         loaded = await self._io.run(self._record.load)
         self._owners = {uuid: owner for uuid, owner in loaded.items() if present(uuid)}
         if self._owners != loaded:
-            self._saves.request()
+            self._save_soon()
 
     def close(self) -> None:
-        self._saves.cancel()
+        pass  # a write still due is the daemon's `flush` (it stops), else lost with an owner
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -87,21 +93,39 @@ class Ownerships:
     async def record(self, uuid: str, owner: Owner | None, *, defined: bool) -> None:
         """Record `uuid`'s owner. A lifetime is written before the call that made the device
         returns: lost to a daemon killed right after the reply, it would leave the device to
-        outlive its owner. A manual owner is written just after, off the call's path (one
-        file write fewer per create; what a kill in that moment costs is an owner, never a
-        device). A defined device has no lifetime: it lives until undefined. A failure to
-        write is logged: the device exists, and its call must not fail for this."""
+        outlive its owner. A manual owner is written within `SAVE_DELAY` seconds, off the
+        call's path, with the other changes meanwhile (what a kill in that moment costs is
+        an owner, never a device). A defined device has no lifetime: it lives until
+        undefined. A failure to write is logged: the device exists, and its call must not
+        fail for this."""
         if owner is not None and defined and owner.lifetime != LIFETIME_MANUAL:
             owner = replace(owner, lifetime=LIFETIME_MANUAL, connection="")
         if not self._set(uuid, owner):
             return
         if owner is None or owner.lifetime == LIFETIME_MANUAL:
-            self._saves.request()
+            self._save_soon()
             return
         try:
             await self._save()
         except Exception as error:
             log.error("device %s: recording its owner failed: %s", uuid, error)
+
+    def _save_soon(self) -> None:
+        """Write the record `SAVE_DELAY` seconds from now, once for all changes meanwhile: a
+        burst of creates or stops (a host starting its VMs) costs one write, not one each."""
+        if self._save_due:
+            return
+        self._save_due = True
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(SAVE_DELAY)
+                self._save_due = False
+                await self._save()
+            except Exception as error:  # logged: the next change writes again
+                log.error("saving the device owners failed: %s", error)
+
+        self._background.spawn(later())
 
     async def flush(self) -> None:
         """Write what is not written yet (the daemon stops)."""
@@ -116,12 +140,12 @@ class Ownerships:
         owner = self._owners.get(uuid)
         if owner is not None and owner.lifetime != LIFETIME_MANUAL:
             self._set(uuid, replace(owner, lifetime=LIFETIME_MANUAL, connection=""))
-            self._saves.request()
+            self._save_soon()
 
     def forget(self, uuid: str) -> None:
         """The device is gone (neither defined nor active): its owner with it."""
         if self._set(uuid, None):
-            self._saves.request()
+            self._save_soon()
 
     def _set(self, uuid: str, owner: Owner | None) -> bool:
         if owner is None:

@@ -66,7 +66,7 @@ def test_an_owner_is_kept_across_a_restart_and_dropped_with_its_device(
         await again.stop_device(made.uuid)
         await again.undefine(defined.uuid)
         assert again.ownership.all() == {}
-        await asyncio.sleep(0.1)
+        await again.ownership.flush()
         again.close()
         assert json.loads((tmp_path / "owners.json").read_text())["devices"] == {}
 

@@ -236,9 +236,9 @@ class Engine:
         """Create a transient device now: not persisted, gone when stopped. `placement` pins
         where on the parent (a backend that places nothing refuses it); `owner` says who asked,
         and for how long the device lives."""
-        parent, type_id, attributes = _check_target(parent, type_id, attributes)
-        type_id = self.kernel.canonical_type(parent, type_id)
-        placement = validate.pci_address(placement)
+        parent, type_id, attributes, placement = self._check_target(
+            parent, type_id, attributes, placement
+        )
         uuid = validate.uuid(uuid) if uuid is not None else _new_uuid()
         async with self._locks(uuid, parent):
             existing = self._published.get(uuid)
@@ -290,9 +290,9 @@ class Engine:
         says who defined it (a defined device lives until undefined: no lifetime)."""
         if owner is not None and owner.lifetime != LIFETIME_MANUAL:
             raise InvalidArgument("a lifetime is for transient devices; a definition stays")
-        parent, type_id, attributes = _check_target(parent, type_id, attributes)
-        type_id = self.kernel.canonical_type(parent, type_id)
-        placement = validate.pci_address(placement)
+        parent, type_id, attributes, placement = self._check_target(
+            parent, type_id, attributes, placement
+        )
         uuid = validate.uuid(uuid) if uuid is not None else _new_uuid()
         wanted = Definition(uuid, parent, type_id, autostart, attributes, placement=placement)
         async with self._locks(uuid, parent):
@@ -1099,6 +1099,15 @@ class Engine:
                 continue
         return KernelSnapshot(parents, registrations, self.kernel.list_devices())
 
+    def _check_target(
+        self, parent: str, type_id: str, attributes: Iterable[tuple[str, str]], placement: str
+    ) -> tuple[str, str, Attributes, str]:
+        """A create's or define's target, checked, with the type spelled as the parent lists it
+        (an NVIDIA id `1145` is `nvidia-1145`)."""
+        parent = validate.parent_name(parent)
+        type_id = self.kernel.canonical_type(parent, validate.type_id(type_id))
+        return parent, type_id, _check_attributes(attributes), validate.pci_address(placement)
+
     @contextlib.asynccontextmanager
     async def _locks(self, uuid: str, parent: str) -> AsyncIterator[None]:
         # Always the UUID first, then the parent: one order, no deadlock.
@@ -1174,12 +1183,6 @@ def _check_attributes(attributes: Iterable[tuple[str, str]]) -> Attributes:
         name, value = pair
         checked.append((validate.attribute_name(name), validate.attribute_value(value, name)))
     return tuple(checked)
-
-
-def _check_target(
-    parent: str, type_id: str, attributes: Iterable[tuple[str, str]]
-) -> tuple[str, str, Attributes]:
-    return validate.parent_name(parent), validate.type_id(type_id), _check_attributes(attributes)
 
 
 def _conflict_message(uuid: str, existing: DeviceState) -> str:

@@ -38,11 +38,13 @@ def sim() -> Iterator[RunningSim]:
         yield running
 
 
-def _engine(sim: RunningSim, tmp_path: Path, boot: str = "boot-1", **settings: float) -> Engine:
+def _engine(
+    sim: RunningSim, tmp_path: Path, boot: str = "boot-1", release_poll: float = 1.0
+) -> Engine:
     return Engine(
         Sysfs(sim.root, sim.root / ".sim" / "dev"),
         DefinitionStore([tmp_path / "devices.d"]),
-        EngineSettings(**settings),  # type: ignore[arg-type]
+        EngineSettings(release_poll=release_poll),
         owners=OwnerRecord(tmp_path / "owners.json", boot=boot),
     )
 

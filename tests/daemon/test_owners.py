@@ -171,7 +171,8 @@ def test_a_restart_reaps_devices_whose_connection_left_meanwhile(tmp_path: Path)
         assert (sim.root / "bus/mdev/devices" / uuid).exists()
         with running_daemon(address, sim.root, devices, extra_args=state) as daemon:
             wait_until(lambda: not (sim.root / "bus/mdev/devices" / uuid).exists(), 30)
-            assert f"device {uuid}: removed, its owner" in daemon.log()
+            # Logged once the removal has been reported, just after sysfs shows it.
+            wait_until(lambda: f"device {uuid}: removed, its owner" in daemon.log(), 30)
             with bus_client(address) as client:
                 props = client.properties(device_path(kept), names.DEVICE_INTERFACE)
                 assert props["Owner"] == "nova"  # a manual lifetime: kept, and still owned

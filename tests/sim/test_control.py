@@ -311,21 +311,22 @@ def test_control_file_is_root_only(sim: RunningSim) -> None:
     assert Path(sim.root / ".sim").is_dir()
 
 
-def _opens(node: Path) -> bool:
-    """Whether `node` opens now (EBUSY: not); FUSE releases a closed file asynchronously."""
-    try:
-        os.close(os.open(node, os.O_RDWR))
-    except OSError as exc:
-        assert exc.errno == errno.EBUSY
-        return False
-    return True
+def _open_when_free(node: Path) -> int:
+    """Opens `node` once the last opener's close has reached the emulation: FUSE releases a
+    closed file asynchronously, so an open right after a close (this test's own probes too)
+    may still see it busy."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return os.open(node, os.O_RDWR)
+        except OSError as exc:
+            assert exc.errno == errno.EBUSY
+            assert time.monotonic() < deadline, f"{node} stayed busy after its opener closed it"
+        time.sleep(0.01)
 
 
 def _until_opens(node: Path) -> None:
-    deadline = time.monotonic() + 10
-    while not _opens(node):
-        assert time.monotonic() < deadline, f"{node} stayed busy after its opener closed it"
-        time.sleep(0.01)
+    os.close(_open_when_free(node))
 
 
 def test_the_vfio_device_node_shares_the_groups_one_user(
@@ -349,8 +350,8 @@ def test_the_vfio_device_node_shares_the_groups_one_user(
             assert busy.value.errno == errno.EBUSY
     finally:
         os.close(first)
-    _until_opens(cdev)
-    held_group = os.open(group, os.O_RDWR)
+    # The group opens once the node's close has been released, the probe's included.
+    held_group = _open_when_free(group)
     try:
         with pytest.raises(OSError) as busy:
             os.open(cdev, os.O_RDWR)

@@ -10,14 +10,16 @@ stays the API for managers and for anything that waits for events (`mdevdctl mon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, TypeVar
-
 from mdevd import calls, wire
 from mdevd.bus.names import BUS_NAME
 from mdevd.replies import DEFAULT_TIMEOUT, CallTimeout, ClientError, DaemonError, error_for
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # annotations only: importing typing is a start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 
 class BlockingClient:

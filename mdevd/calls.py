@@ -14,10 +14,6 @@ to dbus-fast's.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
-
 from mdevd.bus.names import (
     DEVICE_INTERFACE,
     MANAGER_INTERFACE,
@@ -26,6 +22,7 @@ from mdevd.bus.names import (
     PROPERTIES_INTERFACE,
     ROOT_PATH,
 )
+from mdevd.record import Record
 from mdevd.replies import (
     LIFETIME_MANUAL,
     NO_SUCH_OBJECT,
@@ -41,25 +38,41 @@ from mdevd.replies import (
 )
 from mdevd.wire import Variant
 
-T = TypeVar("T")
+# Annotations only: importing typing costs every command-line program's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Generator, Sequence
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+    #: A request: yields calls, is sent their replies' values, returns its result.
+    Request = Generator["Call", list[Any], T]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(Record):
     """One method call on mdevd's bus name."""
 
+    _fields = ("path", "interface", "member", "signature", "body", "unix_fds")
+    __slots__ = _fields
     path: str
     interface: str
     member: str
-    signature: str = ""
-    body: Sequence[Any] = ()
+    signature: str
+    body: Sequence[Any]
     #: The reply carries fds (`h` values arrive as fds the request owns): the connection must
     #: have negotiated Unix fd passing, or the bus would refuse to deliver the reply at all.
-    unix_fds: bool = False
+    unix_fds: bool
 
-
-#: A request: yields calls, is sent their replies' values, returns its result.
-Request = Generator[Call, list[Any], T]
+    def __init__(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        unix_fds: bool = False,
+    ) -> None:
+        self._init(path, interface, member, signature, body, unix_fds)
 
 
 def options(**values: Any) -> dict[str, Variant]:

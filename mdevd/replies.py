@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 """What mdevd's replies mean, for every client: devices, parents, events and errors by name.
 
-Plain data and parsing, with no D-Bus library: `mdevd.client` (asyncio, dbus-fast) and
+Plain data and parsing, with no D-Bus library and no dataclasses (`mdevd.record`: these
+are read at every start of a command-line program): `mdevd.client` (asyncio, dbus-fast) and
 `mdevd.blocking` (the command-line programs' quick reads, `mdevd.wire`) both build these from
 the same replies, so a program that only reads imports neither asyncio nor dbus-fast. Managers
 import them from `mdevd.client`, which re-exports every name here.
@@ -9,9 +10,7 @@ import them from `mdevd.client`, which re-exports every name here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Mapping
 
 from mdevd.bus.names import (
     DEVICE_INTERFACE,
@@ -19,6 +18,12 @@ from mdevd.bus.names import (
     ERROR_PREFIX,
     PARENT_INTERFACE,
 )
+from mdevd.record import Record
+
+TYPE_CHECKING = False  # not typing's: importing typing is a start-up cost of every client
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 __all__ = [
     "APPLY_RESTART",
@@ -248,13 +253,19 @@ def error_for(name: str, message: str) -> DaemonError:
     return cls(name, message)
 
 
-@dataclass(frozen=True, slots=True)
-class TypeInfo:
+class TypeInfo(Record):
+    _fields = ("type_id", "name", "description", "device_api", "available_instances")
+    __slots__ = _fields
     type_id: str
     name: str
     description: str
     device_api: str
     available_instances: int
+
+    def __init__(
+        self, type_id: str, name: str, description: str, device_api: str, available_instances: int
+    ) -> None:
+        self._init(type_id, name, description, device_api, available_instances)
 
 
 #: `backend` of a parent or device: the mdev core (all a daemon without `Backend` has), and
@@ -263,15 +274,27 @@ BACKEND_MDEV = "mdev"
 BACKEND_NVIDIA_VF = "nvidia-vf"
 
 
-@dataclass(frozen=True, slots=True)
-class ParentInfo:
+class ParentInfo(Record):
+    _fields = ("path", "name", "sysfs_path", "subsystem", "types", "backend")
+    __slots__ = _fields
     path: str
     name: str
     sysfs_path: str
     subsystem: str
     types: dict[str, TypeInfo]
     #: Its `Backend` ("mdev" from a daemon that does not send it).
-    backend: str = BACKEND_MDEV
+    backend: str
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        sysfs_path: str,
+        subsystem: str,
+        types: dict[str, TypeInfo],
+        backend: str = BACKEND_MDEV,
+    ) -> None:
+        self._init(path, name, sysfs_path, subsystem, types, backend)
 
 
 #: `DeviceInfo.lifetime` (the Device's `Lifetime`): until stopped (every defined device's, and
@@ -298,16 +321,26 @@ APPLY_RESTART = "restart"
 APPLY_UPDATE_LIVE = "update-live"
 
 
-@dataclass(frozen=True, slots=True)
-class PendingChanges:
+class PendingChanges(Record):
     """Where a running device's definition differs from the device (its `PendingChanges`):
     the DEFINED values of what differs, None for what does not. False when nothing does."""
 
-    parent: str | None = None
-    type_id: str | None = None
-    attributes: tuple[tuple[str, str], ...] | None = None
+    _fields = ("parent", "type_id", "attributes", "apply")
+    __slots__ = _fields
+    parent: str | None
+    type_id: str | None
+    attributes: tuple[tuple[str, str], ...] | None
     #: `restart`, `update-live`, or "" when nothing differs.
-    apply: str = ""
+    apply: str
+
+    def __init__(
+        self,
+        parent: str | None = None,
+        type_id: str | None = None,
+        attributes: tuple[tuple[str, str], ...] | None = None,
+        apply: str = "",
+    ) -> None:
+        self._init(parent, type_id, attributes, apply)
 
     def __bool__(self) -> bool:
         return self.parent is not None or self.type_id is not None or self.attributes is not None
@@ -331,7 +364,7 @@ class PendingChanges:
             apply = (
                 APPLY_RESTART if parent is not None or type_id is not None else APPLY_UPDATE_LIVE
             )
-        return replace(changes, apply=apply) if changes else NO_PENDING_CHANGES
+        return changes.replace(apply=apply) if changes else NO_PENDING_CHANGES
 
 
 NO_PENDING_CHANGES = PendingChanges()
@@ -359,8 +392,13 @@ def derived_status(
     return STATUS_INACTIVE
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceInfo:
+class DeviceInfo(Record):
+    _fields = (
+        "path", "uuid", "parent", "type_id", "active", "defined", "autostart", "attributes",
+        "sysfs_path", "iommu_group", "config_file", "last_error", "parent_object", "status",
+        "pending_changes", "backend", "placement", "owner", "lifetime",
+    )  # fmt: skip
+    __slots__ = _fields
     path: str
     uuid: str
     parent: str
@@ -373,39 +411,60 @@ class DeviceInfo:
     iommu_group: int
     config_file: str
     last_error: str
-    parent_object: str = "/"
+    parent_object: str
     #: `active`, `waiting`, `failed` or `inactive` (the STATUS_* words). Left out (""), it is
     #: derived from the other fields, as for a daemon older than the `Status` property.
-    status: str = ""
+    status: str
     #: Empty (false) unless the device is defined and active and the two differ.
-    pending_changes: PendingChanges = NO_PENDING_CHANGES
+    pending_changes: PendingChanges
     #: Its `Backend`: the running device's, else its parent's; "" when neither is known. A
     #: daemon without the property has only mdev devices: "mdev".
-    backend: str = BACKEND_MDEV
+    backend: str
     #: Its `Placement` (an nvidia-vf device's virtual function), "" when none.
-    placement: str = ""
+    placement: str
     #: Its `Owner`: the label its creator gave (`nova`), else that caller's systemd unit
     #: (`unit:virtqemud.service`) or uid (`uid:1000`); "" for a device another tool made, and
     #: from a daemon without the property.
-    owner: str = ""
+    owner: str
     #: Its `Lifetime`: `manual`, `connection` or `unit:NAME` (the LIFETIME_* words); "" for a
     #: device without owner, and from a daemon without the property.
-    lifetime: str = ""
+    lifetime: str
 
-    def __post_init__(self) -> None:
-        if not self.status:
-            # Frozen: the one way to fill in a derived field.
-            object.__setattr__(
-                self,
-                "status",
-                derived_status(
-                    active=self.active,
-                    defined=self.defined,
-                    autostart=self.autostart,
-                    parent_object=self.parent_object,
-                    last_error=self.last_error,
-                ),
+    def __init__(
+        self,
+        path: str,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        active: bool,
+        defined: bool,
+        autostart: bool,
+        attributes: tuple[tuple[str, str], ...],
+        sysfs_path: str,
+        iommu_group: int,
+        config_file: str,
+        last_error: str,
+        parent_object: str = "/",
+        status: str = "",
+        pending_changes: PendingChanges = NO_PENDING_CHANGES,
+        backend: str = BACKEND_MDEV,
+        placement: str = "",
+        owner: str = "",
+        lifetime: str = "",
+    ) -> None:
+        if not status:
+            status = derived_status(
+                active=active,
+                defined=defined,
+                autostart=autostart,
+                parent_object=parent_object,
+                last_error=last_error,
             )
+        self._init(
+            path, uuid, parent, type_id, active, defined, autostart, attributes, sysfs_path,
+            iommu_group, config_file, last_error, parent_object, status, pending_changes,
+            backend, placement, owner, lifetime,
+        )  # fmt: skip
 
     @classmethod
     def from_struct(cls, struct: Sequence[Any]) -> DeviceInfo:
@@ -476,8 +535,7 @@ class DeviceInfo:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Record):
     """One thing the daemon reported, or the bus reported about the daemon.
 
     `kind`: "device-event" (a DeviceEvent: `event`, `details`), "added", "removed" (objects),
@@ -486,12 +544,29 @@ class Event:
     owner: mdevd stopped, crashed or restarted; `details["owner"]` is the new unique name).
     """
 
+    _fields = ("kind", "path", "uuid", "event", "details", "properties")
+    __slots__ = _fields
     kind: str
     path: str
-    uuid: str = ""
-    event: str = ""
-    details: dict[str, str] = field(default_factory=dict)
-    properties: dict[str, Any] = field(default_factory=dict)
+    uuid: str
+    event: str
+    details: dict[str, str]
+    properties: dict[str, Any]
+
+    def __init__(
+        self,
+        kind: str,
+        path: str,
+        uuid: str = "",
+        event: str = "",
+        details: dict[str, str] | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        # None: a new empty dict for each event (a shared default would be one for all).
+        self._init(
+            kind, path, uuid, event, {} if details is None else details,
+            {} if properties is None else properties,
+        )  # fmt: skip
 
 
 def unwrap(value: Any) -> Any:
@@ -513,7 +588,10 @@ def uuid_of(path: str) -> str:
 
 
 #: GetManagedObjects' reply, unwrapped: path -> interface -> property -> value.
-ManagedObjects = Mapping[str, Mapping[str, Mapping[str, Any]]]
+if TYPE_CHECKING:
+    ManagedObjects = Mapping[str, Mapping[str, Mapping[str, Any]]]
+else:
+    ManagedObjects = Mapping  # the name, for importers; its parameters would need typing.Any
 
 
 # ---- replies that more than one call reads --------------------------------------------------

@@ -25,15 +25,17 @@ the awaited reply, are closed at once, so a peer cannot make a client keep descr
 from __future__ import annotations
 
 import array
-import contextlib
-import dataclasses
 import os
 import socket
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import unquote
+
+from mdevd.record import Record
+
+# Annotations only: importing typing and urllib.parse would cost every command-line start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any, Final
 
 #: The system bus when `DBUS_SYSTEM_BUS_ADDRESS` is not set (the D-Bus specification's).
 SYSTEM_BUS_ADDRESS: Final = "unix:path=/var/run/dbus/system_bus_socket"
@@ -95,10 +97,14 @@ class CallError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
+class Variant(Record):
+    _fields = ("signature", "value")
+    __slots__ = _fields
     signature: str
     value: Any
+
+    def __init__(self, signature: str, value: Any) -> None:
+        self._init(signature, value)
 
 
 # ---- signatures ------------------------------------------------------------------------------
@@ -342,8 +348,10 @@ def with_fds(
 
 def close_fds(fds: Iterable[int]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 (contextlib.suppress: one more import at every start)
             os.close(fd)
+        except OSError:
+            pass
 
 
 def unmarshal(signature: str, body: bytes, little: bool = True) -> list[Any]:
@@ -358,15 +366,26 @@ def unmarshal(signature: str, body: bytes, little: bool = True) -> list[Any]:
 # ---- messages --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(Record):
+    _fields = ("type", "serial", "fields", "body", "unix_fds")
+    __slots__ = _fields
     type: int
     serial: int
     fields: dict[int, Any]
     body: list[Any]
     #: The fds that came with it (as many as its UNIX_FDS field says); its `h` values index
     #: them.
-    unix_fds: tuple[int, ...] = ()
+    unix_fds: tuple[int, ...]
+
+    def __init__(
+        self,
+        type: int,
+        serial: int,
+        fields: dict[int, Any],
+        body: list[Any],
+        unix_fds: tuple[int, ...] = (),
+    ) -> None:
+        self._init(type, serial, fields, body, unix_fds)
 
     @property
     def reply_serial(self) -> int | None:
@@ -447,6 +466,15 @@ def _message_length(header: bytes) -> int:
 # ---- the connection --------------------------------------------------------------------------
 
 
+def _unescape(value: str) -> str:
+    """A D-Bus address value with its `%XX` escapes decoded."""
+    if "%" not in value:
+        return value  # the usual address: urllib.parse is not imported for it
+    from urllib.parse import unquote
+
+    return unquote(value)
+
+
 def _socket_address(address: str) -> str | bytes:
     """The first usable `unix:` address of a D-Bus address list."""
     for entry in address.split(";"):
@@ -455,9 +483,9 @@ def _socket_address(address: str) -> str | bytes:
             continue
         keys = dict(part.partition("=")[::2] for part in rest.split(",") if part)
         if "path" in keys:
-            return unquote(keys["path"])
+            return _unescape(keys["path"])
         if "abstract" in keys:
-            return b"\0" + unquote(keys["abstract"]).encode()
+            return b"\0" + _unescape(keys["abstract"]).encode()
     raise WireError(f"no unix: address in {address!r}")
 
 
@@ -630,7 +658,7 @@ class Connection:
         declared = message.fields.get(UNIX_FDS, 0)
         if not declared and not self._fds:
             return message
-        return dataclasses.replace(message, unix_fds=self._take_fds(declared))
+        return message.replace(unix_fds=self._take_fds(declared))
 
     def _take_fds(self, declared: int) -> tuple[int, ...]:
         """The fds of a message that declares `declared` (its UNIX_FDS field): the oldest

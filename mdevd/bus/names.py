@@ -7,7 +7,9 @@ action id as a literal: a rename then happens here or nowhere.
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # annotations only: every command-line program imports this module
+if TYPE_CHECKING:
+    from typing import Final
 
 #: Well-known name the daemon owns on the system bus. The `1` is the contract's major version.
 BUS_NAME: Final = "org.mdevd.Mdevd1"

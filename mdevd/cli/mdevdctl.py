@@ -14,17 +14,18 @@ COMMAND cannot be run, 127 if it is not found.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import signal
 import sys
-import uuid as uuid_module
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
 
-from mdevd import __version__, calls
-from mdevd.blocking import BlockingClient
+from mdevd import __version__
+from mdevd.cli.mdevdctl_status import (
+    StatusReport,
+    apply_command,
+    list_marker,
+    pending_text,
+    waiting_text,
+)
 from mdevd.replies import (
     BACKEND_MDEV,
     LIFETIME_MANUAL,
@@ -34,30 +35,19 @@ from mdevd.replies import (
     ClientError,
     DaemonError,
     DaemonNotRunning,
-    DeviceInfo,
-    Event,
-    ParentInfo,
 )
 
+# What only some commands need is imported where they need it: the start-up of a command-line
+# program is most of its time (issue 20; tests/daemon/test_ctl_startup_imports.py). `--help`
+# imports no connection, JSON, UUID or date module, and nothing of typing.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+
+    from mdevd.blocking import BlockingClient
     from mdevd.client import Client
-from mdevd.cli.mdevdctl_json import (
-    device_v0,
-    event_v0,
-    event_v1,
-    list_v1,
-    show_v1,
-    status_v1,
-    types_v0,
-    types_v1,
-)
-from mdevd.cli.mdevdctl_status import (
-    StatusReport,
-    apply_command,
-    list_marker,
-    pending_text,
-    waiting_text,
-)
+    from mdevd.replies import DeviceInfo, Event, ParentInfo
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -365,6 +355,8 @@ def _split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
 
 def _device_json(device: DeviceInfo) -> dict[str, Any]:
     """A device in `list --json` and `show --json` without --schema (schema 0)."""
+    from mdevd.cli.mdevdctl_json import device_v0  # --json only
+
     return device_v0(device)
 
 
@@ -376,6 +368,8 @@ def _json_schema(args: argparse.Namespace) -> int | None:
 
 
 def _print_json(data: object) -> None:
+    import json  # --json only
+
     print(json.dumps(data, indent=2))
 
 
@@ -494,6 +488,8 @@ def _edited_attributes(
 
 def _now() -> str:
     """Local time with its offset, to the millisecond: 2026-12-07T17:56:20.123+01:00."""
+    import datetime  # monitor --timestamp only
+
     return datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
@@ -504,6 +500,9 @@ ASYNC_COMMANDS = frozenset({"monitor"})
 
 
 def run_blocking(args: argparse.Namespace) -> int:
+    # The connection's modules (socket...): not for --help or a usage error.
+    from mdevd.blocking import BlockingClient
+
     try:
         client = BlockingClient.connect(args.address, timeout=args.timeout)
     except ClientError as exc:
@@ -513,6 +512,8 @@ def run_blocking(args: argparse.Namespace) -> int:
 
 
 def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
+    from mdevd import calls  # with the connection (run_blocking)
+
     command = args.command
     if command == "list":
         devices = client.run(calls.devices())
@@ -530,6 +531,8 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
         if schema == 0:
             _print_json([_device_json(d) for d in devices])
         elif schema == 1:
+            from mdevd.cli.mdevdctl_json import list_v1  # --json only
+
             _print_json(list_v1(devices))
         else:
             for device in devices:
@@ -541,6 +544,8 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
             parents = [p for p in parents if p.name == args.parent]
         schema = _json_schema(args)
         if schema is not None:
+            from mdevd.cli.mdevdctl_json import types_v0, types_v1  # --json only
+
             _print_json(types_v0(parents) if schema == 0 else types_v1(parents))
             return EXIT_OK
         for parent in parents:
@@ -560,6 +565,8 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
         if schema is None:
             _print_device(device)
         else:
+            from mdevd.cli.mdevdctl_json import show_v1  # --json only
+
             _print_json(_device_json(device) if schema == 0 else show_v1(device))
         return EXIT_OK
     if command == "status":
@@ -569,12 +576,19 @@ def _dispatch(client: BlockingClient, args: argparse.Namespace) -> int:
         if _json_schema(args) is None:
             print(report.text(), end="")
         else:
+            from mdevd.cli.mdevdctl_json import status_v1  # --json only
+
             _print_json(status_v1(report))
         return report.exit_code()
     if command in ("create", "define"):
         # Chosen here, not by the daemon, so that after a timeout the user knows the UUID and
         # can retry with --uuid: the contract answers an identical retry with the same device.
-        uuid = args.uuid or str(uuid_module.uuid4())
+        if args.uuid:
+            uuid = args.uuid
+        else:
+            import uuid as uuid_module  # only to make one up (uuid imports platform)
+
+            uuid = str(uuid_module.uuid4())
         try:
             if command == "create":
                 device = client.run(
@@ -700,6 +714,10 @@ async def run_monitor(args: argparse.Namespace) -> int:
 
 
 async def _monitor(client: Client, args: argparse.Namespace) -> int:
+    import json
+
+    from mdevd.cli.mdevdctl_json import event_v0, event_v1
+
     def subscribed() -> None:
         # On stderr, like busctl's "Monitoring bus message stream.": stdout stays the events.
         print("Monitoring mdevd's device events (Ctrl-C to stop).", file=sys.stderr, flush=True)

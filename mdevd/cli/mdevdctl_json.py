@@ -13,12 +13,13 @@ new schema number, and the old one stays selectable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict
-from typing import Any
+TYPE_CHECKING = False  # annotations only: typing is a start-up cost (`list --json`)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
-from mdevd.cli.mdevdctl_status import StatusReport
-from mdevd.replies import DeviceInfo, Event, ParentInfo, PendingChanges
+    from mdevd.cli.mdevdctl_status import StatusReport
+    from mdevd.replies import DeviceInfo, Event, ParentInfo, PendingChanges
 
 #: The schema `--json` prints when none is asked for: the oldest each command has, so that
 #: the output a script was written against never changes under it.
@@ -78,7 +79,7 @@ def event_v0(event: Event, timestamp: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {}
     if timestamp is not None:
         data["timestamp"] = timestamp
-    data.update(asdict(event))
+    data.update(event.as_dict())
     if not data["properties"]:
         del data["properties"]  # only properties-changed has any; monitor does not ask
     return data

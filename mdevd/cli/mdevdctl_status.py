@@ -9,17 +9,19 @@ carries an error otherwise. Each comes with the command that deals with it, wher
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
+from mdevd.record import Record
 from mdevd.replies import (
     APPLY_RESTART,
     APPLY_UPDATE_LIVE,
     STATUS_FAILED,
     STATUS_WAITING,
-    DeviceInfo,
-    ParentInfo,
 )
+
+TYPE_CHECKING = False  # annotations only: mdevdctl imports this module at every start
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mdevd.replies import DeviceInfo, ParentInfo
 
 #: `status` found a device whose last start failed (and perhaps more).
 EXIT_STATUS_FAILED = 7
@@ -72,15 +74,19 @@ def list_marker(device: DeviceInfo) -> str:
     return "[pending]" if device.pending_changes else ""
 
 
-@dataclass(frozen=True, slots=True)
-class Attention:
+class Attention(Record):
     """One device that needs attention: why (`reason`, `message`) and what to run."""
 
+    _fields = ("device", "reason", "message", "command")
+    __slots__ = _fields
     device: DeviceInfo
     reason: str
     message: str
     #: The command that deals with it; "" when there is none to run (waiting for a parent).
     command: str
+
+    def __init__(self, device: DeviceInfo, reason: str, message: str, command: str) -> None:
+        self._init(device, reason, message, command)
 
 
 def attention(device: DeviceInfo) -> Attention | None:
@@ -107,13 +113,19 @@ def attention(device: DeviceInfo) -> Attention | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
+class StatusReport(Record):
     """What `mdevdctl status` found: the daemon's version, its devices and parents."""
 
+    _fields = ("version", "devices", "parents")
+    __slots__ = _fields
     version: str
     devices: Sequence[DeviceInfo]
     parents: Sequence[ParentInfo]
+
+    def __init__(
+        self, version: str, devices: Sequence[DeviceInfo], parents: Sequence[ParentInfo]
+    ) -> None:
+        self._init(version, devices, parents)
 
     def counts(self) -> dict[str, int]:
         devices = self.devices

@@ -25,40 +25,34 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mdevd import defaults, definitions
 from mdevd.definitions import Problem, ProblemKind, printable_path
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
-from mdevd.model import Attributes, Definition
+
+# mdevctl's UUIDs and JSON shapes live there (the front end imports only that module); they
+# are this module's too, as they were.
+from mdevd.mdevctl_shapes import compact_json as compact_json
+from mdevd.mdevctl_shapes import config_object as config_object
+from mdevd.mdevctl_shapes import listing_object as listing_object
+from mdevd.mdevctl_shapes import mdevctl_uuid as mdevctl_uuid
+from mdevd.mdevctl_shapes import pretty_json as pretty_json
+from mdevd.model import Definition
 
 if TYPE_CHECKING:
     # Only a type here: the mdevctl front end parses mdevctl's JSON and must not pay for
     # importing the store (nor `atomic`, imported where a directory is read).
+    from mdevd.mdevctl_shapes import MdevctlDevice
     from mdevd.store import DefinitionStore
 
 DEFAULT_MDEVCTL_DIR = defaults.MDEVCTL_DIR
 #: mdevctl's callout and notifier scripts live here, not definitions.
 SCRIPTS_DIR_NAME = "scripts.d"
-
-_HYPHENATED = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-#: The forms the uuid crate's `Uuid::parse_str` takes, which is how mdevctl reads file names.
-_MDEVCTL_UUID_RE = re.compile(
-    rf"{_HYPHENATED}|[0-9a-fA-F]{{32}}|\{{{_HYPHENATED}\}}|urn:uuid:{_HYPHENATED}"
-)
-
-
-def mdevctl_uuid(name: str) -> str | None:
-    """The canonical (hyphenated, lower-case) UUID of a file name mdevctl takes as one."""
-    if not _MDEVCTL_UUID_RE.fullmatch(name):
-        return None
-    digits = re.sub("[^0-9a-fA-F]", "", name.removeprefix("urn:uuid:")).lower()
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _reject_constant(name: str) -> Any:
@@ -140,59 +134,6 @@ def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> D
 # --- export -------------------------------------------------------------------------------
 # The one place mdevctl's JSON is built: the definition files, `--dumpjson`, and the callouts'
 # stdin, whether the daemon writes them or the `mdevctl` front end prints them.
-
-
-class MdevctlDevice(Protocol):
-    """What mdevctl's JSON says of a device: a `Definition`, or the front end's listed device."""
-
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def parent(self) -> str: ...
-    @property
-    def type_id(self) -> str: ...
-    @property
-    def autostart(self) -> bool: ...
-    @property
-    def attributes(self) -> Attributes: ...
-
-
-def config_object(device: MdevctlDevice) -> dict[str, Any]:
-    """A device as mdevctl's JSON object, `{"mdev_type", "start", "attrs"}`: what its config
-    files, `--dumpjson` and the callouts' stdin hold."""
-    return {
-        "mdev_type": device.type_id,
-        "start": "auto" if device.autostart else "manual",
-        "attrs": [{name: value} for name, value in device.attributes],
-    }
-
-
-def listing_object(devices: Iterable[MdevctlDevice]) -> list[dict[str, Any]]:
-    """`list --dumpjson`'s shape: `[{"<parent>": [{"<uuid>": {...}}, ...], ...}]`, parents
-    (byte order) and UUIDs sorted; `[]` if there are none."""
-    by_parent: dict[str, list[MdevctlDevice]] = {}
-    for device in devices:
-        by_parent.setdefault(device.parent, []).append(device)
-    if not by_parent:
-        return []
-    return [
-        {
-            parent: [
-                {d.uuid: config_object(d)} for d in sorted(by_parent[parent], key=lambda d: d.uuid)
-            ]
-            for parent in sorted(by_parent)
-        }
-    ]
-
-
-def pretty_json(value: object) -> str:
-    """serde_json's `to_string_pretty`: two-space indent, `": "`, UTF-8 left unescaped."""
-    return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def compact_json(value: object) -> str:
-    """serde_json's `to_string`: no whitespace, UTF-8 left unescaped."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def to_mdevctl_json(definition: Definition) -> str:

@@ -22,23 +22,27 @@ mdev. Commands that name a device's UUID or a parent act on it whatever its back
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import re
 import sys
-import uuid as uuid_module
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import NoReturn
 
-from mdevd import __version__, calls, mdevctl_format
+from mdevd import __version__, calls, mdevctl_shapes
 from mdevd.blocking import BlockingClient
 from mdevd.cli import mdevctl_output
 from mdevd.cli.mdevctl_output import Listed
-from mdevd.errors import MdevdError
-from mdevd.model import Attributes, Definition
-from mdevd.replies import BACKEND_MDEV, ClientError, DaemonError, DeviceInfo, ParentInfo
+from mdevd.replies import BACKEND_MDEV, ClientError, DaemonError
+
+# libvirt runs this program once per node-device operation, so what it imports is most of its
+# time (issue 20): what only some commands need is imported where they need it, typing only
+# for annotations.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import NoReturn
+
+    from mdevd.model import Attributes, Definition
+    from mdevd.replies import DeviceInfo, ParentInfo
 
 #: The mdevctl version whose command line this reproduces.
 MDEVCTL_VERSION = "1.3.0"
@@ -49,9 +53,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-_VETO_RE = re.compile(
-    r"vetoed by callout script (?P<path>/.*?) \(exit status (?P<code>-?\d+)\)(?:: (?P<err>.*))?\Z",
-    re.S,
+#: Patterns, not compiled here: `re` compiles one at its first use (an error's), not at start.
+_VETO = (
+    r"vetoed by callout script (?P<path>/.*?) \(exit status (?P<code>-?\d+)\)(?:: (?P<err>.*))?\Z"
 )
 
 
@@ -89,10 +93,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _uuid(text: str) -> str:
-    canonical = mdevctl_format.mdevctl_uuid(text)
+    canonical = mdevctl_shapes.mdevctl_uuid(text)
     if canonical is None:
         raise argparse.ArgumentTypeError(f"Invalid value {text!r} for '--uuid <UUID>'")
     return canonical
+
+
+def _json_path(text: str) -> Path:
+    from pathlib import Path  # --jsonfile only
+
+    return Path(text)
 
 
 def _index(text: str) -> int:
@@ -130,7 +140,7 @@ def build_parser(prog: str = "mdevctl", *, lsmdev: bool = False) -> argparse.Arg
     p.add_argument("-a", "--auto", action="store_true", help="Automatically start device")
     p.add_argument("-p", "--parent", help="Specify the parent of the device")
     p.add_argument("-t", "--type", dest="mdev_type", help="Specify the mdev type of the device")
-    p.add_argument("--jsonfile", type=Path, help="Specify device details in JSON format")
+    p.add_argument("--jsonfile", type=_json_path, help="Specify device details in JSON format")
     p.add_argument("-f", "--force", action="store_true", help=force_help)
 
     p = command("undefine", "Undefine a persistent mediated device")
@@ -156,14 +166,14 @@ def build_parser(prog: str = "mdevctl", *, lsmdev: bool = False) -> argparse.Arg
         help="Modify the running device (only, unless used together with --defined)",
     )
     p.add_argument("-d", "--defined", action="store_true", help="Modify the stored definition")
-    p.add_argument("--jsonfile", type=Path, help="Specify device details in JSON format")
+    p.add_argument("--jsonfile", type=_json_path, help="Specify device details in JSON format")
     p.add_argument("-f", "--force", action="store_true", help=force_help)
 
     p = command("start", "Start a mediated device")
     p.add_argument("-u", "--uuid", type=_uuid, help="UUID of the device to start")
     p.add_argument("-p", "--parent", help="Parent of the device to start")
     p.add_argument("-t", "--type", dest="mdev_type", help="Mdev type of the device to start")
-    p.add_argument("--jsonfile", type=Path, help="Details of the device, in JSON format")
+    p.add_argument("--jsonfile", type=_json_path, help="Details of the device, in JSON format")
     p.add_argument("-f", "--force", action="store_true", help=force_help)
 
     p = command("stop", "Stop a mediated device")
@@ -203,11 +213,13 @@ def _list_options(p: argparse.ArgumentParser) -> None:
 
 def _split_short_equals(argv: Sequence[str]) -> list[str]:
     """clap takes `-u=VALUE`; argparse would keep the `=`."""
-    return [
-        part
-        for arg in argv
-        for part in ((arg[:2], arg[3:]) if re.fullmatch(r"-[uptai]=.*", arg) else (arg,))
-    ]
+    return [part for arg in argv for part in ((arg[:2], arg[3:]) if _short_equals(arg) else (arg,))]
+
+
+def _short_equals(arg: str) -> bool:
+    """`-u=VALUE` (also -p, -t, -a, -i): what `re.fullmatch(r"-[uptai]=.*", arg)` matches
+    (`.` stops at a newline), without a regular expression compiled at every start."""
+    return arg[:1] == "-" and arg[1:2] in tuple("uptai") and arg[2:3] == "=" and "\n" not in arg
 
 
 def _check_combinations(args: argparse.Namespace) -> None:
@@ -299,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
 def _daemon_error(e: DaemonError) -> CommandError:
     """A daemon error as mdevctl would print its cause."""
     if e.short_name == "Vetoed":
-        match = _VETO_RE.search(e.message)
+        match = re.search(_VETO, e.message, re.S)
         if match is not None:
             path = match["path"]
             script_stderr = (match["err"] or "").rstrip("\n")
@@ -310,11 +322,11 @@ def _daemon_error(e: DaemonError) -> CommandError:
     return CommandError(e.message)
 
 
-@dataclass
 class Session:
     """The daemon's view, fetched once per command, and the calls commands make."""
 
-    client: BlockingClient
+    def __init__(self, client: BlockingClient) -> None:
+        self.client = client
 
     def device(self, uuid: str) -> DeviceInfo | None:
         try:
@@ -390,23 +402,26 @@ def _is_retry(running: DeviceInfo, wanted: Definition) -> bool:
     )
 
 
-_NO_ATTRIBUTE_RE = re.compile(r"has no attribute '(?P<name>.*)'\Z")
-_REJECTED_RE = re.compile(
-    r"attribute '(?P<name>.*)' rejected value '(?P<value>.*)' \((?P<reason>[^()]*)\)\Z", re.S
-)
-#: strerror text -> errno, to print a kernel refusal as Rust's io::Error does.
-_ERRNO_BY_TEXT = {os.strerror(code): code for code in sorted(errno.errorcode, reverse=True)}
+_NO_ATTRIBUTE = r"has no attribute '(?P<name>.*)'\Z"
+_REJECTED = r"attribute '(?P<name>.*)' rejected value '(?P<value>.*)' \((?P<reason>[^()]*)\)\Z"
+
+
+def _errno_by_text() -> dict[str, int]:
+    """strerror text -> errno, to print a kernel refusal as Rust's io::Error does."""
+    import errno  # an attribute error's only
+
+    return {os.strerror(code): code for code in sorted(errno.errorcode, reverse=True)}
 
 
 def _attribute_error(e: DaemonError) -> CommandError | None:
     """An attribute the kernel refused, as mdevctl words it (`write_attr`)."""
-    missing = _NO_ATTRIBUTE_RE.search(e.message)
+    missing = re.search(_NO_ATTRIBUTE, e.message)
     if missing is not None:
         return CommandError(f"Invalid attribute '{missing['name']}'")
-    rejected = _REJECTED_RE.search(e.message)
+    rejected = re.search(_REJECTED, e.message, re.S)
     if rejected is not None:
         reason = rejected["reason"]
-        code = _ERRNO_BY_TEXT.get(reason)
+        code = _errno_by_text().get(reason)
         cause = f"{reason} (os error {code})" if code is not None else reason
         return CommandError(
             f"Failed to write {rejected['value']} to attribute {rejected['name']}", cause
@@ -445,6 +460,10 @@ def _read_jsonfile(path: Path) -> str:
 
 
 def _from_json(text: str, uuid: str, parent: str) -> Definition:
+    # mdevd's own reading of mdevctl's JSON (the definitions' checks): --jsonfile only.
+    from mdevd import mdevctl_format
+    from mdevd.errors import MdevdError
+
     try:
         return mdevctl_format.parse_mdevctl_json(text, uuid, parent)
     except MdevdError as e:
@@ -518,7 +537,7 @@ def _start(session: Session, args: argparse.Namespace) -> None:
         text = _read_jsonfile(args.jsonfile)
         if args.parent is None:
             raise CommandError("Parent device required to start device via json file")
-        uuid = args.uuid or str(uuid_module.uuid4())
+        uuid = args.uuid or _new_uuid()
         wanted = _from_json(text, uuid, args.parent)
         existing = session.device(uuid) if args.uuid else None
         if existing is not None and existing.defined and not existing.active:
@@ -565,7 +584,9 @@ def _start(session: Session, args: argparse.Namespace) -> None:
             raise CommandError("can't provide type without parent")
         if args.mdev_type is None or args.parent is None:
             raise CommandError("Device is insufficiently specified")
-        uuid = args.uuid or str(uuid_module.uuid4())
+        from mdevd.model import Definition  # a device named on the command line only
+
+        uuid = args.uuid or _new_uuid()
         _create_transient(session, Definition(uuid, args.parent, args.mdev_type), args.force)
     if args.uuid is None:
         print(uuid)
@@ -611,6 +632,12 @@ def _create_transient(session: Session, wanted: Definition, force: bool) -> None
         ) from None
 
 
+def _new_uuid() -> str:
+    import uuid  # only to make one up (uuid imports platform)
+
+    return str(uuid.uuid4())
+
+
 def _caller_holds_group(group: int) -> bool:
     """Whether the program that ran this one has vfio group `group` open.
 
@@ -621,7 +648,8 @@ def _caller_holds_group(group: int) -> bool:
     if group < 0:
         return False
     try:
-        entries = list(Path(f"/proc/{os.getppid()}/fd").iterdir())
+        fd_dir = f"/proc/{os.getppid()}/fd"
+        entries = [os.path.join(fd_dir, name) for name in os.listdir(fd_dir)]
     except OSError:  # not ours to read: then it is not the caller's either
         return False
     for entry in entries:
@@ -653,7 +681,7 @@ def _stop(session: Session, args: argparse.Namespace) -> None:
 
 def _define(session: Session, args: argparse.Namespace) -> None:
     client = session.client
-    uuid = args.uuid or str(uuid_module.uuid4())
+    uuid = args.uuid or _new_uuid()
     if args.jsonfile is not None:
         text = _read_jsonfile(args.jsonfile)
         if args.parent is None:

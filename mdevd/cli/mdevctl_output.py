@@ -6,24 +6,28 @@ with one extra newline (an empty listing prints just "\\n"). JSON is serde_json'
 `to_string_pretty`: two-space indent, `": "`, non-ASCII left as UTF-8; objects keep mdevctl's
 key order. Parents are sorted by name (byte order), devices by UUID, types by id. A device's
 JSON, and the listing of devices, are built where the daemon builds them for the files it
-writes (`mdevd.mdevctl_format`).
+writes (`mdevd.mdevctl_shapes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from mdevd import mdevctl_shapes
+from mdevd.record import Record
 
-from mdevd import mdevctl_format
-from mdevd.model import Attributes
-from mdevd.replies import ParentInfo
+TYPE_CHECKING = False  # annotations only: the front end's start-up is most of its time
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    from mdevd.model import Attributes
+    from mdevd.replies import ParentInfo
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
+class Listed(Record):
     """One device as an mdevctl listing shows it."""
 
+    _fields = ("uuid", "parent", "type_id", "autostart", "attributes", "active", "defined")
+    __slots__ = _fields
     uuid: str
     parent: str
     type_id: str
@@ -31,6 +35,18 @@ class Listed:
     attributes: Attributes
     active: bool
     defined: bool
+
+    def __init__(
+        self,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        autostart: bool,
+        attributes: Attributes,
+        active: bool,
+        defined: bool,
+    ) -> None:
+        self._init(uuid, parent, type_id, autostart, attributes, active, defined)
 
 
 def _by_parent(devices: Iterable[Listed]) -> dict[str, list[Listed]]:
@@ -68,10 +84,10 @@ def list_json(devices: Sequence[Listed], *, uuid_given: bool) -> str:
     """`mdevctl list --dumpjson`: `[{parent: [{uuid: config}, ...]}]`, `[]` when empty, and
     just the config object when a UUID was asked for and one device matches."""
     if uuid_given and len(devices) <= 1:
-        value: object = mdevctl_format.config_object(devices[0]) if devices else []
+        value: object = mdevctl_shapes.config_object(devices[0]) if devices else []
     else:
-        value = mdevctl_format.listing_object(devices)
-    return mdevctl_format.pretty_json(value) + "\n"
+        value = mdevctl_shapes.listing_object(devices)
+    return mdevctl_shapes.pretty_json(value) + "\n"
 
 
 def _description(text: str) -> str:
@@ -110,4 +126,4 @@ def types_json(parents: Iterable[ParentInfo]) -> str:
                 fields["description"] = _description(info.description)
             entries.append({type_id: fields})
         document[parent.name] = entries
-    return mdevctl_format.pretty_json([document] if document else []) + "\n"
+    return mdevctl_shapes.pretty_json([document] if document else []) + "\n"

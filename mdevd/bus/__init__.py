@@ -8,6 +8,8 @@ and the engine, and every name the contract fixes lives in `names`. Where each p
   signals from the root path);
 - `tree`: the engine's listener that exports, updates and removes one object per manager,
   parent and device;
+- `deferred`: the devices that exist at start-up, served at once but exported to dbus-fast
+  on their first use (its per-object export was most of the start-up time);
 - `exported`: the base of every interface, which authorizes each method from `auth`'s table
   and translates its errors (`errors`) before and around the method's work;
 - `context`: what the interfaces' handlers get to serve a call;

@@ -12,6 +12,7 @@ are closed once sent and those it receives at once (`mdevd.bus.fds`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any
 
 from dbus_fast import Message, MessageType
@@ -73,8 +74,26 @@ class ManagedObjectBus(PacedMessageBus):
         how many still run then."""
         return await errors.calls_finished(timeout)
 
+    #: Paths whose object is served but exported only on first use (`mdevd.bus.deferred`,
+    #: which exports a deferred object before dbus-fast looks its path up for a call).
+    deferred_paths: Collection[str] = ()
+
     def _introspect_export_path(self, path: str) -> Node:
-        node: Node = super()._introspect_export_path(path)
+        deferred = [other for other in self.deferred_paths if other != path]
+        if deferred:
+            # dbus-fast lists a path's children from its exports, by a rule that differs
+            # between its versions (the paths below it from 2.x on, in 1.84 any path that
+            # contains it): for this one call the deferred paths are listed among the exports,
+            # so that the rule stays dbus-fast's own. Only their keys are read.
+            exports = self._path_exports
+            nothing: dict[str, ServiceInterface] = {}
+            self._path_exports = {**dict.fromkeys(deferred, nothing), **exports}
+            try:
+                node: Node = super()._introspect_export_path(path)
+            finally:
+                self._path_exports = exports
+        else:
+            node = super()._introspect_export_path(path)
         if path == ROOT_PATH and not node.interfaces:
             children = node.nodes
             node = Node.default(path)
@@ -97,6 +116,11 @@ class ManagedObjectBus(PacedMessageBus):
         self._from_root("InterfacesAdded", "oa{sa{sv}}", [path, added])
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        self.interfaces_removed(path, removed_interfaces)
+
+    def interfaces_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        """The InterfacesRemoved an unexport of `removed_interfaces` at `path` sends (also
+        for objects never exported to dbus-fast: `mdevd.bus.deferred`)."""
         if not path.startswith(ROOT_PATH + "/"):
             super()._emit_interface_removed(path, removed_interfaces)
             return

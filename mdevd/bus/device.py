@@ -59,6 +59,48 @@ def pending_changes(pending: PendingChanges) -> dict[str, Variant]:
     return changes
 
 
+def device_properties(context: HandlerContext, state: DeviceState) -> dict[str, Any]:
+    """Every property of the Device object of `state`, as the D-Bus layer sends them."""
+    parent_present = state.parent in context.engine.parents()
+    return {
+        "UUID": state.uuid,
+        "Parent": state.parent,
+        "ParentObject": parent_path(state.parent) if parent_present else NO_OBJECT_PATH,
+        "Type": state.type_id,
+        "Active": state.active,
+        "Defined": state.defined,
+        "Autostart": state.autostart,
+        "Attributes": [list(pair) for pair in state.attributes],
+        "SysfsPath": state.sysfs_path,
+        "IommuGroup": state.iommu_group,
+        "ConfigFile": state.config_file,
+        "LastError": state.last_error,
+        "Status": str(state.status),
+        "PendingChanges": pending_changes(state.pending),
+        "Backend": state.backend,
+        "Placement": state.placement,
+        "Owner": state.owner,
+        "Lifetime": state.lifetime,
+    }
+
+
+class DeferredDevice:
+    """A Device object whose export waits for its first use (`mdevd.bus.deferred`): its state,
+    and its properties for the reads (`mdevd.bus.reads`) and its signals meanwhile, without
+    dbus-fast's cost of an interface."""
+
+    __slots__ = ("_context", "state")
+
+    name = DEVICE_INTERFACE
+
+    def __init__(self, context: HandlerContext, state: DeviceState) -> None:
+        self._context = context
+        self.state = state
+
+    def properties(self) -> dict[str, Any]:
+        return device_properties(self._context, self.state)
+
+
 class DeviceInterface(ExportedInterface):
     def __init__(self, context: HandlerContext, state: DeviceState) -> None:
         super().__init__(DEVICE_INTERFACE, context.authorize)
@@ -67,28 +109,7 @@ class DeviceInterface(ExportedInterface):
 
     def properties(self) -> dict[str, Any]:
         """Every property's current value, as the D-Bus layer sends them."""
-        state = self.state
-        parent_present = state.parent in self._context.engine.parents()
-        return {
-            "UUID": state.uuid,
-            "Parent": state.parent,
-            "ParentObject": parent_path(state.parent) if parent_present else NO_OBJECT_PATH,
-            "Type": state.type_id,
-            "Active": state.active,
-            "Defined": state.defined,
-            "Autostart": state.autostart,
-            "Attributes": [list(pair) for pair in state.attributes],
-            "SysfsPath": state.sysfs_path,
-            "IommuGroup": state.iommu_group,
-            "ConfigFile": state.config_file,
-            "LastError": state.last_error,
-            "Status": str(state.status),
-            "PendingChanges": pending_changes(state.pending),
-            "Backend": state.backend,
-            "Placement": state.placement,
-            "Owner": state.owner,
-            "Lifetime": state.lifetime,
-        }
+        return device_properties(self._context, self.state)
 
     # ---- properties ------------------------------------------------------------------------
 

@@ -60,6 +60,17 @@ def dbus_methods(cls: type[ServiceInterface]) -> dict[str, Callable[..., Any]]:
     return methods
 
 
+def dbus_properties(cls: type[ServiceInterface]) -> tuple[tuple[str, str], ...]:
+    """(D-Bus name, signature) of each property of `cls`, in the order dbus-fast keeps them
+    (its `ServiceInterface.__init__` walks `inspect.getmembers` of the class, in every
+    version): the order of the properties in a PropertiesChanged it sends."""
+    return tuple(
+        (member.name, member.signature)
+        for _, member in inspect.getmembers(cls)
+        if getattr(member, "__dict__", {}).get("__DBUS_PROPERTY")
+    )
+
+
 def _writable_properties(cls: type[ServiceInterface]) -> list[str]:
     return [
         name

@@ -254,12 +254,16 @@ class ReadServer:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Object entries built so far: the work reads cost (tests count it).
         self.entries_built = 0
+        #: Whether the bus hands these calls here (else dbus-fast answers GetManagedObjects).
+        self.installed = False
 
     def install(self) -> None:
         self.bus.add_message_handler(self.handle)
+        self.installed = True
 
     def uninstall(self) -> None:
         self.bus.remove_message_handler(self.handle)
+        self.installed = False
 
     def changed(self, path: str) -> None:
         """The object at `path` was exported, changed or removed."""

@@ -6,6 +6,10 @@ so a client that gets a reply has already been sent InterfacesAdded / Properties
 DeviceEvent (contract rule 1). The tree creates the interface objects and hands them a
 `HandlerContext`; they never call back into it. It also tells the reads' cache
 (`mdevd.bus.reads`) which paths changed, and where each path's object is.
+
+The devices that exist when the daemon starts are served at once but exported to dbus-fast on
+their first use (`mdevd.bus.deferred`: dbus-fast's per-object export was most of the start-up
+time with many definitions); devices that come later are exported as they come.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ from mdevd.bus import fds
 from mdevd.bus.auth import Authorize, AuthorizeFor
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.context import HandlerContext, Reload
-from mdevd.bus.device import DeviceInterface
+from mdevd.bus.deferred import DeferredExports, can_defer
+from mdevd.bus.device import DeferredDevice, DeviceInterface
+from mdevd.bus.exported import dbus_properties
 from mdevd.bus.manager import FEATURES, ManagerInterface
-from mdevd.bus.names import DEVICES_PATH, MANAGER_PATH, PARENTS_PATH, error_name
+from mdevd.bus.names import (
+    DEVICE_INTERFACE,
+    DEVICES_PATH,
+    MANAGER_PATH,
+    PARENTS_PATH,
+    error_name,
+)
 from mdevd.bus.owners import CallerOwners, LifetimeWatcher
 from mdevd.bus.parent import ParentInterface
 from mdevd.bus.paths import (
@@ -69,6 +81,20 @@ class ObjectTree:
         self.manager = ManagerInterface(self.context)
         self._devices: dict[str, DeviceInterface] = {}
         self._parents: dict[str, ParentInterface] = {}
+        #: Devices served since start-up but not yet exported to dbus-fast, by path; None on
+        #: a bus that is not ours (tests) or a dbus-fast that cannot have them
+        #: (`deferred.can_defer`), where every object is exported at once.
+        self.deferred: DeferredExports[DeferredDevice] | None = None
+        if isinstance(bus, ManagedObjectBus) and can_defer(bus):
+            self.deferred = DeferredExports(
+                bus,
+                DEVICE_INTERFACE,
+                dbus_properties(DeviceInterface),
+                self._export_deferred,
+                managed_objects_served=lambda: self.reads.installed,
+            )
+        #: True while `export_all` runs: the devices met then are deferred.
+        self._starting = False
 
     @staticmethod
     def _outgoing_fds(bus: MessageBus) -> fds.OutgoingFds:
@@ -87,6 +113,9 @@ class ObjectTree:
         bus = self.bus if isinstance(self.bus, ManagedObjectBus) else None
         if bus is not None:
             bus.quiet_exports = True
+        if self.deferred is not None:
+            self.deferred.install()
+        self._starting = True
         try:
             self.bus.export(MANAGER_PATH, self.manager)
             self.reads.changed(MANAGER_PATH)
@@ -95,6 +124,7 @@ class ObjectTree:
             for state in self.engine.devices().values():
                 self.device_changed(state)
         finally:
+            self._starting = False
             if bus is not None:
                 bus.quiet_exports = False
         self.reads.install()
@@ -102,12 +132,15 @@ class ObjectTree:
 
     def interface_at(
         self, path: str
-    ) -> ManagerInterface | ParentInterface | DeviceInterface | None:
-        """Our interface exported at `path`, if any (each object has exactly one)."""
+    ) -> ManagerInterface | ParentInterface | DeviceInterface | DeferredDevice | None:
+        """Our interface served at `path`, if any (each object has exactly one)."""
         if path == MANAGER_PATH:
             return self.manager
         if path.startswith(DEVICES_PATH + "/"):
-            return self._devices.get(uuid_from_device_path(path))
+            device = self._devices.get(uuid_from_device_path(path))
+            if device is None and self.deferred is not None:
+                return self.deferred.get(path)
+            return device
         if path.startswith(PARENTS_PATH + "/"):
             return self._parents.get(parent_name_from_path(path))
         return None
@@ -116,6 +149,21 @@ class ObjectTree:
 
     def device_changed(self, state: DeviceState) -> None:
         interface = self._devices.get(state.uuid)
+        if interface is None and self.deferred is not None:
+            path = device_path(state.uuid)
+            deferred = self.deferred.get(path)
+            if deferred is not None:
+                before = deferred.properties()
+                deferred.state = state
+                self.reads.changed(path)
+                changed = _changes(before, deferred.properties())
+                if changed:
+                    self.deferred.properties_changed(path, changed)
+                return
+            if self._starting:
+                self.deferred.defer(path, DeferredDevice(self.context, state))
+                self.reads.changed(path)
+                return
         if interface is None:
             interface = DeviceInterface(self.context, state)
             self._devices[state.uuid] = interface
@@ -128,6 +176,9 @@ class ObjectTree:
         _emit_changes(interface, before)
 
     def device_removed(self, uuid: str) -> None:
+        if self.deferred is not None and self.deferred.remove(device_path(uuid)):
+            self.reads.changed(device_path(uuid))
+            return
         interface = self._devices.pop(uuid, None)
         if interface is not None:
             self.bus.unexport(device_path(uuid), interface)
@@ -172,6 +223,19 @@ class ObjectTree:
                 interface.emit_properties_changed(
                     {"ParentObject": interface.properties()["ParentObject"]}
                 )
+        if self.deferred is not None:
+            for path, device in self.deferred.items():
+                if device.state.parent == parent:
+                    self.reads.changed(path)
+                    self.deferred.properties_changed(
+                        path, {"ParentObject": device.properties()["ParentObject"]}
+                    )
+
+    def _export_deferred(self, path: str, device: DeferredDevice) -> DeviceInterface:
+        """The interface of a deferred device, now that it is exported (`DeferredExports`)."""
+        interface = DeviceInterface(self.context, device.state)
+        self._devices[device.state.uuid] = interface
+        return interface
 
 
 def _event_details(event: DeviceEvent, *, replayed: bool) -> dict[str, Variant]:
@@ -191,7 +255,10 @@ def _event_details(event: DeviceEvent, *, replayed: bool) -> dict[str, Variant]:
 
 def _emit_changes(interface: DeviceInterface | ParentInterface, before: dict[str, Any]) -> None:
     """PropertiesChanged with the properties whose values differ from `before`, if any."""
-    after = interface.properties()
-    changed = {name: value for name, value in after.items() if before[name] != value}
+    changed = _changes(before, interface.properties())
     if changed:
         interface.emit_properties_changed(changed)
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in after.items() if before[name] != value}

@@ -2,18 +2,20 @@
 """Benchmark: the daemon's start to ready (its bus name owned) with N definitions.
 
     python -m bench.bench_ready [--devices N ...] [--repetitions R] [--tree DIR ...]
-                                [--profile DIR]
+                                [--one-file] [--profile DIR | --sample DIR]
 
 Issue 20's target is "ready with 10,000 definitions under 1 s". Each run mounts the emulated
 kernel (`bench/scenario.toml`) and a private bus in private namespaces (entered here, as the
-test suite does), writes N definitions (one file each, as `scripts/bench` does), then starts
-the daemon R times per size and times exec to `READY=1` on a notification socket of its own
-(sent once the name is owned: `mdevd.daemon`), which needs no polling client beside it.
+test suite does), writes N definitions (a file each, as `scripts/bench` does; `--one-file`:
+all in one), then starts the daemon R times per size and times exec to `READY=1` on a
+notification socket of its own (sent once the name is owned: `mdevd.daemon`), which needs no
+polling client beside it.
 
 Each `--tree` is a source tree the daemon is imported from (default: this checkout), so two
 versions can be compared on the same machine at the same time: the trees alternate run by run
 (a change in the machine's load hits both). `--profile DIR` runs each daemon under cProfile
-and writes `DIR/<tree>-<N>-<run>.prof`. Prints median [min-max] per tree and size.
+(`DIR/tree<i>-<N>-<run>.prof`), `--sample DIR` under py-spy, every thread (`.stacks`, raw;
+`bench.profiles` sums them up). Prints median [min-max] per tree and size.
 """
 
 from __future__ import annotations
@@ -47,9 +49,13 @@ def _uuid(index: int) -> str:
     return f"00000020-0000-4000-8000-{index:012x}"
 
 
-def _write_definitions(directory: Path, count: int) -> None:
+def _write_definitions(directory: Path, count: int, one_file: bool = False) -> None:
     for entry in directory.iterdir():
         entry.unlink()
+    if one_file:
+        definitions = (Definition(_uuid(i), PARENT, TYPE) for i in range(count))
+        (directory / "all.toml").write_text(render(definitions))
+        return
     for index in range(count):
         uuid = _uuid(index)
         (directory / f"{uuid}.toml").write_text(render([Definition(uuid, PARENT, TYPE)]))
@@ -134,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--devices", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--one-file", action="store_true", help="all definitions in one file")
     parser.add_argument("--tree", type=Path, action="append", help="source tree (repeatable)")
     parser.add_argument("--profile", type=Path, help="cProfile each daemon into this directory")
     parser.add_argument("--sample", type=Path, help="py-spy each daemon into this directory")
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees:  # a first run, not counted, compiles the modules
                 _start_to_ready(tree, sim.root, address, devices, None, caches[tree])
             for count in args.devices:
-                _write_definitions(devices, count)
+                _write_definitions(devices, count, args.one_file)
                 times: dict[Path, list[float]] = {tree: [] for tree in trees}
                 for run in range(args.repetitions):
                     for index, tree in enumerate(trees):

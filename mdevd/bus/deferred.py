@@ -4,8 +4,9 @@
 dbus-fast's export costs about 110 us per object: creating a `ServiceInterface` looks its
 class's members up again for every instance (`inspect.getmembers`), and `export` builds a
 handler per method per object. With 10,000 definitions that was most of the daemon's time to
-ready (issue 20: 2.4 s on the emulated kernel, 1.3 s without it; `bench/bench_ready.py`), for
-objects most of which no client will ever address one by one.
+ready (issue 20, `bench/bench_ready.py` on the emulated kernel: 2.5 s with it, 1.5 s without,
+the rest mostly the store reading 10,000 files), for objects most of which no client will
+ever address one by one.
 
 So the objects that exist when the daemon starts are *deferred*: they are served from the
 first moment, but their dbus-fast export happens in the very step where dbus-fast would first

@@ -103,7 +103,8 @@ def _ascii_only(value: Any) -> bool:
 
 def fixed(message: Message) -> Message:
     """`message`, or its wrapper where the installed dbus-fast would write it wrong."""
-    if needed():
+    if needed() and not getattr(message, "marshalled_correctly", False):
+        # (A `mdevd.bus.premarshalled` reply writes its bytes correctly itself.)
         # Duck-typed for dbus-fast's writer, which reads only what the wrapper answers.
         wrapped: Message = Remarshalled(message)  # type: ignore[assignment]
         return wrapped

@@ -20,7 +20,7 @@ import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from mdevd.bus import names
+from mdevd.bus import names, premarshalled
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.reads import LATER_DEVICE_PROPERTIES, ReadLimiter
@@ -199,6 +199,58 @@ def test_the_work_is_one_entry_per_object_then_one_per_change(
             # The new device, and its parent (available_instances changed).
             assert reads.entries_built == objects + 2
             await daemon.engine.stop_device(uuid)
+
+    asyncio.run(check())
+
+
+def test_a_read_while_nothing_changed_sends_the_bytes_written_before(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    """Each whole reply is marshalled once per state of the table, not once per read."""
+
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reads = daemon.tree.reads
+            first = await daemon.list_devices()
+            objects = await daemon.managed_objects()
+            assert reads.bodies_marshalled == 2
+            for _ in range(3):
+                assert (await daemon.list_devices()).body == first.body
+                assert await daemon.managed_objects() == objects
+                assert await daemon.managed_objects("/") == objects
+            assert reads.bodies_marshalled == 2
+            # A change: the next replies are written afresh, and show it.
+            uuid = "7e7e7e7e-1111-4000-8000-000000000004"
+            path = f"{names.DEVICES_PATH}/{uuid.replace('-', '_')}"
+            await daemon.engine.create_device("par-a", "par-a-1", uuid=uuid)
+            listed = (await daemon.list_devices()).body[0]
+            assert path in {entry[0] for entry in listed}
+            assert len(listed) == len(first.body[0]) + 1
+            assert path in await daemon.managed_objects()
+            assert reads.bodies_marshalled == 4
+            # A part of the table is not kept: written per read.
+            assert path in await daemon.managed_objects(names.DEVICES_PATH)
+            assert reads.bodies_marshalled == 5
+            await daemon.engine.stop_device(uuid)
+            assert path not in await daemon.managed_objects()
+            assert reads.bodies_marshalled == 6
+
+    asyncio.run(check())
+
+
+def test_reads_without_premarshalled_replies(
+    bus_address: str, sim: RunningSim, devices_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dbus-fast that cannot send them gets ordinary replies, with the same content."""
+    monkeypatch.setattr(premarshalled, "supported", lambda: False)
+
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reply = await daemon.list_devices()
+            assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+            assert len(reply.body[0]) == DEFINITIONS
+            assert await daemon.managed_objects() == await daemon.dbus_fasts_own()
+            assert daemon.tree.reads.bodies_marshalled == 0
 
     asyncio.run(check())
 

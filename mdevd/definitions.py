@@ -25,7 +25,6 @@ entry only; a file TOML cannot parse costs that file only.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import os
 import re
@@ -33,25 +32,29 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from itertools import accumulate
 from typing import Any
 
-import tomli_w
-
-from mdevd import plain_toml, validate
+from mdevd import plain_toml, prescan, validate
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument
 from mdevd.model import Attributes, Definition
+
+# The structural bounds live with the pre-scan that enforces them (the mdevctl front end
+# imports only that); they are this module's too, as they were.
+from mdevd.prescan import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from mdevd.prescan import MAX_KEY_PARTS as MAX_KEY_PARTS
+from mdevd.prescan import MAX_NESTING_DEPTH as MAX_NESTING_DEPTH
 
 DEVICE_KEYS: tuple[str, ...] = ("uuid", "parent", "type", "placement", "autostart", "attributes")
 REQUIRED_KEYS: tuple[str, ...] = ("uuid", "parent", "type")
 ATTRIBUTE_KEYS: tuple[str, ...] = ("name", "value")
 
 # --- bounds ---------------------------------------------------------------------------------
-# Every definitions file (TOML here, mdevctl's JSON in mdevd.mdevctl_format) is checked against
+# Every definitions file (TOML here, mdevctl's JSON in mdevd.mdevctl_config) is checked against
 # these before a parser sees it, so that no file can make loading crash (tomllib and json
 # recurse once per nesting level) or run for long (tomllib's cost grows with the square of a
 # dotted key's parts). A file over a bound is one problem, like any other bad file. mdevd's
-# schema is shallow: each bound is far above anything a real file holds.
+# schema is shallow: each bound is far above anything a real file holds. The structural ones
+# (nesting, dotted-key parts, key length) are mdevd.prescan's, imported above.
 
 #: Bytes in a TOML definitions file: MAX_DEVICES_PER_FILE devices with a few attributes
 #: each. tomllib reads hostile input at ~0.3 MB/s at worst, so this bounds one file's cost.
@@ -61,14 +64,6 @@ MAX_FILE_SIZE = 4 * 1024 * 1024
 MAX_TOTAL_SIZE = 32 * 1024 * 1024
 #: Bytes in one mdevctl JSON file (one device each; attribute values are at most 4 KiB).
 MAX_MDEVCTL_FILE_SIZE = 1024 * 1024
-#: Arrays and tables (TOML) or arrays and objects (JSON) open at once. The schema needs 2
-#: (`[[device]]`, or `attributes = [ { ... } ]`); a parser recursing 600 levels crashes.
-MAX_NESTING_DEPTH = 32
-#: Parts of a dotted key (`device.attributes` has 2); tomllib's cost grows with their square.
-MAX_KEY_PARTS = 8
-#: Characters in a key, and in any unquoted word (a number, a date): the schema's keys are
-#: short, and Python refuses to convert integers of more than 4300 digits.
-MAX_KEY_LENGTH = 256
 #: `[[device]]` tables in one file.
 MAX_DEVICES_PER_FILE = 16_384
 #: Definitions loaded from every directory together (TOML and mdevctl's); files beyond it
@@ -189,84 +184,24 @@ def _toml_type(value: object) -> str:
 
 
 def _unknown_key_message(key: str, allowed: Sequence[str], where: str) -> str:
+    import difflib  # only a bad key's hint needs it
+
     hint = difflib.get_close_matches(key, allowed, n=1)
     suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
     return f"unknown key {key!r} in {where}{suggestion}; allowed: {', '.join(allowed)}"
 
 
 # --- bounding the input before a parser sees it -----------------------------------------
-# A linear pre-scan, at C speed (regular expressions and builtins over the whole text): the
-# strings and comments are blanked out first, exactly where the parser would find them (a
-# string that does not end where this scan thinks is a syntax error the parser stops at), so
-# that what is left is structure. Newlines are kept, for the line of a problem.
-
-_TOML_STRING_OR_COMMENT_RE = re.compile(
-    r'''"""[^"\\]*(?:(?:\\[\s\S]|"(?!""))[^"\\]*)*""""{0,2}'''  # multi-line basic
-    r"""|'''[^']*(?:'(?!'')[^']*)*''''{0,2}"""  # multi-line literal
-    r'''|"[^"\\\n]*(?:\\.[^"\\\n]*)*"'''  # basic
-    r"""|'[^'\n]*'"""  # literal
-    r"|#[^\n]*"  # comment
-)
-_JSON_STRING_RE = re.compile(r'"[^"\\]*(?:\\[\s\S][^"\\]*)*"')
-_NOT_BRACKET_OR_NEWLINE_RE = re.compile(r"[^\[\]{}\n]+")
-_BRACKET_DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1, "\n": 0}
-#: What can separate a dotted key's parts is ' ', tab and quoted parts; anything else ends it.
-_NOT_DOT_OR_KEY_END_RE = re.compile(r"[^.\n\[\]{}=,]+")
-_BARE = r"A-Za-z0-9_+\-:"
-_LONG_BARE_WORD_RE = re.compile(rf"(?<![{_BARE}])[{_BARE}]{{{MAX_KEY_LENGTH + 1}}}")
-
-
-def _blank_out(match: re.Match[str]) -> str:
-    return '"' + "\n" * match.group().count("\n")
-
-
-def _line_at(text: str, index: int) -> int:
-    return text.count("\n", 0, index) + 1
-
-
-def _first_too_deep(text: str) -> int:
-    """The index in `text` (only brackets and newlines) where nesting first goes too deep."""
-    depth = 0
-    for index, char in enumerate(text):
-        depth += _BRACKET_DEPTH[char]
-        if depth > MAX_NESTING_DEPTH:
-            return index
-    return -1
 
 
 def bound_problem(text: str, source: str, *, json: bool = False) -> Problem | None:
-    """The problem that makes `text` too costly to parse (TOML, or JSON with `json`), or None.
-
-    Checks nesting depth, dotted-key parts (TOML) and the length of unquoted words; the
-    caller has bounded the size. Linear in the length of `text`, whatever it holds.
-    """
-    blanks = _JSON_STRING_RE if json else _TOML_STRING_OR_COMMENT_RE
-    # A constant replacement first (no Python call per string): only a file over a bound is
-    # scanned again, keeping the newlines of multi-line strings, for the line to report.
-    problem = _bound_problem(blanks.sub('"', text), source, json=json)
-    if problem is not None:
-        problem = _bound_problem(blanks.sub(_blank_out, text), source, json=json) or problem
-    return problem
-
-
-def _bound_problem(structure: str, source: str, *, json: bool) -> Problem | None:
-    brackets = _NOT_BRACKET_OR_NEWLINE_RE.sub("", structure)
-    if max(accumulate(map(_BRACKET_DEPTH.__getitem__, brackets)), default=0) > MAX_NESTING_DEPTH:
-        line = _line_at(brackets, _first_too_deep(brackets))
-        message = f"nested more than {MAX_NESTING_DEPTH} levels deep (arrays and tables)"
-        return Problem(source, line, message, ProblemKind.LIMIT)
-    # Rendered files hold no dot outside strings: counting them first spares the scan.
-    if not json and structure.count(".") >= MAX_KEY_PARTS:
-        dots = _NOT_DOT_OR_KEY_END_RE.sub("", structure)
-        found = dots.find("." * MAX_KEY_PARTS)
-        if found >= 0:
-            message = f"a dotted key has more than {MAX_KEY_PARTS} parts"
-            return Problem(source, _line_at(dots, found), message, ProblemKind.LIMIT)
-    long_word = _LONG_BARE_WORD_RE.search(structure)
-    if long_word is not None:
-        message = f"a key or unquoted value is longer than {MAX_KEY_LENGTH} characters"
-        return Problem(source, _line_at(structure, long_word.start()), message, ProblemKind.LIMIT)
-    return None
+    """The problem that makes `text` too costly to parse (TOML, or JSON with `json`), or None:
+    `mdevd.prescan`'s finding, as a problem of `source`."""
+    found = prescan.too_costly(text, json=json)
+    if found is None:
+        return None
+    line, message = found
+    return Problem(source, line, message, ProblemKind.LIMIT)
 
 
 def _long_key(document: dict[str, Any]) -> str | None:
@@ -402,43 +337,22 @@ def check_definition(definition: Definition) -> Definition:
     """
     if not isinstance(definition, Definition):
         raise InvalidArgument(f"not a definition: {type(definition).__name__}")
-    uuid = validate.uuid(definition.uuid)
-    parent = validate.parent_name(definition.parent)
-    type_id = validate.type_id(definition.type_id)
-    placement = validate.pci_address(definition.placement)
-    if not isinstance(definition.autostart, bool):
-        raise InvalidArgument(f"device {uuid}: autostart must be a boolean")
-    if not isinstance(definition.attributes, tuple | list):
-        raise InvalidArgument(f"device {uuid}: attributes must be a sequence of (name, value)")
-    attributes: list[tuple[str, str]] = []
-    for pair in definition.attributes:
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise InvalidArgument(f"device {uuid}: each attribute must be a (name, value) pair")
-        try:
-            name = validate.device_attribute_name(pair[0])
-        except AttributeRejected as e:
-            raise AttributeRejected(f"device {uuid}: {e.message}") from None
-        value = pair[1]
-        if isinstance(value, str) and not _encodable(value):
-            # Lone surrogates cannot be written to a file or a sysfs attribute.
-            raise InvalidArgument(f"device {uuid}: attribute {name!r} value is not valid Unicode")
-        attributes.append((name, validate.attribute_value(value, name)))
+    uuid, parent, type_id, placement, attributes = validate.definition_fields(
+        definition.uuid,
+        definition.parent,
+        definition.type_id,
+        definition.placement,
+        definition.autostart,
+        definition.attributes,
+    )
     return dataclasses.replace(
         definition,
         uuid=uuid,
         parent=parent,
         type_id=type_id,
-        attributes=tuple(attributes),
+        attributes=attributes,
         placement=placement,
     )
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def same_device(a: Definition, b: Definition) -> bool:
@@ -509,7 +423,7 @@ def parse_text(text: str, source: str) -> ParsedFile:
     lines = text.split("\n")
     long_key = None if plain is not None else _long_key(document)
     if long_key is not None:
-        line = _line_at(text, max(text.find(long_key), 0))
+        line = prescan.line_at(text, max(text.find(long_key), 0))
         message = f"key {long_key[:64]!r}... is longer than {MAX_KEY_LENGTH} characters"
         return _unusable(source, line, message, ProblemKind.LIMIT)
     unknown = [key for key in document if key != "device"]
@@ -606,7 +520,10 @@ def _table(definition: Definition) -> dict[str, Any]:
 
 
 def _toml_string(value: str) -> str:
-    # tomli-w knows TOML's escaping rules (DEL and other control characters included).
+    # tomli-w knows TOML's escaping rules (DEL and other control characters included). Imported
+    # here: only rendering needs it, and Python keeps the module after the first call.
+    import tomli_w
+
     return tomli_w.dumps({"s": value})[len("s = ") : -1]
 
 

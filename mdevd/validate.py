@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from mdevd.errors import AttributeRejected, InvalidName, InvalidUUID
+from mdevd.errors import AttributeRejected, InvalidArgument, InvalidName, InvalidUUID
 
 #: Linux NAME_MAX. sysfs names are far shorter in practice; this is the hard ceiling.
 MAX_NAME_LENGTH = 255
@@ -129,3 +129,57 @@ def pci_address(value: object, kind: str = "placement") -> str:
             " e.g. 0000:3d:00.4)"
         )
     return lowered
+
+
+def definition_fields(
+    uuid_value: object,
+    parent: object,
+    type_value: object,
+    placement: object,
+    autostart: object,
+    attributes: object,
+) -> tuple[str, str, str, str, tuple[tuple[str, str], ...]]:
+    """A device definition's fields checked in that order, and its UUID, parent, type,
+    placement and attributes normalized: `mdevd.definitions.check_definition`'s checks, on the
+    fields alone, so that the mdevctl front end checks a `--jsonfile` without importing the
+    definitions' types (`mdevd.mdevctl_config`).
+
+    Raises `InvalidArgument` (or its subclasses `InvalidUUID`, `InvalidName`) naming the problem,
+    `AttributeRejected` for an attribute named as a driver-core file (`remove`, `uevent`...).
+    """
+    checked_uuid = uuid(uuid_value)
+    checked_parent = parent_name(parent)
+    checked_type = type_id(type_value)
+    checked_placement = pci_address(placement)
+    if not isinstance(autostart, bool):
+        raise InvalidArgument(f"device {checked_uuid}: autostart must be a boolean")
+    if not isinstance(attributes, tuple | list):
+        raise InvalidArgument(
+            f"device {checked_uuid}: attributes must be a sequence of (name, value)"
+        )
+    checked: list[tuple[str, str]] = []
+    for pair in attributes:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise InvalidArgument(
+                f"device {checked_uuid}: each attribute must be a (name, value) pair"
+            )
+        try:
+            name = device_attribute_name(pair[0])
+        except AttributeRejected as e:
+            raise AttributeRejected(f"device {checked_uuid}: {e.message}") from None
+        value = pair[1]
+        if isinstance(value, str) and not _encodable(value):
+            # Lone surrogates cannot be written to a file or a sysfs attribute.
+            raise InvalidArgument(
+                f"device {checked_uuid}: attribute {name!r} value is not valid Unicode"
+            )
+        checked.append((name, attribute_value(value, name)))
+    return checked_uuid, checked_parent, checked_type, checked_placement, tuple(checked)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -11,29 +11,23 @@ What mdevctl (1.x, `MDev::load_from_json`) accepts, and so what is imported:
   other files are ignored by mdevctl, and reported here;
 - only regular files in directories directly under the root (mdevctl does not follow
   symlinks there); its `scripts.d` directory is not a parent;
-- the content is JSON (strict: no NaN) whose `mdev_type` and `start` are present and not null;
-  `mdev_type` must be a string (mdevctl crashes otherwise);
-- `start` is `"auto"` for autostart, anything else means manual;
-- `attrs` is absent, null, or an array of objects with exactly one key and a string value,
-  kept in order; other keys are ignored.
-On top of that, mdevd refuses what mdevctl would accept but cannot be safe: parent, type and
-attribute names that are not plain sysfs names (mdevctl joins `../x` onto the device path),
-and values with NUL. Every definition not imported is reported with its reason.
+- the content is what `mdevd.mdevctl_config` reads (mdevctl's rules for one device's JSON, and
+  mdevd's refusal of what mdevctl would accept but cannot be safe: unsafe names, NUL).
+Every definition not imported is reported with its reason.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mdevd import defaults, definitions
+from mdevd import defaults, definitions, mdevctl_config
 from mdevd.definitions import Problem, ProblemKind, printable_path
-from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument, MdevdError
+from mdevd.errors import ConfigInvalid, MdevdError
 
 # mdevctl's UUIDs and JSON shapes live there (the front end imports only that module); they
 # are this module's too, as they were.
@@ -45,7 +39,7 @@ from mdevd.mdevctl_shapes import pretty_json as pretty_json
 from mdevd.model import Definition
 
 if TYPE_CHECKING:
-    # Only a type here: the mdevctl front end parses mdevctl's JSON and must not pay for
+    # Only types here: what imports this module for its JSON (the callouts) must not pay for
     # importing the store (nor `atomic`, imported where a directory is read).
     from mdevd.mdevctl_shapes import MdevctlDevice
     from mdevd.store import DefinitionStore
@@ -55,80 +49,17 @@ DEFAULT_MDEVCTL_DIR = defaults.MDEVCTL_DIR
 SCRIPTS_DIR_NAME = "scripts.d"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _surrogate_free(value: object) -> bool:
-    """serde_json refuses lone surrogate escapes (`"\\ud800"`); Python's json lets them in."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, list):
-        return all(_surrogate_free(v) for v in value)
-    if isinstance(value, dict):
-        return all(_surrogate_free(k) and _surrogate_free(v) for k, v in value.items())
-    return True
-
-
-def _mdevctl_rejects(reason: str) -> ConfigInvalid:
-    return ConfigInvalid(f"mdevctl rejects it: {reason}")
-
-
 def parse_mdevctl_json(text: str, uuid: str, parent: str, source: str = "") -> Definition:
-    """The definition mdevctl would load from `text` for `uuid` under `parent`.
+    """The definition mdevctl would load from `text` for `uuid` under `parent`, read from
+    `source` (`mdevd.mdevctl_config.read_config`, as a `Definition`).
 
     Raises `ConfigInvalid` saying whether mdevctl itself rejects it, or mdevctl accepts it but
     mdevd refuses it (an unsafe name), and why.
     """
-    too_costly = definitions.bound_problem(text, source, json=True)
-    if too_costly is not None:
-        where = f"line {too_costly.line}: " if too_costly.line else ""
-        raise ConfigInvalid(f"not read: {where}{too_costly.message}")
-    try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:  # cannot happen within the bound; must cost this file only if it does
-        raise ConfigInvalid("not read: nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError included
-        where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
-        message = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
-        raise _mdevctl_rejects(f"not valid JSON: {where}{message}") from None
-    if not _surrogate_free(document):
-        raise _mdevctl_rejects("not valid JSON: a string holds a lone surrogate escape")
-    if not isinstance(document, dict):
-        raise _mdevctl_rejects("the file is not a JSON object")
-    if document.get("mdev_type") is None:
-        raise _mdevctl_rejects("'mdev_type' is missing")
-    if document.get("start") is None:
-        raise _mdevctl_rejects("'start' is missing")
-    mdev_type = document["mdev_type"]
-    if not isinstance(mdev_type, str):
-        raise _mdevctl_rejects("'mdev_type' is not a string (mdevctl crashes on it)")
-    autostart = document["start"] == "auto"
-    attrs = document.get("attrs")
-    if attrs is None:
-        attrs = []
-    if not isinstance(attrs, list):
-        raise _mdevctl_rejects("'attrs' is not an array")
-    pairs: list[tuple[str, str]] = []
-    for index, attr in enumerate(attrs, start=1):
-        if not isinstance(attr, dict):
-            raise _mdevctl_rejects(f"attribute {index} is not an object")
-        if len(attr) != 1:
-            raise _mdevctl_rejects(f"attribute {index} does not have exactly one field")
-        ((name, value),) = attr.items()
-        if not isinstance(value, str):
-            raise _mdevctl_rejects(f"attribute {index} ({name!r}) has a value that is not a string")
-        pairs.append((name, value))
-
-    try:
-        definition = Definition(uuid, parent, mdev_type, autostart, tuple(pairs), source, 0)
-        return definitions.check_definition(definition)
-    except (InvalidArgument, AttributeRejected) as e:
-        raise ConfigInvalid(f"mdevctl accepts it, but mdevd refuses it: {e.message}") from None
+    config = mdevctl_config.read_config(text, uuid, parent)
+    return Definition(
+        config.uuid, config.parent, config.type_id, config.autostart, config.attributes, source, 0
+    )
 
 
 # --- export -------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ and values with NUL (`mdevd.validate.definition_fields`, the checks of every def
 
 Both readers of it use this: `mdevd.mdevctl_format`, for each file of mdevctl's directory
 (as a `Definition`), and the mdevctl front end, for `--jsonfile`. Apart from the definitions
-because libvirt runs the front end once per node-device operation (issue 20): this module and
-what it imports (`json`, `mdevd.prescan`, `mdevd.validate`, `mdevd.errors`, `mdevd.record`)
-leave out the TOML store's modules, dataclasses, enum and pathlib.
+because libvirt runs the front end once per node-device operation (issue 20): this module
+imports `json`, `mdevd.prescan`, `mdevd.validate` (and its `mdevd.errors`) and
+`mdevd.mdevctl_shapes`, not the TOML store's modules, `mdevd.model`, dataclasses or pathlib.
 """
 
 from __future__ import annotations
@@ -25,30 +25,11 @@ import json
 
 from mdevd import prescan, validate
 from mdevd.errors import AttributeRejected, ConfigInvalid, InvalidArgument
-from mdevd.record import Record
+from mdevd.mdevctl_shapes import MdevctlConfig
 
 TYPE_CHECKING = False  # annotations only: importing typing is a start-up cost
 if TYPE_CHECKING:
     from typing import Any
-
-    from mdevd.model import Attributes
-
-
-class MdevctlConfig(Record):
-    """A device as mdevctl's JSON describes it, for the UUID and parent it was read for."""
-
-    _fields = ("uuid", "parent", "type_id", "autostart", "attributes")
-    __slots__ = _fields
-    uuid: str
-    parent: str
-    type_id: str
-    autostart: bool
-    attributes: Attributes
-
-    def __init__(
-        self, uuid: str, parent: str, type_id: str, autostart: bool, attributes: Attributes
-    ) -> None:
-        self._init(uuid, parent, type_id, autostart, attributes)
 
 
 def _reject_constant(name: str) -> Any:

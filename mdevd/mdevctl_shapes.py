@@ -5,12 +5,14 @@ end prints, the same bytes from one place.
 Apart from `mdevd.mdevctl_format` (which reads, validates and imports mdevctl's definitions)
 because the front end needs only this at every start, and libvirt runs it once per node-device
 operation (issue 20): this module imports `re` when a UUID is read and `json` when JSON is
-printed, nothing else. `mdevd.mdevctl_format` re-exports every name here.
+printed, and `mdevd.record`, nothing else. `mdevd.mdevctl_format` re-exports its functions.
 """
 
 from __future__ import annotations
 
 import re
+
+from mdevd.record import Record
 
 TYPE_CHECKING = False  # annotations only: importing typing is a start-up cost
 if TYPE_CHECKING:
@@ -33,6 +35,24 @@ if TYPE_CHECKING:
         def autostart(self) -> bool: ...
         @property
         def attributes(self) -> Attributes: ...
+
+
+class MdevctlConfig(Record):
+    """A device as mdevctl's JSON describes it (`mdevd.mdevctl_config.read_config`), or as the
+    front end's command line names it, for the UUID and parent it is meant for."""
+
+    _fields = ("uuid", "parent", "type_id", "autostart", "attributes")
+    __slots__ = _fields
+    uuid: str
+    parent: str
+    type_id: str
+    autostart: bool
+    attributes: Attributes
+
+    def __init__(
+        self, uuid: str, parent: str, type_id: str, autostart: bool, attributes: Attributes
+    ) -> None:
+        self._init(uuid, parent, type_id, autostart, attributes)
 
 
 _HYPHENATED = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"

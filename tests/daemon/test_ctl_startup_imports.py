@@ -4,7 +4,9 @@ start-up is most of what a call costs, and libvirt runs the front end once per o
 
 Beyond test_ctl_startup (no asyncio, no dbus-fast), the common commands leave out what they do
 not use: no dataclasses (which import inspect), no typing, pathlib, uuid or datetime, no
-daemon-side module; `--help` not even the connection (socket) or JSON. Each command runs
+daemon-side module; `--help` not even the connection (socket) or JSON. The front end's
+`--jsonfile` calls (libvirt's define, create and update) read mdevctl's JSON without the TOML
+store's modules (mdevd.definitions, mdevd.model, tomllib, tomli_w, difflib). Each command runs
 through the program's `main` in a fresh interpreter that then lists the modules it imported.
 The check is what was imported, not a time.
 """
@@ -29,6 +31,13 @@ NEVER = (
 )  # fmt: skip
 #: What `--help` needs no more than that.
 NOT_FOR_HELP = ("socket", "mdevd.wire", "mdevd.calls", "json", "uuid")
+#: What reading mdevctl's JSON (`--jsonfile`) needs no more than the other commands, but for
+#: typing: mdevd.errors imports it (the checks raise mdevd's errors), and mdevd.errors is
+#: not the front end's to change.
+NOT_FOR_JSONFILE = (
+    *(m for m in NEVER if m != "typing"), "mdevd.mdevctl_format", "tomllib", "tomli_w",
+    "difflib", "tomlkit", "mdevd.atomic", "uuid",
+)  # fmt: skip
 
 # Modules the interpreter had before main (a development install's import finder brings
 # pathlib at start-up) are not the program's.
@@ -96,18 +105,22 @@ def test_the_probe_sees_the_imports_it_looks_for() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["list"], ["show", "UUID"], ["stop", "UUID"], ["start", "UUID"], ["create", "mtty", "mtty-1"]],
-)
+    [
+        ["list"], ["show", "UUID"], ["stop", "UUID"], ["start", "UUID"],
+        ["create", "mtty", "mtty-1"], ["define", "mtty", "mtty-1"],
+    ],
+)  # fmt: skip
 def test_mdevdctl_commands_import_nothing_they_do_not_use(
     stack: ClientStack, client: BusClient, args: list[str]
 ) -> None:
     uuid = new_uuid()
     client.define_device("mtty", "mtty-1", uuid=uuid, start=args[0] != "start")
     argv = ["--address", stack.address, *(uuid if word == "UUID" else word for word in args)]
-    # `create` without --uuid makes one up: only then is uuid imported.
-    modules = NEVER + (("json",) if args[0] == "create" else ("json", "uuid"))
+    # `create` and `define` without --uuid make one up: only then is uuid imported.
+    makes_one = args[0] in ("create", "define")
+    modules = NEVER + (("json",) if makes_one else ("json", "uuid"))
     assert _probe(CTL, argv, modules) == set()
-    if args[0] == "create":
+    if makes_one:
         assert _probe(CTL, argv, ("uuid",)) == {"uuid"}
 
 
@@ -120,24 +133,62 @@ def test_libvirts_calls_import_nothing_they_do_not_use(
     stack: ClientStack, client: BusClient
 ) -> None:
     """The front end's calls as libvirt makes them (shared/reference-data/libvirt-mdevctl-calls).
-    A --jsonfile is read with mdevd's own checks of mdevctl's JSON (mdevd.mdevctl_format, the
-    definitions' checks and what they import): there, only the daemon's side is left out."""
+    A --jsonfile is read with mdevd's own checks of mdevctl's JSON (mdevd.mdevctl_config), not
+    with the definitions' store and types."""
     uuid = new_uuid()
     document = '{"mdev_type":"mtty-1","start":"manual"}'
-    daemon_side = ("asyncio", "dbus_fast", "mdevd.client", "mdevd.store", "mdevd.engine")
     calls: list[tuple[list[str], str | None]] = [
         (["define", "--parent=mtty", "--jsonfile=/dev/stdin", f"--uuid={uuid}"], document),
         (["modify", "--uuid", uuid, "--auto"], None),
+        (["modify", "--parent=mtty", "--jsonfile=/dev/stdin", f"--uuid={uuid}", "--defined"],
+         document),
         (["start", f"--uuid={uuid}"], None),
+        (["modify", "--parent=mtty", "--jsonfile=/dev/stdin", f"--uuid={uuid}", "--live"],
+         document),
         (["list", "--dumpjson", "--defined"], None),
         (["list"], None),
         (["stop", f"--uuid={uuid}"], None),
         (["undefine", f"--uuid={uuid}"], None),
-    ]
+        (["start", "--parent=mtty", "--jsonfile=/dev/stdin", f"--uuid={uuid}"], document),
+        (["stop", f"--uuid={uuid}"], None),
+    ]  # fmt: skip
     for argv, stdin in calls:
         if stdin is not None:
-            modules: tuple[str, ...] = daemon_side
+            modules = NOT_FOR_JSONFILE
         else:
             modules = (*NEVER, "uuid", *(() if "--dumpjson" in argv else ("json",)))
         imported = _probe(FRONT, argv, modules, address=stack.address, stdin=stdin)
         assert imported == set(), (argv, imported)
+
+
+def test_a_create_named_on_the_command_line_imports_nothing_it_does_not_use(
+    stack: ClientStack,
+) -> None:
+    """`start -p PARENT -t TYPE -u UUID`: the device is an mdevctl_shapes.MdevctlConfig, not a
+    model.Definition (dataclasses)."""
+    uuid = new_uuid()
+    for argv in (["start", "-p", "mtty", "-t", "mtty-1", "-u", uuid], ["stop", "-u", uuid]):
+        imported = _probe(FRONT, argv, (*NEVER, "json", "uuid"), address=stack.address)
+        assert imported == set(), (argv, imported)
+
+
+def test_a_define_without_a_uuid_imports_uuid_to_make_one_up(stack: ClientStack) -> None:
+    """libvirt's nodedev-define of a device without a `<uuid>`: the front end makes one up."""
+    document = '{"mdev_type":"mtty-1","start":"manual"}'
+    argv = ["define", "--parent=mtty", "--jsonfile=/dev/stdin"]
+    imported = _probe(FRONT, argv, NOT_FOR_JSONFILE, address=stack.address, stdin=document)
+    assert imported == {"uuid"}
+
+
+@pytest.mark.parametrize(
+    "text", ["", ".", "/", "//", "///", "a", "./a/", "//a//b/", "///a/./b/../", "/dev/stdin"]
+)
+def test_the_jsonfile_path_is_read_and_printed_as_pathlib_would(text: str) -> None:
+    """`--jsonfile` is not a pathlib.Path any more (4 ms of imports), but the same path: the
+    file opened and the name in error messages."""
+    from pathlib import Path
+
+    from mdevd.cli.mdevctl import build_parser
+
+    args = build_parser().parse_args(["define", "-p", "mtty", f"--jsonfile={text}"])
+    assert args.jsonfile == str(Path(text))

@@ -20,18 +20,18 @@ handler (`bus.add_message_handler`, public in every dbus-fast from 1.84 on) from
 
 The whole reply's body (ListDevices', and GetManagedObjects' for the root or "/") is marshalled
 once and kept with the table it was written from: a reply while nothing changed sends those
-bytes again behind a header of its own (`mdevd.bus.premarshalled`; 6 of the ~13 ms a reply
-of 1,000 devices cost the daemon, measured from a client). The bytes are dropped in the same
+bytes again behind a header of its own (`mdevd.bus.premarshalled`; a dbus-fast client's
+ListDevices of 1,000 devices: 13 -> 6 ms, GetManagedObjects 23 -> 11 ms, on a host whose
+`mdevctl list --defined --dumpjson` takes 10.5 ms). The bytes are dropped in the same
 step that rebuilds an entry, so they are never older than the table; they are written in the
 turn the reply is taken, so they are the state it stands for. A dbus-fast that cannot send such
 bytes gets ordinary messages, marshalled per reply.
 
-What remains per reply while something changes is marshalling it (one step dbus-fast does not
-split: about 60-90 ms for 10,000 devices compiled, 0.3 s pure Python) and, always, the bus
-taking the bytes. `ReadLimiter`
-bounds how many such replies are on their way at once and shares them fairly between callers,
-so that neither one caller's flood nor many callers' reads keep small replies waiting behind
-more than a couple of large ones.
+What remains per reply is the bus taking the bytes and, after a change, marshalling them (one
+step dbus-fast does not split: about 60-90 ms for 10,000 devices compiled, 0.3 s pure Python).
+`ReadLimiter` bounds how many such replies are on their way at once and shares them fairly
+between callers, so that neither one caller's flood nor many callers' reads keep small replies
+waiting behind more than a couple of large ones.
 """
 
 from __future__ import annotations

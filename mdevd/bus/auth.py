@@ -81,6 +81,8 @@ METHOD_ACTIONS: Final[Mapping[str, str]] = MappingProxyType(
         "GetDevice": NO_CHECK,
         # Every device in one compact reply (issue 15: reads at scale); open like the properties.
         "ListDevices": NO_CHECK,
+        # What `mdevctl list` shows of every device (issue 20): the same reads, fewer fields.
+        "ListDeviceSummaries": NO_CHECK,
         "Reload": ACTION_CONFIGURE_DEVICES,
         # org.mdevd.Mdevd1.Device
         "Start": ACTION_MANAGE_DEVICES,

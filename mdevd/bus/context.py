@@ -23,6 +23,8 @@ from mdevd.owners import LIFETIME_MANUAL, Owner
 Reload = Callable[[], Awaitable[object]]
 #: `list_devices()`: every device as ListDevices answers (`mdevd.bus.reads.ReadServer`).
 ListDevices = Callable[[], Awaitable[list[list[Any]]]]
+#: `list_device_summaries()`: every device as ListDeviceSummaries answers (the same server).
+ListDeviceSummaries = Callable[[], Awaitable[list[list[Any]]]]
 #: `hand_over(fd)`: `fd` becomes a reply's value; the connection closes it once the reply is
 #: sent (`mdevd.bus.fds.OutgoingFds.hand_over`). Returns `fd`.
 HandOver = Callable[[int], int]
@@ -38,6 +40,7 @@ class HandlerContext:
     authorize: Authorize
     reload: Reload
     list_devices: ListDevices
+    list_device_summaries: ListDeviceSummaries
     #: The Manager's `Features`.
     features: tuple[str, ...]
     #: For methods that answer with an fd (Device.Open): the daemon's copy is closed once sent.

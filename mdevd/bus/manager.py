@@ -16,7 +16,7 @@ from mdevd.bus.exported import ExportedInterface, Work, exported_method, exporte
 from mdevd.bus.introspection import describe
 from mdevd.bus.names import MANAGER_INTERFACE
 from mdevd.bus.paths import device_path
-from mdevd.bus.reads import DEVICE_LIST_SIGNATURE
+from mdevd.bus.reads import DEVICE_LIST_SIGNATURE, DEVICE_SUMMARIES_SIGNATURE
 from mdevd.bus.signatures import (
     DBusDict,
     DBusObjectPath,
@@ -31,6 +31,7 @@ DBusStrList = Annotated[list[str], DBusSignature("as")]
 # Several arguments: a list, which every dbus-fast takes (before 2.x, a tuple is refused).
 DBusDeviceEvent = Annotated[list[Any], DBusSignature("ossa{sv}")]
 DBusDeviceList = Annotated[list[list[Any]], DBusSignature(DEVICE_LIST_SIGNATURE)]
+DBusDeviceSummaries = Annotated[list[list[Any]], DBusSignature(DEVICE_SUMMARIES_SIGNATURE)]
 
 #: Capability words clients test instead of probing (the contract's `Features`).
 FEATURES = (
@@ -51,6 +52,7 @@ FEATURES = (
     "owners",
     "lifetimes",
     "open",
+    "device-summaries",
 )
 
 _CREATE_OPTIONS = {
@@ -162,6 +164,12 @@ class ManagerInterface(ExportedInterface):
         opts.check_options(options, {}, "ListDevices")
         return await self._context.list_devices()
 
+    @exported_read()
+    async def ListDeviceSummaries(self, options: DBusDict) -> DBusDeviceSummaries:
+        # Served by the ReadServer as ListDevices is; declared here for the same reasons.
+        opts.check_options(options, {}, "ListDeviceSummaries")
+        return await self._context.list_device_summaries()
+
     @exported_method()
     def Reload(self, options: DBusDict) -> Work[None]:
         opts.check_options(options, _RELOAD_OPTIONS, "Reload")
@@ -185,6 +193,7 @@ describe(
         "DefineDevice": ["device"],
         "GetDevice": ["device"],
         "ListDevices": ["devices"],
+        "ListDeviceSummaries": ["devices"],
     },
     signal_args={"DeviceEvent": ["device", "uuid", "event", "details"]},
     const_properties={"Version", "Features"},

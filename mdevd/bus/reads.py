@@ -1,31 +1,32 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""The reads whose reply grows with the number of objects: GetManagedObjects and ListDevices.
+"""The reads whose reply grows with the number of objects: GetManagedObjects, ListDevices and
+ListDeviceSummaries.
 
 dbus-fast's own GetManagedObjects handler checks, after each object's properties arrive,
 whether every object has arrived yet, scanning the whole reply each time: its cost grows with
 the square of the number of objects (7.6 s for 10,000 devices, all of it without returning to
-the event loop, so every other call waited as long). Here both reads are answered by a message
+the event loop, so every other call waited as long). Here these reads are answered by a message
 handler (`bus.add_message_handler`, public in every dbus-fast from 1.84 on) from a cache:
 
 - every object's reply entry (its properties as variants) and, for devices, its ListDevices
-  struct, kept per object path. The object tree marks a path dirty whenever it exports,
-  changes or removes it (the same moments it signals the change); a read first rebuilds the
-  dirty entries, in slices that return to the event loop in between, so a read after one
-  change costs one entry, and the first read after start-up costs one pass;
+  and ListDeviceSummaries structs, kept per object path. The object tree marks a path dirty
+  whenever it exports, changes or removes it (the same moments it signals the change); a read
+  first rebuilds the dirty entries, in slices that return to the event loop in between, so a
+  read after one change costs one entry, and the first read after start-up costs one pass;
 - the reply is taken in the same turn of the loop in which no entry is dirty any more, and
   sent at once: it is the state at that moment, ordered after every signal of an earlier
   change and before every signal of a later one, as dbus-fast's synchronous handler's was.
   Entries are replaced, never changed in place, and the table is copied before a change once
   a reply holds it, so a queued reply never changes under its message.
 
-The whole reply's body (ListDevices', and GetManagedObjects' for the root or "/") is marshalled
-once and kept with the table it was written from: a reply while nothing changed sends those
-bytes again behind a header of its own (`mdevd.bus.premarshalled`; a dbus-fast client's
-ListDevices of 1,000 devices: 13 -> 6 ms, GetManagedObjects 23 -> 11 ms, on a host whose
-`mdevctl list --defined --dumpjson` takes 10.5 ms). The bytes are dropped in the same
+The whole reply's body (each device list's, and GetManagedObjects' for the root or "/") is
+marshalled once and kept with the table it was written from: a reply while nothing changed
+sends those bytes again behind a header of its own (`mdevd.bus.premarshalled`; a dbus-fast
+client's ListDevices of 1,000 devices: 13 -> 6 ms, GetManagedObjects 23 -> 11 ms, on a host
+whose `mdevctl list --defined --dumpjson` takes 10.5 ms). The bytes are dropped in the same
 step that rebuilds an entry, so they are never older than the table; they are written in the
-turn the reply is taken, so they are the state it stands for. A dbus-fast that cannot send such
-bytes gets ordinary messages, marshalled per reply.
+turn the reply is taken, so they are the state it stands for. A dbus-fast that cannot send
+such bytes gets ordinary messages, marshalled per reply.
 
 What remains per reply is the bus taking the bytes and, after a change, marshalling them (one
 step dbus-fast does not split: about 60-90 ms for 10,000 devices compiled, 0.3 s pure Python).
@@ -103,6 +104,14 @@ MANAGED_OBJECTS_SIGNATURE: Final = "a{oa{sa{sv}}}"
 DEVICE_STRUCT: Final = "(ossosbbba(ss)sissa{sv})"
 DEVICE_LIST_SIGNATURE: Final = "a" + DEVICE_STRUCT
 LIST_DEVICES: Final = "ListDevices"
+#: ListDeviceSummaries' struct: what `mdevctl list` shows of a device (UUID, Parent, Type,
+#: Active, Defined, Autostart, Attributes), a fifth of ListDevices' bytes, so that a client's
+#: unmarshalling of 1,000 devices costs a fraction of mdevctl's whole listing.
+SUMMARY_STRUCT: Final = "(sssbbba(ss))"
+DEVICE_SUMMARIES_SIGNATURE: Final = "a" + SUMMARY_STRUCT
+LIST_DEVICE_SUMMARIES: Final = "ListDeviceSummaries"
+#: The Manager's methods served here, each a list with one entry per device.
+DEVICE_LISTS: Final = (LIST_DEVICES, LIST_DEVICE_SUMMARIES)
 GET_MANAGED_OBJECTS: Final = "GetManagedObjects"
 
 #: Entries rebuilt per turn of the event loop: about 5 ms of work.
@@ -114,7 +123,8 @@ PER_CALLER_IN_FLIGHT: Final = 1
 #: Calls of one caller that may wait for their turn; one more is answered `Busy`.
 PER_CALLER_WAITING: Final = 8
 
-_LIST_DEVICES_OPTIONS: Final[Mapping[str, str]] = {}
+#: The options of both device lists: none yet (an unknown one is InvalidArgument).
+_DEVICE_LIST_OPTIONS: Final[Mapping[str, str]] = {}
 
 
 class Exported(Protocol):
@@ -149,6 +159,47 @@ def device_struct(path: str, properties: Mapping[str, Any]) -> list[Any]:
         properties["LastError"],
         variants({name: properties[name] for name in LATER_DEVICE_PROPERTIES}),
     ]
+
+
+def device_summary(properties: Mapping[str, Any]) -> list[Any]:
+    """One ListDeviceSummaries entry (`SUMMARY_STRUCT`) of a Device object's properties."""
+    return [
+        properties["UUID"],
+        properties["Parent"],
+        properties["Type"],
+        properties["Active"],
+        properties["Defined"],
+        properties["Autostart"],
+        properties["Attributes"],
+    ]
+
+
+class DeviceListing:
+    """One of the Manager's device lists: an entry per Device object path, the list of them and
+    its marshalled body, both kept while no entry changes."""
+
+    __slots__ = ("body", "entries", "entry", "items", "signature")
+
+    def __init__(
+        self, signature: str, entry: Callable[[str, Mapping[str, Any]], list[Any]]
+    ) -> None:
+        self.signature = signature
+        #: Builds the entry of the device at a path from its properties.
+        self.entry = entry
+        self.entries: dict[str, list[Any]] = {}
+        self.items: list[list[Any]] | None = None
+        self.body: bytes | None = None
+
+    def stale(self) -> None:
+        """An entry changed: the list and its bytes are rebuilt at the next reply."""
+        self.items = None
+        self.body = None
+
+    def now(self) -> list[list[Any]]:
+        """Every entry, in no particular order (replaced, never changed, once handed out)."""
+        if self.items is None:
+            self.items = list(self.entries.values())
+        return self.items
 
 
 class ReadLimiter:
@@ -238,7 +289,8 @@ class ReadLimiter:
 
 
 class ReadServer:
-    """Answers GetManagedObjects (on any path, as dbus-fast does) and ListDevices.
+    """Answers GetManagedObjects (on any path, as dbus-fast does), ListDevices and
+    ListDeviceSummaries.
 
     `lookup(path)` returns the interface exported at `path` by the object tree, the only
     exporter on its bus; the tree calls `changed(path)` whenever that answer or the
@@ -255,15 +307,19 @@ class ReadServer:
         self._lookup = lookup
         self.limiter = limiter if limiter is not None else ReadLimiter()
         self._objects: dict[str, dict[str, dict[str, Variant]]] = {}
-        self._structs: dict[str, list[Any]] = {}
+        #: ListDevices' and ListDeviceSummaries' entries, lists and bodies, by method name.
+        self._listings: dict[str, DeviceListing] = {
+            LIST_DEVICES: DeviceListing(DEVICE_LIST_SIGNATURE, device_struct),
+            LIST_DEVICE_SUMMARIES: DeviceListing(
+                DEVICE_SUMMARIES_SIGNATURE, lambda _path, properties: device_summary(properties)
+            ),
+        }
         #: Paths whose entries must be rebuilt, oldest first (a dict as an ordered set).
         self._dirty: dict[str, None] = {}
         #: Whether a reply holds `_objects` (then it is copied before it changes).
         self._objects_shared = False
-        self._device_list: list[list[Any]] | None = None
-        #: The marshalled bodies of ListDevices' reply and of the whole table's, while they
-        #: stand for the entries as they are (dropped whenever one is rebuilt).
-        self._device_list_body: bytes | None = None
+        #: The marshalled body of the whole table's reply (the device lists keep theirs),
+        #: while it stands for the entries as they are (dropped whenever one is rebuilt).
         self._objects_body: bytes | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         #: Object entries built so far: the work reads cost (tests count it).
@@ -297,8 +353,8 @@ class ReadServer:
                 path = next(iter(self._dirty))
                 del self._dirty[path]
                 self._rebuild(path)
-            self._device_list = None
-            self._device_list_body = None
+            for listing in self._listings.values():
+                listing.stale()
             self._objects_body = None
             if self._dirty:
                 await asyncio.sleep(0)
@@ -307,12 +363,14 @@ class ReadServer:
         interface = self._lookup(path)
         if interface is None:
             self._objects.pop(path, None)
-            self._structs.pop(path, None)
+            for listing in self._listings.values():
+                listing.entries.pop(path, None)
             return
         properties = interface.properties()
         self._objects[path] = {interface.name: variants(properties)}
         if interface.name == DEVICE_INTERFACE:
-            self._structs[path] = device_struct(path, properties)
+            for listing in self._listings.values():
+                listing.entries[path] = listing.entry(path, properties)
         self.entries_built += 1
 
     async def managed_objects(self, path: str) -> dict[str, dict[str, dict[str, Variant]]]:
@@ -331,29 +389,28 @@ class ReadServer:
     async def device_list(self) -> list[list[Any]]:
         """ListDevices' reply: every device, in no particular order."""
         await self._refresh()
-        return self._device_list_now()
+        return self._listings[LIST_DEVICES].now()
 
-    def _device_list_now(self) -> list[list[Any]]:
-        if self._device_list is None:
-            self._device_list = list(self._structs.values())
-        return self._device_list
+    async def device_summaries(self) -> list[list[Any]]:
+        """ListDeviceSummaries' reply: every device, in no particular order."""
+        await self._refresh()
+        return self._listings[LIST_DEVICE_SUMMARIES].now()
 
     async def reply(self, message: Message) -> Message:
-        """The reply to a ListDevices or GetManagedObjects `message`, for the state at the
+        """The reply to a device list's or GetManagedObjects' `message`, for the state at the
         moment it returns (it must be sent in the same turn of the event loop)."""
         await self._refresh()
+        listing = self._listings.get(message.member or "")
         if not premarshalled.supported():
-            if message.member == LIST_DEVICES:
-                body: list[Any] = [self._device_list_now()]
-                return Message.new_method_return(message, DEVICE_LIST_SIGNATURE, body)
+            if listing is not None:
+                return Message.new_method_return(message, listing.signature, [listing.now()])
             objects = self._managed_objects_now(message.path or "/")
             return Message.new_method_return(message, MANAGED_OBJECTS_SIGNATURE, [objects])
-        if message.member == LIST_DEVICES:
-            if self._device_list_body is None:
-                body = [self._device_list_now()]
-                self._device_list_body = self._marshal(DEVICE_LIST_SIGNATURE, body)
-            written = self._device_list_body
-            signature = DEVICE_LIST_SIGNATURE
+        if listing is not None:
+            if listing.body is None:
+                listing.body = self._marshal(listing.signature, [listing.now()])
+            written = listing.body
+            signature = listing.signature
         else:
             path = message.path or "/"
             signature = MANAGED_OBJECTS_SIGNATURE
@@ -380,7 +437,7 @@ class ReadServer:
         if message.member == GET_MANAGED_OBJECTS:
             if message.interface != OBJECT_MANAGER_INTERFACE:
                 return False
-        elif message.member == LIST_DEVICES:
+        elif message.member in DEVICE_LISTS:
             if (
                 message.path != MANAGER_PATH
                 or message.interface not in (MANAGER_INTERFACE, None)
@@ -400,8 +457,8 @@ class ReadServer:
         member = message.member or ""
         caller = message.sender or ""
         try:
-            if member == LIST_DEVICES:
-                opts.check_options(message.body[0], _LIST_DEVICES_OPTIONS, LIST_DEVICES)
+            if member in DEVICE_LISTS:
+                opts.check_options(message.body[0], _DEVICE_LIST_OPTIONS, member)
             await self.limiter.acquire(caller, member)
         except Exception as exc:  # every failure becomes a contract error
             self._send(_error_reply(message, to_dbus_error(exc, member)))

@@ -65,13 +65,14 @@ class ObjectTree:
     ) -> None:
         self.bus = bus
         self.engine = engine
-        #: GetManagedObjects and ListDevices, from a cache this tree keeps current.
+        #: GetManagedObjects and the device lists, from a cache this tree keeps current.
         self.reads = ReadServer(bus, self.interface_at)
         self.context = HandlerContext(
             engine=engine,
             authorize=authorize,
             reload=reload or engine.reload,
             list_devices=self.reads.device_list,
+            list_device_summaries=self.reads.device_summaries,
             features=tuple(features),
             hand_over=self._outgoing_fds(bus).hand_over,
             owners=owners,

@@ -30,6 +30,7 @@ METHODS = {
         "DefineDevice": ("ssa{sv}", "o"),
         "GetDevice": ("s", "o"),
         "ListDevices": ("a{sv}", "a(ossosbbba(ss)sissa{sv})"),
+        "ListDeviceSummaries": ("a{sv}", "a(sssbbba(ss))"),
         "Reload": ("a{sv}", ""),
     },
     names.PARENT_INTERFACE: {},

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
-"""GetManagedObjects and ListDevices as mdevd.bus.reads serves them, against dbus-fast's own.
+"""GetManagedObjects, ListDevices and ListDeviceSummaries as mdevd.bus.reads serves them,
+against dbus-fast's own.
 
 The daemon's object tree runs here in-process (the real engine on the emulated kernel, a private
 bus), so that the same GetManagedObjects can be answered twice: by mdevd's handler, and by
@@ -21,12 +22,13 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from mdevd.bus import names, premarshalled
+from mdevd.bus.auth import Authorize
 from mdevd.bus.caller import CallerTracker
 from mdevd.bus.connection import ManagedObjectBus
 from mdevd.bus.reads import LATER_DEVICE_PROPERTIES, ReadLimiter
 from mdevd.bus.tree import ObjectTree
 from mdevd.engine import Engine
-from mdevd.errors import Busy
+from mdevd.errors import Busy, NotAuthorized
 from mdevd.kernel import Sysfs
 from mdevd.store import DefinitionStore
 from tests.daemon.conftest import SCENARIO
@@ -57,6 +59,8 @@ DEVICE_FIELDS = (
     "ConfigFile",
     "LastError",
 )
+#: ListDeviceSummaries' struct: these Device properties, in this order.
+SUMMARY_FIELDS = ("UUID", "Parent", "Type", "Active", "Defined", "Autostart", "Attributes")
 
 
 def unwrap(value: Any) -> Any:
@@ -125,6 +129,15 @@ class Served:
             names.MANAGER_PATH, names.MANAGER_INTERFACE, "ListDevices", "a{sv}", [options or {}]
         )
 
+    async def device_summaries(self, options: dict[str, Variant] | None = None) -> Message:
+        return await self.call(
+            names.MANAGER_PATH,
+            names.MANAGER_INTERFACE,
+            "ListDeviceSummaries",
+            "a{sv}",
+            [options or {}],
+        )
+
     async def dbus_fasts_own(self, path: str = names.ROOT_PATH) -> dict[str, Any]:
         """The same call answered by dbus-fast's built-in handler."""
         self.tree.reads.uninstall()
@@ -134,19 +147,21 @@ class Served:
             self.tree.reads.install()
 
 
+async def allow(method: str, interactive: bool) -> None:
+    return None
+
+
 @asynccontextmanager
-async def served(address: str, sim: RunningSim, devices_dir: Path) -> AsyncIterator[Served]:
+async def served(
+    address: str, sim: RunningSim, devices_dir: Path, authorize: Authorize = allow
+) -> AsyncIterator[Served]:
     engine = Engine(Sysfs(sim.root), DefinitionStore([devices_dir]))
     await engine.start()
     bus = await ManagedObjectBus(bus_address=address).connect()
     client = await MessageBus(bus_address=address).connect()
     try:
         CallerTracker(bus).install()
-
-        async def allow(method: str, interactive: bool) -> None:
-            return None
-
-        tree = ObjectTree(bus, engine, allow)
+        tree = ObjectTree(bus, engine, authorize)
         tree.export_all()
         assert bus.unique_name is not None
         yield Served(engine, tree, client, bus.unique_name)
@@ -249,6 +264,11 @@ def test_reads_without_premarshalled_replies(
             reply = await daemon.list_devices()
             assert reply.message_type is MessageType.METHOD_RETURN, reply.body
             assert len(reply.body[0]) == DEFINITIONS
+            summaries = await daemon.device_summaries()
+            assert summaries.message_type is MessageType.METHOD_RETURN, summaries.body
+            # UUID, Parent, Type, Active, Defined, Autostart, Attributes of each ListDevices entry.
+            expected = [[e[1], e[2], *e[4:9]] for e in reply.body[0]]
+            assert sorted(unwrap(summaries.body[0])) == sorted(unwrap(expected))
             assert await daemon.managed_objects() == await daemon.dbus_fasts_own()
             assert daemon.tree.reads.bodies_marshalled == 0
 
@@ -295,6 +315,154 @@ def test_list_devices_refuses_unknown_options(
             assert reply.message_type is MessageType.ERROR
             assert reply.error_name == names.error_name("InvalidArgument")
             assert "frobnicate" in reply.body[0]
+
+    asyncio.run(check())
+
+
+async def _summaries_and_objects(daemon: Served) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ListDeviceSummaries' answer by UUID, its fields named, and the same fields of every
+    Device object as dbus-fast's own GetManagedObjects says them."""
+    reply = await daemon.device_summaries()
+    assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    assert reply.signature == "a(sssbbba(ss))"
+    summaries = [dict(zip(SUMMARY_FIELDS, entry, strict=True)) for entry in unwrap(reply.body[0])]
+    listed = {summary["UUID"]: summary for summary in summaries}
+    assert len(listed) == len(summaries)  # one entry per device
+    devices = {
+        properties["UUID"]: {name: properties[name] for name in SUMMARY_FIELDS}
+        for properties in (
+            interfaces[names.DEVICE_INTERFACE]
+            for interfaces in (await daemon.dbus_fasts_own()).values()
+            if names.DEVICE_INTERFACE in interfaces
+        )
+    }
+    return listed, devices
+
+
+def test_device_summaries_are_every_device_objects_properties(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            transient = "7e7e7e7e-1111-4000-8000-000000000005"
+            await daemon.engine.create_device(
+                "par-a", "par-a-1", uuid=transient, attributes=(("setting", "42"),)
+            )
+            listed, devices = await _summaries_and_objects(daemon)
+            assert len(listed) == len(daemon.engine.devices()) == DEFINITIONS + 1
+            assert listed == devices
+            # Every kind of device is among them: active only, defined only, both.
+            kinds = {(s["Active"], s["Defined"]) for s in listed.values()}
+            assert kinds == {(True, False), (False, True), (True, True)}
+            assert listed[transient]["Attributes"] == [["setting", "42"]]
+            assert any(s["Autostart"] for s in listed.values())
+
+            # After changes: an update, a stop, an undefine, a start.
+            defined = "7e7e7e7e-0000-4000-8000-000000000001"  # par-a, not autostart
+            await daemon.engine.update(
+                defined, autostart=True, attributes=(("setting", "8"), ("other", "9"))
+            )
+            await daemon.engine.stop_device(transient)
+            await daemon.engine.undefine("7e7e7e7e-0000-4000-8000-000000000002")
+            await daemon.engine.start_device(defined)
+            listed, devices = await _summaries_and_objects(daemon)
+            assert listed == devices
+            assert transient not in listed
+            assert "7e7e7e7e-0000-4000-8000-000000000002" not in listed
+            assert listed[defined] == {
+                "UUID": defined,
+                "Parent": "par-a",
+                "Type": "par-a-1",
+                "Active": True,
+                "Defined": True,
+                "Autostart": True,
+                "Attributes": [["setting", "8"], ["other", "9"]],
+            }
+            await daemon.engine.stop_device(defined)
+
+    asyncio.run(check())
+
+
+def test_device_summaries_refuse_unknown_options(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reply = await daemon.device_summaries({"frobnicate": Variant("b", True)})
+            assert reply.message_type is MessageType.ERROR
+            assert reply.error_name == names.error_name("InvalidArgument")
+            assert "ListDeviceSummaries" in reply.body[0]
+            assert "frobnicate" in reply.body[0]
+
+    asyncio.run(check())
+
+
+def test_device_summaries_are_answered_without_authorization(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    """Whether the read server answers or dbus-fast dispatches to the Manager's member, no
+    caller is authorized (here every authorization would be refused)."""
+    asked: list[str] = []
+
+    async def refuse(method: str, interactive: bool) -> None:
+        asked.append(method)
+        raise NotAuthorized(f"{method}: refused")
+
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir, refuse) as daemon:
+            served_here = await daemon.device_summaries()
+            assert served_here.message_type is MessageType.METHOD_RETURN, served_here.body
+            daemon.tree.reads.uninstall()
+            try:
+                dispatched = await daemon.device_summaries()
+            finally:
+                daemon.tree.reads.install()
+            assert dispatched.message_type is MessageType.METHOD_RETURN, dispatched.body
+            assert sorted(unwrap(dispatched.body[0])) == sorted(unwrap(served_here.body[0]))
+            assert len(served_here.body[0]) == DEFINITIONS
+            # The guard works: a method that needs authorization is refused here.
+            refused = await daemon.call(
+                names.MANAGER_PATH, names.MANAGER_INTERFACE, "Reload", "a{sv}", [{}]
+            )
+            assert refused.error_name == names.error_name("NotAuthorized")
+        assert asked == ["Reload"]
+
+    asyncio.run(check())
+
+
+def test_device_summaries_reuse_the_cache_and_their_bytes(
+    bus_address: str, sim: RunningSim, devices_dir: Path
+) -> None:
+    """Built with the other entries, one per changed device; marshalled once per state."""
+
+    async def check() -> None:
+        async with served(bus_address, sim, devices_dir) as daemon:
+            reads = daemon.tree.reads
+            objects = len(await daemon.managed_objects())
+            assert reads.entries_built == objects
+            assert reads.bodies_marshalled == 1
+            first = await daemon.device_summaries()
+            assert len(first.body[0]) == DEFINITIONS
+            assert reads.bodies_marshalled == 2
+            for _ in range(3):
+                assert (await daemon.device_summaries()).body == first.body
+                await daemon.list_devices()
+            # ListDevices' body once, the summaries' kept; no entry rebuilt.
+            assert reads.bodies_marshalled == 3
+            assert reads.entries_built == objects
+            uuid = "7e7e7e7e-1111-4000-8000-000000000006"
+            await daemon.engine.create_device("par-b", "par-b-1", uuid=uuid)
+            listed = (await daemon.device_summaries()).body[0]
+            assert uuid in {entry[0] for entry in listed}
+            assert len(listed) == DEFINITIONS + 1
+            assert reads.bodies_marshalled == 4
+            # The new device and its parent, nothing else.
+            assert reads.entries_built == objects + 2
+            assert (await daemon.device_summaries()).body[0] == listed
+            assert reads.bodies_marshalled == 4
+            await daemon.engine.stop_device(uuid)
+            assert uuid not in {entry[0] for entry in (await daemon.device_summaries()).body[0]}
+            assert reads.bodies_marshalled == 5
 
     asyncio.run(check())
 

@@ -223,6 +223,8 @@ def test_reads_work_for_everyone(world: World, who: str, polkit_state: str) -> N
             parent_path, names.PROPERTIES_INTERFACE, "GetAll", "s", [names.PARENT_INTERFACE]
         ),
         "GetDevice": caller.manager("GetDevice", "s", [targets.defined]),
+        "ListDevices": caller.manager("ListDevices", "a{sv}", [{}]),
+        "ListDeviceSummaries": caller.manager("ListDeviceSummaries", "a{sv}", [{}]),
         "Introspect": caller.call(
             device_path(targets.defined), names.INTROSPECTABLE_INTERFACE, "Introspect"
         ),
@@ -230,3 +232,4 @@ def test_reads_work_for_everyone(world: World, who: str, polkit_state: str) -> N
     assert {name: reply.outcome for name, reply in reads.items()} == dict.fromkeys(reads, "ok")
     assert reads["Device property"].body[0].value is True
     assert reads["GetDevice"].body == [device_path(targets.defined)]
+    assert targets.defined in {entry[0] for entry in reads["ListDeviceSummaries"].body[0]}

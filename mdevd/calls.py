@@ -28,6 +28,7 @@ from mdevd.replies import (
     NO_SUCH_OBJECT,
     DaemonError,
     DeviceInfo,
+    DeviceSummary,
     ManagedObjects,
     ParentInfo,
     devices_from_objects,
@@ -109,6 +110,14 @@ def list_devices() -> Request[list[DeviceInfo]]:
     particular order."""
     (structs,) = yield Call(MANAGER_PATH, MANAGER_INTERFACE, "ListDevices", "a{sv}", [{}])
     return [DeviceInfo.from_struct(struct) for struct in structs]
+
+
+def list_device_summaries() -> Request[list[DeviceSummary]]:
+    """What `mdevctl list` shows of every device, from one ListDeviceSummaries call (a fifth of
+    ListDevices' size), in no particular order. A daemon without it (its Features lack
+    "device-summaries") answers UnknownMethod: `DaemonError`."""
+    (structs,) = yield Call(MANAGER_PATH, MANAGER_INTERFACE, "ListDeviceSummaries", "a{sv}", [{}])
+    return [DeviceSummary.from_struct(struct) for struct in structs]
 
 
 def devices() -> Request[list[DeviceInfo]]:

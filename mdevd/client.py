@@ -51,6 +51,7 @@ from mdevd.replies import (
     ClientError,
     DaemonError,
     DeviceInfo,
+    DeviceSummary,
     Event,
     ManagedObjects,
     ParentInfo,
@@ -193,6 +194,11 @@ class Client:
         """Every device, from one ListDevices call (a third of GetManagedObjects' size), in no
         particular order."""
         return await self.run(calls.list_devices())
+
+    async def list_device_summaries(self) -> list[DeviceSummary]:
+        """What `mdevctl list` shows of every device (UUID, parent, type, active, defined,
+        autostart, attributes), from one ListDeviceSummaries call, in no particular order."""
+        return await self.run(calls.list_device_summaries())
 
     async def devices(self) -> list[DeviceInfo]:
         """Every device, sorted by parent and UUID."""
@@ -565,6 +571,7 @@ class SyncClient:
         self.close()
 
     list_devices = _blocking(Client.list_devices)
+    list_device_summaries = _blocking(Client.list_device_summaries)
     devices = _blocking(Client.devices)
     parents = _blocking(Client.parents)
     device = _blocking(Client.device)

@@ -51,6 +51,7 @@ __all__ = [
     "DaemonError",
     "DaemonNotRunning",
     "DeviceInfo",
+    "DeviceSummary",
     "Event",
     "Exists",
     "Failed",
@@ -533,6 +534,42 @@ class DeviceInfo(Record):
             owner=str(props.get("Owner", "")),
             lifetime=str(props.get("Lifetime", "")),
         )
+
+
+class DeviceSummary(Record):
+    """One device as ListDeviceSummaries tells it: what `mdevctl list` shows (the fields of
+    `DeviceInfo` of the same names, with the same values)."""
+
+    _fields = ("uuid", "parent", "type_id", "active", "defined", "autostart", "attributes")
+    __slots__ = _fields
+    uuid: str
+    parent: str
+    type_id: str
+    active: bool
+    defined: bool
+    autostart: bool
+    attributes: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        uuid: str,
+        parent: str,
+        type_id: str,
+        active: bool,
+        defined: bool,
+        autostart: bool,
+        attributes: tuple[tuple[str, str], ...],
+    ) -> None:
+        self._init(uuid, parent, type_id, active, defined, autostart, attributes)
+
+    @classmethod
+    def from_struct(cls, struct: Sequence[Any]) -> DeviceSummary:
+        """From one ListDeviceSummaries entry: (UUID, Parent, Type, Active, Defined, Autostart,
+        Attributes)."""
+        uuid, parent, type_id, active, defined, autostart, attributes = struct
+        # Most devices have no attributes: no generator to build for them.
+        pairs = tuple((str(n), str(v)) for n, v in attributes) if attributes else ()
+        return cls(uuid, parent, type_id, active, defined, autostart, pairs)
 
 
 class Event(Record):

@@ -150,6 +150,11 @@ async def query(bench: HostBench, report: Report, settings: Settings) -> None:
         await client.list_devices()
         return time.perf_counter() - started
 
+    async def device_summaries() -> float:
+        started = time.perf_counter()
+        await client.list_device_summaries()
+        return time.perf_counter() - started
+
     async def mdevdctl() -> float:
         return timed_command(bench.mdevdctl("list", "--json"))
 
@@ -160,8 +165,8 @@ async def query(bench: HostBench, report: Report, settings: Settings) -> None:
         if len(await client.devices()) != size:
             raise RuntimeError(f"the daemon did not load {size} definitions")
         stats = await alternate(
-            settings.repetitions, mdevctl, via_busctl, managed_objects, list_devices, mdevdctl,
-            interpreter,
+            settings.repetitions, mdevctl, via_busctl, managed_objects, list_devices,
+            device_summaries, mdevdctl, interpreter,
         )  # fmt: skip
     finally:
         client.close()
@@ -171,7 +176,9 @@ async def query(bench: HostBench, report: Report, settings: Settings) -> None:
         ("busctl GetManagedObjects", stats[1], None, "a busctl process per query"),
         ("Python client GetManagedObjects", stats[2], None, "connected client, in process"),
         ("Python client ListDevices", stats[3], None, "connected client, one compact call"),
-        ("mdevdctl list --json", stats[4], stats[5], "a Python process per query; "
+        ("Python client ListDeviceSummaries", stats[4], None, "connected client, what "
+         "`mdevctl list` shows"),
+        ("mdevdctl list --json", stats[5], stats[6], "a Python process per query; "
          "floor: the same interpreter running `-c pass`"),
     ):  # fmt: skip
         report.add(Row(GROUP, f"query: {name}, N={size}", "s", stat, stats[0], floor, note))

@@ -8,7 +8,9 @@ layer translates without deciding anything. Messages name the object they are ab
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # not typing's: the command-line programs import this module
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class MdevdError(Exception):

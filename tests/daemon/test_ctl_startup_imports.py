@@ -31,11 +31,9 @@ NEVER = (
 )  # fmt: skip
 #: What `--help` needs no more than that.
 NOT_FOR_HELP = ("socket", "mdevd.wire", "mdevd.calls", "json", "uuid")
-#: What reading mdevctl's JSON (`--jsonfile`) needs no more than the other commands, but for
-#: typing: mdevd.errors imports it (the checks raise mdevd's errors), and mdevd.errors is
-#: not the front end's to change.
+#: What reading mdevctl's JSON (`--jsonfile`) needs no more than the other commands.
 NOT_FOR_JSONFILE = (
-    *(m for m in NEVER if m != "typing"), "mdevd.mdevctl_format", "tomllib", "tomli_w",
+    *NEVER, "mdevd.mdevctl_format", "tomllib", "tomli_w",
     "difflib", "tomlkit", "mdevd.atomic", "uuid",
 )  # fmt: skip
 

@@ -117,7 +117,7 @@ def list_device_summaries() -> Request[list[DeviceSummary]]:
     ListDevices' size), in no particular order. A daemon without it (its Features lack
     "device-summaries") answers UnknownMethod: `DaemonError`."""
     (structs,) = yield Call(MANAGER_PATH, MANAGER_INTERFACE, "ListDeviceSummaries", "a{sv}", [{}])
-    return [DeviceSummary.from_struct(struct) for struct in structs]
+    return DeviceSummary.from_structs(structs)
 
 
 def devices() -> Request[list[DeviceInfo]]:

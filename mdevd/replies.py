@@ -566,10 +566,40 @@ class DeviceSummary(Record):
     def from_struct(cls, struct: Sequence[Any]) -> DeviceSummary:
         """From one ListDeviceSummaries entry: (UUID, Parent, Type, Active, Defined, Autostart,
         Attributes)."""
-        uuid, parent, type_id, active, defined, autostart, attributes = struct
-        # Most devices have no attributes: no generator to build for them.
-        pairs = tuple((str(n), str(v)) for n, v in attributes) if attributes else ()
-        return cls(uuid, parent, type_id, active, defined, autostart, pairs)
+        [summary] = cls.from_structs([struct])
+        return summary
+
+    @classmethod
+    def from_structs(cls, structs: Sequence[Sequence[Any]]) -> list[DeviceSummary]:
+        """`from_struct` of each of a whole reply's entries.
+
+        Built by the slots' own setters rather than through `__init__`: a client reads a
+        thousand at a time, and storing fields through `Record._init` cost it 2 ms of the 4 a
+        whole ListDeviceSummaries took (issue 20), these 0.5.
+        """
+        set_uuid, set_parent, set_type, set_active, set_defined, set_autostart, set_attributes = (
+            _SUMMARY_SETTERS
+        )
+        new = object.__new__
+        summaries = []
+        for uuid, parent, type_id, active, defined, autostart, attributes in structs:
+            summary = new(cls)
+            set_uuid(summary, uuid)
+            set_parent(summary, parent)
+            set_type(summary, type_id)
+            set_active(summary, active)
+            set_defined(summary, defined)
+            set_autostart(summary, autostart)
+            # Pairs of strings already (the signature says so); most devices have none.
+            set_attributes(summary, tuple(map(tuple, attributes)) if attributes else ())
+            summaries.append(summary)
+        return summaries
+
+
+#: The setters of DeviceSummary's slots, in `_fields` order (`DeviceSummary.from_structs`).
+_SUMMARY_SETTERS: tuple[Any, ...] = tuple(
+    getattr(DeviceSummary, name).__set__ for name in DeviceSummary._fields
+)
 
 
 class Event(Record):

@@ -488,7 +488,14 @@ class DeviceInfo(Record):
             config_file,
             last_error,
         ) = struct[:13]
-        more: dict[str, Any] = unwrap(struct[13]) if len(struct) > 13 else {}
+        # Only the dictionary's own variants are unwrapped here (a client reads a thousand
+        # entries at a time): the strings need nothing more, PendingChanges only when set.
+        more: dict[str, Any] = (
+            {key: getattr(value, "value", value) for key, value in struct[13].items()}
+            if len(struct) > 13
+            else {}
+        )
+        pending = more.get("PendingChanges")
         return cls(
             path=path,
             uuid=uuid,
@@ -504,7 +511,9 @@ class DeviceInfo(Record):
             last_error=last_error,
             parent_object=parent_object,
             status=_status_word(more.get("Status")),
-            pending_changes=PendingChanges.from_dict(more.get("PendingChanges", {})),
+            pending_changes=(
+                PendingChanges.from_dict(unwrap(pending)) if pending else NO_PENDING_CHANGES
+            ),
             backend=str(more.get("Backend", BACKEND_MDEV)),
             placement=str(more.get("Placement", "")),
             owner=str(more.get("Owner", "")),

@@ -32,36 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdevd.inotify import (
-    IN_ATTRIB,
-    IN_CLOSE_WRITE,
-    IN_CREATE,
+    FILES_CHANGE,
     IN_DELETE,
     IN_DELETE_SELF,
     IN_IGNORED,
+    IN_MODIFY,
     IN_MOVE_SELF,
-    IN_MOVED_FROM,
     IN_MOVED_TO,
-    IN_ONLYDIR,
     IN_Q_OVERFLOW,
+    SOMETHING_APPEARS,
     Inotify,
 )
+from mdevd.watch import waiting_point
 
-#: IN_MODIFY: a write in place not closed yet (the store's stat() would have seen it).
-IN_MODIFY = 0x00000002
-
-_FILES_MASK = (
-    IN_ATTRIB
-    | IN_MODIFY
-    | IN_CLOSE_WRITE
-    | IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-    | IN_ONLYDIR
-)
-_ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+#: What the daemon's watcher watches for, and IN_MODIFY: a write in place not closed yet
+#: (the look this replaces would have seen it in the file's stat()).
+_FILES_MASK = FILES_CHANGE | IN_MODIFY
 _SELF_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
 #: What the caller's own atomic write (a rename onto the file) or removal sends for the file.
 _OWN_EVENTS = IN_MOVED_TO | IN_DELETE
@@ -107,10 +93,7 @@ class DirectoryChanges:
             if directory.is_dir():
                 wanted[directory] = _Watch(directory)
                 continue
-            ancestor = directory.parent
-            while not ancestor.is_dir() and ancestor != ancestor.parent:
-                ancestor = ancestor.parent
-            step = directory.relative_to(ancestor).parts[0]
+            ancestor, step = waiting_point(directory)
             previous = wanted.get(ancestor)
             if previous is None or previous.directory is None:
                 towards = previous.towards if previous is not None else frozenset()
@@ -120,7 +103,7 @@ class DirectoryChanges:
                 wanted[ancestor] = _Watch(previous.directory, previous.towards | {step})
         watches: dict[int, _Watch] = {}
         for path, watch in wanted.items():
-            mask = _FILES_MASK if watch.directory is not None else _ANCESTOR_MASK
+            mask = _FILES_MASK if watch.directory is not None else SOMETHING_APPEARS
             try:
                 wd = inotify.add_watch(path, mask)
             except OSError as exc:

@@ -14,6 +14,7 @@ import os
 import struct
 from pathlib import Path
 
+IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
@@ -28,6 +29,23 @@ IN_ONLYDIR = 0x01000000
 IN_ISDIR = 0x40000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
+
+#: In a directory of files: anything that can change what a reader of them reads. IN_ATTRIB:
+#: a file made unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
+FILES_CHANGE = (
+    IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
+#: In the nearest existing ancestor of a missing directory: something appearing in it (or the
+#: ancestor going).
+SOMETHING_APPEARS = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 
 #: wd, mask, cookie, len (struct inotify_event); the name follows, NUL-padded to len.
 _EVENT_HEADER = struct.Struct("iIII")

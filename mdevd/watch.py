@@ -43,8 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mdevd.inotify import (
-    IN_ATTRIB,
-    IN_CLOSE_WRITE,
+    FILES_CHANGE,
     IN_CREATE,
     IN_DELETE,
     IN_DELETE_SELF,
@@ -55,26 +54,14 @@ from mdevd.inotify import (
     IN_MOVED_TO,
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
+    SOMETHING_APPEARS,
     Inotify,
 )
 
 log = logging.getLogger(__name__)
 
-#: In a directory of files: anything that can change what is read. IN_ATTRIB: a file made
-#: unreadable, or a mask symlink's target; IN_CLOSE_WRITE: an edit in place.
-_FILES_MASK = (
-    IN_ATTRIB
-    | IN_CLOSE_WRITE
-    | IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-    | IN_ONLYDIR
-)
-#: In an ancestor of a missing directory: something appearing (or the ancestor going).
-_ANCESTOR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+_FILES_MASK = FILES_CHANGE
+_ANCESTOR_MASK = SOMETHING_APPEARS
 #: In a directory of subdirectories: subdirectories appearing or going (or itself).
 _SUBDIRECTORIES_MASK = (
     IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
@@ -199,10 +186,7 @@ class DirectoryWatcher:
             )
 
         def wait_for(directory: Path) -> None:
-            ancestor = directory.parent
-            while not ancestor.is_dir() and ancestor != ancestor.parent:
-                ancestor = ancestor.parent
-            step = directory.relative_to(ancestor).parts[0]
+            ancestor, step = waiting_point(directory)
             watch = wanted.get(ancestor, _Watch(ancestor))
             wanted[ancestor] = replace(watch, towards=watch.towards | {step})
 
@@ -348,6 +332,15 @@ class DirectoryWatcher:
             if any(ask is None or ask(path) for path in sorted(candidates)):
                 return watched
         return None
+
+
+def waiting_point(directory: Path) -> tuple[Path, str]:
+    """Where to wait for a missing `directory`: its nearest existing ancestor, and the name
+    in it that leads there."""
+    ancestor = directory.parent
+    while not ancestor.is_dir() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor, directory.relative_to(ancestor).parts[0]
 
 
 def _one(index: int | None) -> frozenset[int]:

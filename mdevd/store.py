@@ -336,11 +336,17 @@ class DefinitionStore:
     def load(self) -> LoadResult:
         """Read every directory; files unchanged since the last load are not parsed again."""
         with self._lock:
-            return self._load_state().result
+            result = self._load_state().result
+            # The store keeps its state between looks: the caller gets containers of its own.
+            return LoadResult(
+                dict(result.definitions), list(result.problems), list(result.files),
+                list(result.masked),
+            )  # fmt: skip
 
     def get(self, uuid: str) -> Definition | None:
         """The definition in effect for `uuid`, read afresh, or None."""
-        return self.load().definitions.get(validate.uuid(uuid))
+        with self._lock:
+            return self._load_state().result.definitions.get(validate.uuid(uuid))
 
     def path_for_new(self, uuid: str) -> Path:
         """The file `save` writes a new definition of `uuid` to."""

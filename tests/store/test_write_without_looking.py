@@ -23,6 +23,7 @@ import pytest
 
 from mdevd import dirchanges
 from mdevd import store as store_module
+from mdevd.definitions import Problem
 from mdevd.errors import ConfigInvalid, Failed, NotFound, ReadOnly
 from mdevd.model import Definition
 from mdevd.store import DefinitionStore, LoadResult
@@ -203,3 +204,19 @@ def test_a_long_lived_store_sees_what_a_fresh_one_sees(
         else:
             _store_step(rng, store)
         assert _seen(store.load()) == _seen(dirs.store().load()), f"seed {seed}, step {step}"
+
+
+def test_what_load_returns_is_the_callers_own(dirs: Dirs) -> None:
+    """The store keeps its state between looks; a caller changing what it got changes nothing
+    of it (no definition lost, none made up)."""
+    (dirs.etc / "a.toml").write_text(device_toml(UUID_A))
+    store = dirs.store()
+    store.load()
+    got = store.load()  # from the kept state
+    got.definitions.clear()
+    got.problems.append(Problem("x", 0, "made up"))
+    got.files.clear()
+    again = store.load()
+    assert UUID_A in again.definitions
+    assert again.problems == []
+    assert again.files == [dirs.etc / "a.toml"]
